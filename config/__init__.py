@@ -1,0 +1,5 @@
+from .defaults import _C as cfg
+from .defaults import _C as cfg_test
+from .loader import ConfigError, load_config
+
+__all__ = ["cfg", "cfg_test", "load_config", "ConfigError"]

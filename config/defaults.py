@@ -1,0 +1,193 @@
+"""Default configuration: every key of the TransReID reference, same names and values.
+
+Keys that the reference does not have carry a one-line comment starting with "New:".
+"""
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# -----------------------------------------------------------------------------
+# MODEL
+# -----------------------------------------------------------------------------
+_C.MODEL = CN()
+# 'cuda' or 'cpu'; 'cuda' falls back to the CPU with a warning when no GPU is present
+_C.MODEL.DEVICE = "cuda"
+# Visible GPU ids, applied as CUDA_VISIBLE_DEVICES before CUDA starts
+_C.MODEL.DEVICE_ID = '0'
+# Backbone: 'resnet50' or 'transformer'
+_C.MODEL.NAME = 'resnet50'
+# Last stride of the ResNet-50 backbone
+_C.MODEL.LAST_STRIDE = 1
+# ImageNet weights (jx ViT / DeiT file, or 'timm:<model name>'), or a trained TransReID model
+_C.MODEL.PRETRAIN_PATH = ''
+# 'imagenet' (backbone only), 'self' (whole model), 'finetune' (whole model, new classifiers
+# when the class count differs) or 'none' (New: train from scratch)
+_C.MODEL.PRETRAIN_CHOICE = 'imagenet'
+# 'bnneck' or 'no'
+_C.MODEL.NECK = 'bnneck'
+# 'yes' or 'no'
+_C.MODEL.IF_WITH_CENTER = 'no'
+# 'softmax', 'arcface', 'cosface', 'amsoftmax' or 'circle'
+_C.MODEL.ID_LOSS_TYPE = 'softmax'
+_C.MODEL.ID_LOSS_WEIGHT = 1.0
+_C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
+# 'triplet', 'center' or 'triplet_center'
+_C.MODEL.METRIC_LOSS_TYPE = 'triplet'
+# Train with torch.distributed (set by dist_train.sh)
+_C.MODEL.DIST_TRAIN = False
+# Soft-margin triplet loss
+_C.MODEL.NO_MARGIN = False
+# Label smoothing for the ID loss: 'on' or 'off'
+_C.MODEL.IF_LABELSMOOTH = 'on'
+_C.MODEL.COS_LAYER = False
+
+# Transformer settings
+_C.MODEL.DROP_PATH = 0.1
+_C.MODEL.DROP_OUT = 0.0
+_C.MODEL.ATT_DROP_RATE = 0.0
+_C.MODEL.TRANSFORMER_TYPE = 'None'
+_C.MODEL.STRIDE_SIZE = [16, 16]
+
+# JPM (jigsaw patch module)
+_C.MODEL.JPM = False
+_C.MODEL.SHIFT_NUM = 5
+_C.MODEL.SHUFFLE_GROUP = 2
+_C.MODEL.DEVIDE_LENGTH = 4
+_C.MODEL.RE_ARRANGE = True
+
+# SIE (side information embedding)
+_C.MODEL.SIE_COE = 3.0
+_C.MODEL.SIE_CAMERA = False
+_C.MODEL.SIE_VIEW = False
+
+# New: training checkpoint (written by do_train) to resume from, '' to start afresh
+_C.MODEL.RESUME = ''
+
+# -----------------------------------------------------------------------------
+# INPUT
+# -----------------------------------------------------------------------------
+_C.INPUT = CN()
+_C.INPUT.SIZE_TRAIN = [384, 128]
+_C.INPUT.SIZE_TEST = [384, 128]
+# Probability of a horizontal flip
+_C.INPUT.PROB = 0.5
+# Probability of random erasing
+_C.INPUT.RE_PROB = 0.5
+_C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
+_C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
+_C.INPUT.PADDING = 10
+
+# -----------------------------------------------------------------------------
+# DATASETS
+# -----------------------------------------------------------------------------
+_C.DATASETS = CN()
+# Dataset name: market1501, dukemtmc, msmt17, occ_duke, veri, VehicleID, synthetic,
+# synthetic_vehicle, folder (Market-style names) or list (list files)
+_C.DATASETS.NAMES = ('market1501')
+# Folder that holds the datasets
+_C.DATASETS.ROOT_DIR = ('../data')
+# New: VehicleID test-set size, 800, 1600 or 2400
+_C.DATASETS.VEHICLEID_TEST_SIZE = 800
+# New: list files of the 'list' dataset ('path pid camid [viewid]' per line), relative to ROOT_DIR
+_C.DATASETS.TRAIN_LIST = 'train.txt'
+_C.DATASETS.QUERY_LIST = 'query.txt'
+_C.DATASETS.GALLERY_LIST = 'gallery.txt'
+
+# New: the synthetic re-ID datasets, rendered from these settings on first use
+_C.DATASETS.SYNTHETIC = CN()
+# New: number of identities, split in half between training and test (as Market does)
+_C.DATASETS.SYNTHETIC.NUM_IDS = 200
+# New: images rendered per identity
+_C.DATASETS.SYNTHETIC.IMAGES_PER_ID = 12
+# New: number of cameras
+_C.DATASETS.SYNTHETIC.NUM_CAMERAS = 6
+# New: rendered image size [height, width]
+_C.DATASETS.SYNTHETIC.IMAGE_SIZE = [128, 64]
+# New: seed of the generator; the same seed gives the same bytes
+_C.DATASETS.SYNTHETIC.SEED = 0
+
+# -----------------------------------------------------------------------------
+# DATALOADER
+# -----------------------------------------------------------------------------
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 8
+# 'softmax' (plain shuffle) or 'softmax_triplet' (P identities x NUM_INSTANCE images)
+_C.DATALOADER.SAMPLER = 'softmax'
+_C.DATALOADER.NUM_INSTANCE = 16
+# New: attempts to read an image before the error names it (the reference retries forever)
+_C.DATALOADER.READ_RETRIES = 3
+
+# -----------------------------------------------------------------------------
+# SOLVER
+# -----------------------------------------------------------------------------
+_C.SOLVER = CN()
+# 'SGD', 'Adam' or 'AdamW'
+_C.SOLVER.OPTIMIZER_NAME = "Adam"
+_C.SOLVER.MAX_EPOCHS = 100
+_C.SOLVER.BASE_LR = 3e-4
+# Learning rate x2 for the classifiers
+_C.SOLVER.LARGE_FC_LR = False
+_C.SOLVER.BIAS_LR_FACTOR = 1
+_C.SOLVER.SEED = 1234
+_C.SOLVER.MOMENTUM = 0.9
+# Triplet loss margin
+_C.SOLVER.MARGIN = 0.3
+# Learning rate of the SGD optimizer of the center-loss centers
+_C.SOLVER.CENTER_LR = 0.5
+_C.SOLVER.CENTER_LOSS_WEIGHT = 0.0005
+
+_C.SOLVER.WEIGHT_DECAY = 0.0005
+_C.SOLVER.WEIGHT_DECAY_BIAS = 0.0005
+
+# WarmupMultiStepLR (ResNet baseline)
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.STEPS = (40, 70)
+_C.SOLVER.WARMUP_FACTOR = 0.01
+_C.SOLVER.WARMUP_EPOCHS = 5
+# 'constant' or 'linear'
+_C.SOLVER.WARMUP_METHOD = "linear"
+
+_C.SOLVER.COSINE_MARGIN = 0.5
+_C.SOLVER.COSINE_SCALE = 30
+
+# Save a checkpoint every N epochs
+_C.SOLVER.CHECKPOINT_PERIOD = 10
+# Log every N iterations
+_C.SOLVER.LOG_PERIOD = 100
+# Evaluate every N epochs
+_C.SOLVER.EVAL_PERIOD = 10
+# Global batch size: with 8 GPUs and 128, each GPU holds 16 images
+_C.SOLVER.IMS_PER_BATCH = 64
+# New: mixed precision on CUDA: 'fp16' (with a GradScaler, as the reference), 'bf16' or 'fp32'
+_C.SOLVER.AMP_DTYPE = 'fp16'
+
+# -----------------------------------------------------------------------------
+# TEST
+# -----------------------------------------------------------------------------
+_C.TEST = CN()
+_C.TEST.IMS_PER_BATCH = 128
+# k-reciprocal re-ranking
+_C.TEST.RE_RANKING = False
+# New: re-ranking parameters k1, k2 and lambda (Zhong et al., 2017)
+_C.TEST.RE_RANKING_K1 = 50
+_C.TEST.RE_RANKING_K2 = 15
+_C.TEST.RE_RANKING_LAMBDA = 0.3
+# Trained model to test
+_C.TEST.WEIGHT = ""
+# Feature before or after the BN neck: 'before' or 'after'
+_C.TEST.NECK_FEAT = 'after'
+# L2-normalise features before matching: 'yes' or 'no'
+_C.TEST.FEAT_NORM = 'yes'
+# New: distance between features: 'euclidean' (the reference) or 'cosine'
+_C.TEST.DIST_METRIC = 'euclidean'
+# New: number of random query/gallery trials averaged on VehicleID (the reference uses 10)
+_C.TEST.VEHICLEID_TRIALS = 10
+_C.TEST.DIST_MAT = "dist_mat.npy"
+_C.TEST.EVAL = False
+
+# -----------------------------------------------------------------------------
+# Misc
+# -----------------------------------------------------------------------------
+# Folder of logs and checkpoints
+_C.OUTPUT_DIR = ""
+_C.DEBUG = False

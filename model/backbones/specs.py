@@ -1,0 +1,38 @@
+"""Architecture of each TransReID ViT backbone, and the feature width a config produces.
+
+One table shared by the model, the losses (center-loss width) and the tools, so that a new
+backbone is added in one place.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+VIT_SPECS: Dict[str, Dict[str, Any]] = {
+    'vit_base_patch16_224_TransReID': dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                                           qkv_bias=True),
+    'deit_base_patch16_224_TransReID': dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                                            qkv_bias=True),
+    # The reference's vit_small: no qkv bias and the attention scale of ViT-B.
+    'vit_small_patch16_224_TransReID': dict(embed_dim=768, depth=8, num_heads=8, mlp_ratio=3.0,
+                                            qkv_bias=False, qk_scale=768 ** -0.5),
+    'deit_small_patch16_224_TransReID': dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
+                                             qkv_bias=True),
+    # Not in the reference: small enough to train the embedded synthetic default on a CPU.
+    'deit_tiny_patch16_224_TransReID': dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0,
+                                            qkv_bias=True),
+}
+
+RESNET50_FEATURE_DIM = 2048
+
+
+def feature_dim(cfg) -> int:
+    """Width of the global feature (and of each JPM local feature) that `cfg` builds."""
+    if cfg.MODEL.NAME == 'resnet50':
+        return RESNET50_FEATURE_DIM
+    if cfg.MODEL.NAME == 'transformer':
+        try:
+            return VIT_SPECS[cfg.MODEL.TRANSFORMER_TYPE]['embed_dim']
+        except KeyError:
+            raise ValueError(f"MODEL.TRANSFORMER_TYPE '{cfg.MODEL.TRANSFORMER_TYPE}' is unknown; "
+                             f"choose one of {sorted(VIT_SPECS)}") from None
+    raise ValueError(f"MODEL.NAME '{cfg.MODEL.NAME}' is unknown; choose 'transformer' or 'resnet50'")
