@@ -1,0 +1,296 @@
+"""Training and evaluation loops: `do_train` and `do_inference`, as the reference names them."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from datasets import set_train_epoch
+from utils.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states, unwrap
+from utils.device import select_device
+from utils.meter import AverageMeter
+from utils.metrics import R1_mAP_eval
+from utils.progress import Progress
+
+AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': None}
+LAST_CHECKPOINT = 'last_checkpoint.pth'
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stops before the weights are touched."""
+
+
+@dataclass
+class EvalResult:
+    mAP: float
+    cmc: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        ranks = {f"rank{r}": float(self.cmc[r - 1]) for r in (1, 5, 10) if r <= len(self.cmc)}
+        return {"mAP": float(self.mAP), **ranks, "cmc": [float(v) for v in self.cmc], **self.extra}
+
+
+def yes_no(value, key: str) -> bool:
+    """Read a 'yes'/'no' config value; the reference treated any string as yes."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ('yes', 'true', 'on'):
+        return True
+    if text in ('no', 'false', 'off'):
+        return False
+    raise ValueError(f"{key} must be 'yes' or 'no', got '{value}'")
+
+
+def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
+    """Mixed-precision dtype on CUDA per SOLVER.AMP_DTYPE; None (full precision) elsewhere."""
+    if cfg.SOLVER.AMP_DTYPE not in AMP_DTYPES:
+        raise ValueError(f"SOLVER.AMP_DTYPE '{cfg.SOLVER.AMP_DTYPE}' is unknown; use one of "
+                         f"{sorted(AMP_DTYPES)}")
+    return AMP_DTYPES[cfg.SOLVER.AMP_DTYPE] if device.type == 'cuda' else None
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_evaluator(cfg, num_query: int) -> R1_mAP_eval:
+    return R1_mAP_eval(num_query, max_rank=50,
+                       feat_norm=yes_no(cfg.TEST.FEAT_NORM, 'TEST.FEAT_NORM'),
+                       reranking=bool(cfg.TEST.RE_RANKING),
+                       dist_metric=cfg.TEST.DIST_METRIC,
+                       k1=cfg.TEST.RE_RANKING_K1, k2=cfg.TEST.RE_RANKING_K2,
+                       lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, loader, device: torch.device, desc: str = "features",
+                     show_progress: bool = True) -> Tuple[torch.Tensor, List, List, List[str]]:
+    """Eval-mode features of every image of a val-style loader, in loader order, on `device`."""
+    model.eval()
+    feats, pids, camids, paths = [], [], [], []
+    for img, pid, camid, camids_batch, viewids, img_paths in Progress(loader, None, desc,
+                                                                      enabled=show_progress):
+        feat = model(img.to(device, non_blocking=True), cam_label=camids_batch.to(device),
+                     view_label=viewids.to(device))
+        feats.append(feat.float())
+        pids.extend(pid)
+        camids.extend(camid)
+        paths.extend(img_paths)
+    return torch.cat(feats), pids, camids, paths
+
+
+def evaluate(cfg, model: torch.nn.Module, val_loader, num_query: int,
+             device: torch.device) -> EvalResult:
+    """mAP and CMC of `model` on a query-then-gallery loader."""
+    feats, pids, camids, _ = extract_features(model, val_loader, device, desc="extracting features")
+    evaluator = make_evaluator(cfg, num_query)
+    evaluator.update((feats, pids, camids))
+    cmc, mAP, *_ = evaluator.compute()
+    return EvalResult(mAP=float(mAP), cmc=np.asarray(cmc))
+
+
+def log_result(logger: logging.Logger, result: EvalResult, title: str) -> None:
+    logger.info(title)
+    logger.info("mAP: {:.1%}".format(result.mAP))
+    for r in (1, 5, 10):
+        if r <= len(result.cmc):
+            logger.info("CMC curve, Rank-{:<3}:{:.1%}".format(r, result.cmc[r - 1]))
+
+
+def do_inference(cfg, model: torch.nn.Module, val_loader, num_query: int):
+    """Evaluate `model` and log mAP/CMC; returns (rank-1, rank-5) as the reference does."""
+    logger = logging.getLogger("transreid.test")
+    device = select_device(cfg.MODEL.DEVICE)
+    model.to(device)
+    result = evaluate(cfg, model, val_loader, num_query, device)
+    log_result(logger, result, "Validation Results")
+    return result.cmc[0], result.cmc[4]
+
+
+class Trainer:
+    """State of one training run; `do_train` is its public face."""
+
+    def __init__(self, cfg, model, center_criterion, train_loader, val_loader, optimizer,
+                 optimizer_center, scheduler, loss_fn, num_query: int, local_rank: int) -> None:
+        self.cfg = cfg
+        self.logger = logging.getLogger("transreid.train")
+        self.distributed = bool(cfg.MODEL.DIST_TRAIN)
+        if self.distributed and not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("MODEL.DIST_TRAIN is True but torch.distributed is not initialised; "
+                               "launch with dist_train.sh (torchrun), or set MODEL.DIST_TRAIN False")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.device = select_device(cfg.MODEL.DEVICE, local_rank)
+        self.model = self._place_model(model)
+        self.center_criterion = center_criterion.to(self.device)
+        self.train_loader, self.val_loader, self.num_query = train_loader, val_loader, num_query
+        self.optimizer, self.optimizer_center = optimizer, optimizer_center
+        self.scheduler, self.loss_fn = scheduler, loss_fn
+        self.amp_dtype = amp_dtype(cfg, self.device)
+        # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
+        self.uses_center = 'center' in cfg.MODEL.METRIC_LOSS_TYPE
+        self.best_mAP = -1.0
+        self.start_epoch = 1
+
+    def _place_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model.to(self.device)
+        if not self.distributed:
+            return model
+        device_ids = [self.device.index] if self.device.type == 'cuda' else None
+        # JPM or SIE settings can leave parameters without gradient in a step.
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ---------------------------------------------------------------- checkpoints
+    def _path(self, name: str) -> str:
+        return os.path.join(self.cfg.OUTPUT_DIR, name)
+
+    def save_checkpoint(self, epoch: int) -> None:
+        """Model-only weights (the reference's format) and the full state to resume from."""
+        model_state = unwrap(self.model).state_dict()
+        atomic_save(model_state, self._path(f"{self.cfg.MODEL.NAME}_{epoch}.pth"))
+        atomic_save({
+            'model': model_state,
+            'optimizer': self.optimizer.state_dict(),
+            'optimizer_center': self.optimizer_center.state_dict(),
+            'center_criterion': self.center_criterion.state_dict(),
+            'scheduler': self.scheduler.state_dict(),
+            'scaler': self.scaler.state_dict(),
+            'epoch': epoch,
+            'best_mAP': self.best_mAP,
+            'rng': rng_states(),
+            'config': self.cfg.dump(),
+        }, self._path(LAST_CHECKPOINT))
+        self.logger.info("Saved checkpoint of epoch %d to %s", epoch, self.cfg.OUTPUT_DIR)
+
+    def resume(self, path: str) -> None:
+        state = load_checkpoint(path)
+        unwrap(self.model).load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.optimizer_center.load_state_dict(state['optimizer_center'])
+        self.center_criterion.load_state_dict(state['center_criterion'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        self.scaler.load_state_dict(state['scaler'])
+        restore_rng_states(state['rng'])
+        self.best_mAP = state['best_mAP']
+        self.start_epoch = state['epoch'] + 1
+        self.logger.info("Resumed from %s: continuing at epoch %d of %d", path, self.start_epoch,
+                         self.cfg.SOLVER.MAX_EPOCHS)
+
+    # ---------------------------------------------------------------- training
+    def _to_device(self, *tensors: torch.Tensor) -> List[torch.Tensor]:
+        return [t.to(self.device, non_blocking=True) for t in tensors]
+
+    def train_step(self, batch: Sequence[torch.Tensor], epoch: int, n_iter: int) -> Tuple[float, float]:
+        img, target, target_cam, target_view = self._to_device(*batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_center.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp_dtype):
+            score, feat = self.model(img, target, cam_label=target_cam, view_label=target_view)
+            loss = self.loss_fn(score, feat, target, target_cam)
+        global_score = score[0] if isinstance(score, list) else score
+        accuracy = (global_score.argmax(1) == target).float().mean()
+        # One host sync per step for both logged numbers.
+        loss_value, acc_value = torch.stack([loss.detach().float(), accuracy]).tolist()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at epoch {epoch}, iteration {n_iter}; training stopped "
+                f"before updating the weights. The last good checkpoint is "
+                f"{self._path(LAST_CHECKPOINT)} (if one was written): lower SOLVER.BASE_LR or "
+                f"resume from it with MODEL.RESUME")
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        if self.uses_center:
+            # Undo the loss weight so that CENTER_LR alone sets how fast the centers move.
+            for param in self.center_criterion.parameters():
+                param.grad.mul_(1.0 / self.cfg.SOLVER.CENTER_LOSS_WEIGHT)
+            self.scaler.step(self.optimizer_center)
+        self.scaler.update()
+        return loss_value, acc_value
+
+    def train_epoch(self, epoch: int) -> None:
+        self.scheduler.step(epoch)
+        set_train_epoch(self.train_loader, epoch)
+        self.model.train()
+        loss_meter, acc_meter = AverageMeter(), AverageMeter()
+        num_iters, num_images = len(self.train_loader), 0
+        start = time.perf_counter()
+        batches = Progress(self.train_loader, num_iters, f"epoch {epoch}", self.logger,
+                           enabled=self.is_main and os.isatty(2))
+        for n_iter, batch in enumerate(batches, start=1):
+            loss, acc = self.train_step(batch, epoch, n_iter)
+            batch_size = batch[0].shape[0]
+            num_images += batch_size
+            loss_meter.update(loss, batch_size)
+            acc_meter.update(acc, 1)
+            if n_iter % self.cfg.SOLVER.LOG_PERIOD == 0:
+                self.logger.info("Epoch[{}] Iteration[{}/{}] Loss: {:.3f}, Acc: {:.3f}, Base Lr: {:.2e}"
+                                 .format(epoch, n_iter, num_iters, loss_meter.avg, acc_meter.avg,
+                                         self.scheduler._get_lr(epoch)[0]))
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        self.logger.info("Epoch {} done. Loss: {:.3f}, Acc: {:.3f}, Time per batch: {:.3f}[s] "
+                         "Speed: {:.1f}[samples/s]".format(
+                             epoch, loss_meter.avg, acc_meter.avg, elapsed / max(num_iters, 1),
+                             num_images * self.world_size / elapsed))
+
+    def validate(self, epoch: int) -> EvalResult:
+        # Evaluation draws loader seeds from the global RNG; forking keeps training randomness
+        # independent of EVAL_PERIOD, so a resumed run matches an uninterrupted one.
+        cuda_devices = [self.device] if self.device.type == 'cuda' else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            result = evaluate(self.cfg, unwrap(self.model), self.val_loader, self.num_query,
+                              self.device)
+        log_result(self.logger, result, f"Validation Results - Epoch: {epoch}")
+        if result.mAP > self.best_mAP:
+            self.best_mAP = result.mAP
+            atomic_save(unwrap(self.model).state_dict(), self._path(f"{self.cfg.MODEL.NAME}_best.pth"))
+        return result
+
+    def run(self) -> Optional[EvalResult]:
+        max_epochs = self.cfg.SOLVER.MAX_EPOCHS
+        self.logger.info("start training: epochs %d to %d on %s%s", self.start_epoch, max_epochs,
+                         self.device, f" x {self.world_size} processes" if self.distributed else "")
+        result = None
+        for epoch in range(self.start_epoch, max_epochs + 1):
+            self.train_epoch(epoch)
+            last = epoch == max_epochs
+            # Rank 0 alone evaluates and saves; the others wait at the barrier instead of
+            # entering the unwrapped model's forward (the reference hangs there).
+            if self.is_main:
+                if epoch % self.cfg.SOLVER.EVAL_PERIOD == 0 or last:
+                    result = self.validate(epoch)
+                if epoch % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 or last:
+                    self.save_checkpoint(epoch)
+            if self.distributed:
+                dist.barrier()
+        return result
+
+
+def do_train(cfg, model, center_criterion, train_loader, val_loader, optimizer, optimizer_center,
+             scheduler, loss_fn, num_query, local_rank):
+    """Train per `cfg`, resuming from MODEL.RESUME when set; returns the last validation result."""
+    trainer = Trainer(cfg, model, center_criterion, train_loader, val_loader, optimizer,
+                      optimizer_center, scheduler, loss_fn, num_query, local_rank)
+    if cfg.MODEL.RESUME:
+        trainer.resume(cfg.MODEL.RESUME)
+    return trainer.run()
