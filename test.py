@@ -1,0 +1,78 @@
+"""Evaluate a trained model: python test.py --config_file configs/... TEST.WEIGHT <file> [KEY VALUE ...]
+
+Prints mAP and CMC and writes them to OUTPUT_DIR/test_results.json.
+"""
+import json
+import os
+
+import numpy as np
+
+from datasets import make_dataloader
+from model import make_model
+from processor import EvalResult, evaluate
+from processor.processor import log_result
+from utils.cli import base_parser, load_config_or_exit, start_run
+from utils.device import select_device
+
+
+def build_trained_model(cfg, num_classes: int, camera_num: int, view_num: int):
+    if not cfg.TEST.WEIGHT:
+        raise SystemExit("error: TEST.WEIGHT is empty; name the trained model to test, e.g. "
+                         "TEST.WEIGHT logs/market_vit_transreid_stride/transformer_120.pth")
+    # The trained weights replace every parameter, so skip the ImageNet initialisation (and
+    # the need for its file) when building the network.
+    cfg.defrost()
+    cfg.MODEL.PRETRAIN_CHOICE = 'none'
+    cfg.freeze()
+    model = make_model(cfg, num_class=num_classes, camera_num=camera_num, view_num=view_num)
+    model.load_param(cfg.TEST.WEIGHT)
+    return model
+
+
+def average_trials(results) -> EvalResult:
+    cmc = np.mean([r.cmc for r in results], axis=0)
+    return EvalResult(mAP=float(np.mean([r.mAP for r in results])), cmc=cmc,
+                      extra={"trials": [r.as_dict() for r in results]})
+
+
+def run_vehicleid_trials(cfg, model, device, logger) -> EvalResult:
+    """VehicleID draws query and gallery at random: average TEST.VEHICLEID_TRIALS draws."""
+    results = []
+    for trial in range(cfg.TEST.VEHICLEID_TRIALS):
+        _, _, val_loader, num_query, *_ = make_dataloader(cfg, trial=trial)
+        result = evaluate(cfg, model, val_loader, num_query, device)
+        logger.info("trial %d: mAP %.1f%%, rank-1 %.1f%%, rank-5 %.1f%%", trial,
+                    100 * result.mAP, 100 * result.cmc[0], 100 * result.cmc[4])
+        results.append(result)
+    return average_trials(results)
+
+
+def main() -> None:
+    parser = base_parser("Test a trained TransReID model")
+    args = parser.parse_args()
+    cfg = load_config_or_exit(args.config_file, args.opts)
+    logger = start_run(cfg, args.config_file, if_train=False)
+
+    _, _, val_loader, num_query, num_classes, camera_num, view_num = make_dataloader(cfg)
+    model = build_trained_model(cfg, num_classes, camera_num, view_num)
+    device = select_device(cfg.MODEL.DEVICE)
+    model.to(device)
+
+    if cfg.DATASETS.NAMES == 'VehicleID':
+        result = run_vehicleid_trials(cfg, model, device, logger)
+        title = f"Validation Results (mean of {cfg.TEST.VEHICLEID_TRIALS} trials)"
+    else:
+        result = evaluate(cfg, model, val_loader, num_query, device)
+        title = "Validation Results"
+    log_result(logger, result, title)
+
+    if cfg.OUTPUT_DIR:
+        path = os.path.join(cfg.OUTPUT_DIR, "test_results.json")
+        with open(path, "w") as handle:
+            json.dump({"weight": cfg.TEST.WEIGHT, "dataset": cfg.DATASETS.NAMES,
+                       "re_ranking": bool(cfg.TEST.RE_RANKING), **result.as_dict()}, handle, indent=2)
+        logger.info("Results written to %s", path)
+
+
+if __name__ == "__main__":
+    main()
