@@ -1,0 +1,107 @@
+"""The training loss of a config: ID loss, plus triplet and/or center loss."""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from model.backbones.specs import feature_dim
+
+from .center_loss import CenterLoss
+from .softmax_loss import CrossEntropyLabelSmooth
+from .triplet_loss import TripletLoss
+
+logger = logging.getLogger("transreid.loss")
+
+LABEL_SMOOTHING_EPSILON = 0.1
+SAMPLERS = ('softmax', 'softmax_triplet')
+METRIC_LOSS_TYPES = ('triplet', 'center', 'triplet_center')
+
+BranchOutputs = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def _global_and_local_average(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                              outputs: BranchOutputs, target: torch.Tensor) -> torch.Tensor:
+    """`loss_fn` on a single output, or, for JPM's [global, local_1..n] list,
+    0.5 × the mean over the local branches + 0.5 × the global branch (as the reference)."""
+    if isinstance(outputs, torch.Tensor):
+        return loss_fn(outputs, target)
+    global_output, *local_outputs = outputs
+    global_loss = loss_fn(global_output, target)
+    if not local_outputs:
+        return global_loss
+    local_loss = sum(loss_fn(output, target) for output in local_outputs) / len(local_outputs)
+    return 0.5 * local_loss + 0.5 * global_loss
+
+
+class ReIDLoss(nn.Module):
+    """ID_LOSS_WEIGHT × ID + TRIPLET_LOSS_WEIGHT × triplet + CENTER_LOSS_WEIGHT × center.
+
+    Called as the reference's loss_func: `(score, feat, target, target_cam)`, where score and
+    feat are tensors or JPM lists. A term whose module is None is left out. The center loss is
+    applied to the global feature only: the JPM local features are different embeddings and
+    would be pulled towards the same centres.
+    """
+
+    def __init__(self, id_loss: nn.Module, id_weight: float,
+                 triplet: Optional[TripletLoss] = None, triplet_weight: float = 1.0,
+                 center: Optional[CenterLoss] = None, center_weight: float = 0.0) -> None:
+        super().__init__()
+        self.id_loss = id_loss
+        self.id_weight = id_weight
+        self.triplet = triplet
+        self.triplet_weight = triplet_weight
+        self.center = center
+        self.center_weight = center_weight
+
+    def forward(self, score: BranchOutputs, feat: BranchOutputs, target: torch.Tensor,
+                target_cam: Optional[torch.Tensor] = None) -> torch.Tensor:
+        loss = self.id_weight * _global_and_local_average(self.id_loss, score, target)
+        if self.triplet is not None:
+            triplet_loss = _global_and_local_average(self.triplet, feat, target)
+            loss = loss + self.triplet_weight * triplet_loss
+        if self.center is not None:
+            global_feat = feat if isinstance(feat, torch.Tensor) else feat[0]
+            loss = loss + self.center_weight * self.center(global_feat, target)
+        return loss
+
+
+def _checked_choice(key: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{key} '{value}' is not supported; choose one of {list(choices)}")
+    return value
+
+
+def make_loss(cfg, num_classes: int) -> Tuple[ReIDLoss, CenterLoss]:
+    """`(loss_func, center_criterion)` for `cfg`; center_criterion is created in every case
+    (its optimizer is built regardless, as the reference) and is on the CPU."""
+    sampler = _checked_choice('DATALOADER.SAMPLER', cfg.DATALOADER.SAMPLER, SAMPLERS)
+    metric = _checked_choice('MODEL.METRIC_LOSS_TYPE', cfg.MODEL.METRIC_LOSS_TYPE,
+                             METRIC_LOSS_TYPES)
+    center_criterion = CenterLoss(num_classes=num_classes, feat_dim=feature_dim(cfg))
+
+    label_smooth = _checked_choice('MODEL.IF_LABELSMOOTH', cfg.MODEL.IF_LABELSMOOTH, ('on', 'off'))
+    smoothing = LABEL_SMOOTHING_EPSILON if label_smooth == 'on' else 0.0
+    id_loss = CrossEntropyLabelSmooth(epsilon=smoothing)
+    logger.info("ID loss: cross-entropy with label smoothing %.1f", smoothing)
+
+    # With the plain-shuffle sampler the loss is the ID loss alone, as the reference: its
+    # batches need not hold two images of an identity.
+    use_metric = sampler == 'softmax_triplet'
+    triplet = None
+    if use_metric and 'triplet' in metric:
+        margin = None if cfg.MODEL.NO_MARGIN else cfg.SOLVER.MARGIN
+        triplet = TripletLoss(margin)
+        logger.info("triplet loss: %s", triplet.extra_repr())
+    center = None
+    if use_metric and 'center' in metric:
+        center = center_criterion
+        logger.info("center loss: weight %g, feature width %d", cfg.SOLVER.CENTER_LOSS_WEIGHT,
+                    center.feat_dim)
+
+    loss_func = ReIDLoss(id_loss, cfg.MODEL.ID_LOSS_WEIGHT,
+                         triplet, cfg.MODEL.TRIPLET_LOSS_WEIGHT,
+                         center, cfg.SOLVER.CENTER_LOSS_WEIGHT)
+    return loss_func, center_criterion

@@ -1,0 +1,213 @@
+"""Config defaults, the YAMLs under configs/, and the loader's errors."""
+import os
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, cfg, load_config
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+ALL_YAMLS = sorted(CONFIG_DIR.rglob("*.yml"))
+
+# Every YAML of the reference repository (configs/Market/swin.yml aside: its TRANSFORMER_TYPE
+# 'swin' is unknown to the reference's own model factory).
+REFERENCE_YAMLS = [
+    "transformer_base.yml",
+    *(f"{dataset}/{name}.yml"
+      for dataset in ("Market", "DukeMTMC", "MSMT17")
+      for name in ("vit_base", "vit_jpm", "vit_sie", "vit_transreid", "vit_transreid_384",
+                   "vit_transreid_stride", "vit_transreid_stride_384", "deit_transreid_stride")),
+    "MSMT17/vit_small.yml", "MSMT17/deit_small.yml",
+    *(f"OCC_Duke/{name}.yml" for name in ("vit_base", "vit_jpm", "vit_sie", "vit_transreid",
+                                          "vit_transreid_stride", "deit_transreid_stride")),
+    *(f"{dataset}/{name}.yml"
+      for dataset in ("VeRi", "VehicleID")
+      for name in ("vit_base", "vit_transreid", "vit_transreid_stride", "deit_transreid",
+                   "deit_transreid_stride")),
+]
+
+# The reference's configs/Market/vit_transreid_stride.yml, byte for byte in its settings.
+REFERENCE_MARKET_STRIDE_YAML = """\
+MODEL:
+  PRETRAIN_CHOICE: 'imagenet'
+  PRETRAIN_PATH: '/home/heshuting/.cache/torch/checkpoints/jx_vit_base_p16_224-80ecf9dd.pth'
+  METRIC_LOSS_TYPE: 'triplet'
+  IF_LABELSMOOTH: 'off'
+  IF_WITH_CENTER: 'no'
+  NAME: 'transformer'
+  NO_MARGIN: True
+  DEVICE_ID: ('5')
+  TRANSFORMER_TYPE: 'vit_base_patch16_224_TransReID'
+  STRIDE_SIZE: [12, 12]
+  SIE_CAMERA: True
+  SIE_COE: 3.0
+  JPM: True
+  RE_ARRANGE: True
+
+INPUT:
+  SIZE_TRAIN: [256, 128]
+  SIZE_TEST: [256, 128]
+  PROB: 0.5 # random horizontal flip
+  RE_PROB: 0.5 # random erasing
+  PADDING: 10
+  PIXEL_MEAN: [0.5, 0.5, 0.5]
+  PIXEL_STD: [0.5, 0.5, 0.5]
+
+DATASETS:
+  NAMES: ('market1501')
+  ROOT_DIR: ('../../data')
+
+DATALOADER:
+  SAMPLER: 'softmax_triplet'
+  NUM_INSTANCE: 4
+  NUM_WORKERS: 8
+
+SOLVER:
+  OPTIMIZER_NAME: 'SGD'
+  MAX_EPOCHS: 120
+  BASE_LR: 0.008
+  IMS_PER_BATCH: 64
+  WARMUP_METHOD: 'linear'
+  LARGE_FC_LR: False
+  CHECKPOINT_PERIOD: 120
+  LOG_PERIOD: 50
+  EVAL_PERIOD: 120
+  WEIGHT_DECAY:  1e-4
+  WEIGHT_DECAY_BIAS: 1e-4
+  BIAS_LR_FACTOR: 2
+
+TEST:
+  EVAL: True
+  IMS_PER_BATCH: 256
+  RE_RANKING: False
+  WEIGHT: ''
+  NECK_FEAT: 'before'
+  FEAT_NORM: 'yes'
+
+OUTPUT_DIR: '../logs/market_vit_transreid_stride'
+"""
+
+# The reference's config/defaults.py, key by key.
+REFERENCE_DEFAULTS = {
+    "MODEL.DEVICE": "cuda", "MODEL.DEVICE_ID": "0", "MODEL.NAME": "resnet50",
+    "MODEL.LAST_STRIDE": 1, "MODEL.PRETRAIN_PATH": "", "MODEL.PRETRAIN_CHOICE": "imagenet",
+    "MODEL.NECK": "bnneck", "MODEL.IF_WITH_CENTER": "no", "MODEL.ID_LOSS_TYPE": "softmax",
+    "MODEL.ID_LOSS_WEIGHT": 1.0, "MODEL.TRIPLET_LOSS_WEIGHT": 1.0,
+    "MODEL.METRIC_LOSS_TYPE": "triplet", "MODEL.DIST_TRAIN": False, "MODEL.NO_MARGIN": False,
+    "MODEL.IF_LABELSMOOTH": "on", "MODEL.COS_LAYER": False, "MODEL.DROP_PATH": 0.1,
+    "MODEL.DROP_OUT": 0.0, "MODEL.ATT_DROP_RATE": 0.0, "MODEL.TRANSFORMER_TYPE": "None",
+    "MODEL.STRIDE_SIZE": [16, 16], "MODEL.JPM": False, "MODEL.SHIFT_NUM": 5,
+    "MODEL.SHUFFLE_GROUP": 2, "MODEL.DEVIDE_LENGTH": 4, "MODEL.RE_ARRANGE": True,
+    "MODEL.SIE_COE": 3.0, "MODEL.SIE_CAMERA": False, "MODEL.SIE_VIEW": False,
+    "INPUT.SIZE_TRAIN": [384, 128], "INPUT.SIZE_TEST": [384, 128], "INPUT.PROB": 0.5,
+    "INPUT.RE_PROB": 0.5, "INPUT.PIXEL_MEAN": [0.485, 0.456, 0.406],
+    "INPUT.PIXEL_STD": [0.229, 0.224, 0.225], "INPUT.PADDING": 10,
+    "DATASETS.NAMES": "market1501", "DATASETS.ROOT_DIR": "../data",
+    "DATALOADER.NUM_WORKERS": 8, "DATALOADER.SAMPLER": "softmax", "DATALOADER.NUM_INSTANCE": 16,
+    "SOLVER.OPTIMIZER_NAME": "Adam", "SOLVER.MAX_EPOCHS": 100, "SOLVER.BASE_LR": 3e-4,
+    "SOLVER.LARGE_FC_LR": False, "SOLVER.BIAS_LR_FACTOR": 1, "SOLVER.SEED": 1234,
+    "SOLVER.MOMENTUM": 0.9, "SOLVER.MARGIN": 0.3, "SOLVER.CENTER_LR": 0.5,
+    "SOLVER.CENTER_LOSS_WEIGHT": 0.0005, "SOLVER.WEIGHT_DECAY": 0.0005,
+    "SOLVER.WEIGHT_DECAY_BIAS": 0.0005, "SOLVER.GAMMA": 0.1, "SOLVER.STEPS": (40, 70),
+    "SOLVER.WARMUP_FACTOR": 0.01, "SOLVER.WARMUP_EPOCHS": 5, "SOLVER.WARMUP_METHOD": "linear",
+    "SOLVER.COSINE_MARGIN": 0.5, "SOLVER.COSINE_SCALE": 30, "SOLVER.CHECKPOINT_PERIOD": 10,
+    "SOLVER.LOG_PERIOD": 100, "SOLVER.EVAL_PERIOD": 10, "SOLVER.IMS_PER_BATCH": 64,
+    "TEST.IMS_PER_BATCH": 128, "TEST.RE_RANKING": False, "TEST.WEIGHT": "",
+    "TEST.NECK_FEAT": "after", "TEST.FEAT_NORM": "yes", "TEST.DIST_MAT": "dist_mat.npy",
+    "TEST.EVAL": False, "OUTPUT_DIR": "", "DEBUG": False,
+}
+
+
+def _lookup(node, dotted_key):
+    for part in dotted_key.split("."):
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("key", sorted(REFERENCE_DEFAULTS))
+def test_every_reference_default_exists_with_its_value(key):
+    value = _lookup(cfg, key)
+    expected = REFERENCE_DEFAULTS[key]
+    assert value == expected and type(value) is type(expected), (key, value)
+
+
+def test_every_reference_yaml_is_present():
+    present = {path.relative_to(CONFIG_DIR).as_posix() for path in ALL_YAMLS}
+    assert sorted(set(REFERENCE_YAMLS) - present) == []
+
+
+@pytest.mark.parametrize("path", ALL_YAMLS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
+def test_yaml_loads_with_repo_relative_paths(path):
+    loaded = load_config(str(path))
+    for key in ("MODEL.PRETRAIN_PATH", "DATASETS.ROOT_DIR", "OUTPUT_DIR", "TEST.WEIGHT"):
+        assert not os.path.isabs(_lookup(loaded, key)), key
+    assert loaded.is_frozen()
+
+
+# The paper's headline settings of the stride configs that the reference README trains:
+# (stride, SIE camera, SIE view, shift, base lr, batch, train size).
+README_STRIDE_CONFIGS = {
+    "Market/vit_transreid_stride.yml": ([12, 12], True, False, 5, 0.008, 64, [256, 128]),
+    "DukeMTMC/vit_transreid_stride.yml": ([12, 12], True, False, 5, 0.008, 64, [256, 128]),
+    "MSMT17/vit_transreid_stride.yml": ([12, 12], True, False, 5, 0.008, 64, [256, 128]),
+    "OCC_Duke/vit_transreid_stride.yml": ([11, 11], True, False, 5, 0.008, 64, [256, 128]),
+    "VeRi/vit_transreid_stride.yml": ([12, 12], True, True, 8, 0.01, 64, [256, 256]),
+    "VehicleID/vit_transreid_stride.yml": ([12, 12], False, False, 8, 0.045, 256, [256, 256]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(README_STRIDE_CONFIGS))
+def test_readme_stride_configs_keep_reference_hyper_parameters(name):
+    loaded = load_config(str(CONFIG_DIR / name))
+    stride, sie_camera, sie_view, shift, lr, batch, size = README_STRIDE_CONFIGS[name]
+    model, solver = loaded.MODEL, loaded.SOLVER
+    assert (model.STRIDE_SIZE, model.SIE_CAMERA, model.SIE_VIEW, model.SHIFT_NUM) == (
+        stride, sie_camera, sie_view, shift)
+    assert (solver.BASE_LR, solver.IMS_PER_BATCH, loaded.INPUT.SIZE_TRAIN) == (lr, batch, size)
+    assert model.JPM and model.NO_MARGIN and model.IF_LABELSMOOTH == 'off'
+    assert (solver.OPTIMIZER_NAME, solver.MAX_EPOCHS, solver.BIAS_LR_FACTOR) == ('SGD', 120, 2)
+    assert solver.WEIGHT_DECAY == solver.WEIGHT_DECAY_BIAS == 1e-4
+    assert loaded.TEST.NECK_FEAT == 'before'
+
+
+def test_reference_yaml_loads_unchanged(tmp_path):
+    path = tmp_path / "vit_transreid_stride.yml"
+    path.write_text(REFERENCE_MARKET_STRIDE_YAML)
+    loaded = load_config(str(path))
+    assert loaded.MODEL.DEVICE_ID == '5'
+    assert loaded.MODEL.STRIDE_SIZE == [12, 12]
+    assert loaded.DATASETS.NAMES == 'market1501'
+    assert loaded.DATASETS.ROOT_DIR == '../../data'
+    assert loaded.SOLVER.WEIGHT_DECAY == 1e-4
+    assert loaded.MODEL.PRETRAIN_PATH.startswith('/home/heshuting/')
+
+
+def test_overrides_apply_after_the_file(tmp_path):
+    path = tmp_path / "ref.yml"
+    path.write_text(REFERENCE_MARKET_STRIDE_YAML)
+    loaded = load_config(str(path), ["MODEL.DEVICE_ID", "('0')", "SOLVER.BASE_LR", "0.01"])
+    assert (loaded.MODEL.DEVICE_ID, loaded.SOLVER.BASE_LR) == ('0', 0.01)
+
+
+def test_misspelt_yaml_key_names_file_and_key(tmp_path):
+    path = tmp_path / "typo.yml"
+    path.write_text("MODEL:\n  STRIDE_SIZ: [12, 12]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(path) in str(info.value) and "STRIDE_SIZ" in str(info.value)
+
+
+def test_odd_override_count_is_an_error():
+    with pytest.raises(ConfigError, match="pairs"):
+        load_config("", ["SOLVER.BASE_LR"])
+
+
+def test_unknown_override_key_is_named():
+    with pytest.raises(ConfigError, match="SOLVER.BASE_LRR"):
+        load_config("", ["SOLVER.BASE_LRR", "0.1"])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    missing = tmp_path / "nope.yml"
+    with pytest.raises(ConfigError, match="nope.yml"):
+        load_config(str(missing))
