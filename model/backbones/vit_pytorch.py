@@ -1,0 +1,208 @@
+"""The TransReID vision transformer: overlapping patch embedding and side-information embedding (SIE).
+
+Module and parameter names are the reference's (`patch_embed.proj`, `cls_token`, `pos_embed`,
+`sie_embed`, `blocks.N.attn.qkv`, `blocks.N.mlp.fc1`, `norm`, ...) so that jx ViT / DeiT ImageNet
+weights and the reference's trained checkpoints load unchanged. The MLP and stochastic depth are
+timm's; attention goes through `torch.nn.functional.scaled_dot_product_attention`.
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
+from torch import nn
+
+from .specs import VIT_SPECS
+from .. import weights
+
+logger = logging.getLogger("transreid.model")
+
+PATCH_SIZE = 16
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, softmax(Q·Kᵀ·scale)·V; `qk_scale` overrides head_dim^-0.5."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_scale: Optional[float] = None,
+                 attn_drop: float = 0., proj_drop: float = 0.) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.,
+                                           scale=self.scale)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, tokens, dim)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)), with stochastic depth."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4., qkv_bias: bool = False,
+                 qk_scale: Optional[float] = None, drop: float = 0., attn_drop: float = 0., drop_path: float = 0.,
+                 norm_layer: Callable[[int], nn.Module] = LayerNorm) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                              attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbedOverlap(nn.Module):
+    """16x16 patches taken every `stride_size` pixels (overlapping when the stride is below 16).
+
+    Grid: num_y = (H - 16) // stride_y + 1, num_x = (W - 16) // stride_x + 1.
+    """
+
+    def __init__(self, img_size: Union[int, Sequence[int]] = 224, patch_size: int = PATCH_SIZE,
+                 stride_size: Union[int, Sequence[int]] = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.img_size = tuple(to_2tuple(img_size))
+        patch = to_2tuple(patch_size)
+        stride = tuple(to_2tuple(stride_size))
+        self.num_y = (self.img_size[0] - patch[0]) // stride[0] + 1
+        self.num_x = (self.img_size[1] - patch[1]) // stride[1] + 1
+        self.num_patches = self.num_y * self.num_x
+        logger.info("Patch stride %s: %d x %d patches", stride, self.num_y, self.num_x)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch, stride=stride)
+        # He initialisation over the output fan, as the reference initialises this convolution.
+        fan_out = patch[0] * patch[1] * embed_dim
+        nn.init.normal_(self.proj.weight, std=(2. / fan_out) ** 0.5)
+
+    @property
+    def grid_size(self) -> Tuple[int, int]:
+        return self.num_y, self.num_x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if (height, width) != self.img_size:
+            raise ValueError(f"input images are {height}x{width} but the model was built for "
+                             f"{self.img_size[0]}x{self.img_size[1]} (INPUT.SIZE_TRAIN); resize them or set "
+                             "INPUT.SIZE_TEST equal to INPUT.SIZE_TRAIN")
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class TransReID(nn.Module):
+    """ViT backbone of TransReID.
+
+    `forward` returns the normalised class token (N x D), or, with `local_feature` (JPM), all tokens
+    after the second-to-last block (N x (1 + patches) x D): the JPM head runs its own copies of the
+    last block and norm. SIE adds `sie_coe` x a learned embedding of the camera, the view, or the
+    camera-view pair (index camera * view_num + view) to every token; a count of 1 or less turns that
+    side information off, and the table exists only when some count exceeds 1.
+    """
+
+    def __init__(self, img_size: Union[int, Sequence[int]] = 224, patch_size: int = PATCH_SIZE,
+                 stride_size: Union[int, Sequence[int]] = 16, in_chans: int = 3, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4., qkv_bias: bool = False,
+                 qk_scale: Optional[float] = None, drop_rate: float = 0., attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0., camera: int = 0, view: int = 0, local_feature: bool = False,
+                 sie_coe: float = 1.0, norm_layer: Callable[[int], nn.Module] = LayerNorm) -> None:
+        super().__init__()
+        self.embed_dim = self.num_features = embed_dim
+        self.local_feature = local_feature
+        self.patch_embed = PatchEmbedOverlap(img_size, patch_size, stride_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        self.cam_num = camera if camera > 1 else 0
+        self.view_num = view if view > 1 else 0
+        self.sie_coe = sie_coe
+        self.sie_embed = self._make_sie_table(embed_dim)
+        self.pos_drop = nn.Dropout(p=drop_rate)
+        drop_path_rates = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth decay rule
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
+                  drop_path=rate, norm_layer=norm_layer)
+            for rate in drop_path_rates])
+        self.norm = norm_layer(embed_dim)
+        trunc_normal_(self.cls_token, std=.02)
+        trunc_normal_(self.pos_embed, std=.02)
+        self.apply(self._init_weights)
+
+    def _make_sie_table(self, embed_dim: int) -> Optional[nn.Parameter]:
+        size = max(self.cam_num, 1) * max(self.view_num, 1) if (self.cam_num or self.view_num) else 0
+        if not size:
+            return None
+        logger.info("SIE with %d cameras, %d views, coefficient %s", self.cam_num, self.view_num, self.sie_coe)
+        table = nn.Parameter(torch.zeros(size, 1, embed_dim))
+        trunc_normal_(table, std=.02)
+        return table
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'pos_embed', 'cls_token'}
+
+    def sie_index(self, cam_label: Optional[torch.Tensor], view_label: Optional[torch.Tensor]) -> torch.Tensor:
+        """Row of the SIE table for each image: camera * view_num + view, camera, or view."""
+        if self.cam_num and cam_label is None:
+            raise ValueError("this model has SIE camera embeddings (MODEL.SIE_CAMERA): pass cam_label")
+        if self.view_num and view_label is None:
+            raise ValueError("this model has SIE view embeddings (MODEL.SIE_VIEW): pass view_label")
+        if self.cam_num and self.view_num:
+            return cam_label * self.view_num + view_label
+        return cam_label if self.cam_num else view_label
+
+    def embed(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
+              view_label: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Patch tokens with the class token prepended, plus position and side-information embeddings."""
+        x = self.patch_embed(x)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        x = x + self.pos_embed
+        if self.sie_embed is not None:
+            index = self.sie_index(cam_label, view_label).to(self.sie_embed.device, torch.long)
+            x = x + self.sie_coe * self.sie_embed[index]
+        return self.pos_drop(x)
+
+    def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
+                view_label: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.embed(x, cam_label, view_label)
+        if self.local_feature:
+            for block in self.blocks[:-1]:
+                x = block(x)
+            return x
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, 0]
+
+    def load_param(self, source: str, backbone_name: str = 'TransReID') -> None:
+        """ImageNet initialisation from a jx ViT / DeiT file or `timm:<model name>`."""
+        weights.load_imagenet_vit(self, source, backbone_name)
+
+
+def create_vit(name: str, img_size: Sequence[int], stride_size: Sequence[int], drop_rate: float = 0.,
+               attn_drop_rate: float = 0., drop_path_rate: float = 0.1, camera: int = 0, view: int = 0,
+               local_feature: bool = False, sie_coe: float = 1.5) -> TransReID:
+    """The backbone `name` of `VIT_SPECS` (a `MODEL.TRANSFORMER_TYPE`)."""
+    if name not in VIT_SPECS:
+        raise ValueError(f"MODEL.TRANSFORMER_TYPE '{name}' is unknown; choose one of {sorted(VIT_SPECS)}")
+    return TransReID(img_size=img_size, stride_size=stride_size, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                     drop_path_rate=drop_path_rate, camera=camera, view=view, local_feature=local_feature,
+                     sie_coe=sie_coe, **VIT_SPECS[name])

@@ -1,0 +1,273 @@
+"""Reading weights that a user hands in, and fitting them into the models, strictly.
+
+Two kinds of source:
+
+* ImageNet initialisation of a backbone: a local jx ViT / DeiT / torchvision ResNet-50 `.pth`
+  (a state dict, possibly nested under 'model' or 'state_dict'), or `timm:<model name>`, which
+  timm downloads when the machine is online. ViT position embeddings are resized to the
+  re-ID stride grid and old linear patch-embedding weights reshaped to a convolution.
+* Trained TransReID models: the reference's `transformer_<epoch>.pth` (a bare state dict,
+  maybe with DataParallel's `module.` prefixes) or this repository's training checkpoints
+  (`{'model': state_dict, 'optimizer': ..., 'epoch': ...}`).
+
+Unlike the reference, which prints and carries on, every mismatch raises a
+`CheckpointMismatchError` that lists each offending key with both shapes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+from typing import Collection, Dict, Iterable, List, Mapping, Sequence, Tuple
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+logger = logging.getLogger("transreid.model")
+
+StateDict = Dict[str, torch.Tensor]
+
+TIMM_PREFIX = 'timm:'
+# Top-level keys under which DeiT, timm and this repository's training checkpoints nest the weights.
+NESTING_KEYS = ('model', 'state_dict')
+# ImageNet classification heads (ViT, distilled DeiT, ResNet), which a re-ID model replaces.
+IMAGENET_HEAD_PREFIXES = ('head.', 'head_dist.', 'pre_logits.', 'fc.')
+# Distilled DeiT's extra token; TransReID keeps only the class token.
+DISTILLATION_TOKEN = 'dist_token'
+# The reference's ViT keeps an unused 1000-way ImageNet head, saved in its trained checkpoints.
+UNUSED_TRAINED_PREFIXES = ('base.fc.', 'base.head.')
+CLASSIFIER_PREFIX = 'classifier'
+
+# Where to get the ImageNet weights of each backbone (the reference README's links).
+IMAGENET_SOURCES: Dict[str, Tuple[str, str]] = {
+    'vit_base_patch16_224_TransReID': (
+        'https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/'
+        'jx_vit_base_p16_224-80ecf9dd.pth', 'timm:vit_base_patch16_224.orig_in21k_ft_in1k'),
+    'deit_base_patch16_224_TransReID': (
+        'https://dl.fbaipublicfiles.com/deit/deit_base_distilled_patch16_224-df68dfff.pth',
+        'timm:deit_base_distilled_patch16_224.fb_in1k'),
+    'vit_small_patch16_224_TransReID': (
+        'https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/'
+        'vit_small_p16_224-15ec54c9.pth', ''),
+    'deit_small_patch16_224_TransReID': (
+        'https://dl.fbaipublicfiles.com/deit/deit_small_distilled_patch16_224-649709d9.pth',
+        'timm:deit_small_distilled_patch16_224.fb_in1k'),
+    'deit_tiny_patch16_224_TransReID': (
+        'https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth',
+        'timm:deit_tiny_patch16_224.fb_in1k'),
+    'resnet50': ('https://download.pytorch.org/models/resnet50-19c8e357.pth', 'timm:resnet50.tv_in1k'),
+}
+
+FROM_SCRATCH_HINT = "or set MODEL.PRETRAIN_CHOICE none to train from scratch"
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A weights file (or timm download) that cannot be had; the message says where to get it."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """Weights whose keys or shapes do not fit the model; the message lists every offending key."""
+
+
+def imagenet_download_hint(backbone_name: str) -> str:
+    """Where to get ImageNet weights for `backbone_name` (a TRANSFORMER_TYPE or 'resnet50')."""
+    url, timm_name = IMAGENET_SOURCES.get(backbone_name, (None, ''))
+    if url is None:
+        return f"point MODEL.PRETRAIN_PATH at ImageNet weights for {backbone_name}, {FROM_SCRATCH_HINT}"
+    timm_hint = f", or set MODEL.PRETRAIN_PATH {timm_name} (needs internet)" if timm_name else ''
+    return (f"download {url} into pretrained/ and set MODEL.PRETRAIN_PATH to it{timm_hint}, "
+            f"{FROM_SCRATCH_HINT}")
+
+
+def _shape(tensor: torch.Tensor) -> Tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """Drop the `module.` prefix that (Distributed)DataParallel adds to every key."""
+    prefix = 'module.'
+    return {key[len(prefix):] if key.startswith(prefix) else key: value for key, value in state.items()}
+
+
+def unwrap_state_dict(checkpoint: object, source: str) -> StateDict:
+    """The tensors of `checkpoint`, looking inside the 'model' / 'state_dict' keys that wrap them."""
+    for key in NESTING_KEYS:
+        if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointMismatchError(f"{source} holds a {type(checkpoint).__name__}, not a state dict "
+                                      "(a mapping from parameter names to tensors)")
+    state = {key: value for key, value in checkpoint.items() if isinstance(value, torch.Tensor)}
+    if not state:
+        raise CheckpointMismatchError(f"{source} holds no tensors; its top-level keys are "
+                                      f"{sorted(map(str, checkpoint))[:10]}")
+    return strip_module_prefix(state)
+
+
+def _load_file(path: str, missing_hint: str) -> object:
+    if not path:
+        raise WeightsNotFoundError(f"no weights file given (empty path); {missing_hint}")
+    if not os.path.isfile(path):
+        raise WeightsNotFoundError(f"weights file '{path}' does not exist; {missing_hint}")
+    if path.endswith('.npz'):
+        raise WeightsNotFoundError(f"'{path}' is a JAX .npz checkpoint, which is not read here; use the "
+                                   "PyTorch .pth port of the same weights or a 'timm:<model name>' source")
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointMismatchError(
+            f"'{path}' holds Python objects besides tensors, which are not unpickled for safety ({err}). "
+            "If you trust the file, re-save only its state dict: "
+            "torch.save(torch.load(path, weights_only=False)['model'], new_path)") from None
+
+
+def read_state_dict(path: str, missing_hint: str) -> StateDict:
+    """State dict stored in `path`; a missing file raises `WeightsNotFoundError` with `missing_hint`."""
+    return unwrap_state_dict(_load_file(path, missing_hint), path)
+
+
+def _timm_state_dict(model_name: str, missing_hint: str) -> StateDict:
+    import timm
+
+    try:
+        model = timm.create_model(model_name, pretrained=True)
+    except Exception as err:  # timm raises many kinds: unknown name, HTTP, hub, file-system errors
+        raise WeightsNotFoundError(
+            f"timm could not provide pretrained weights for '{model_name}' ({type(err).__name__}: {err}). "
+            f"On a machine without internet, {missing_hint}") from err
+    return dict(model.state_dict())
+
+
+def read_pretrained(source: str, missing_hint: str) -> StateDict:
+    """State dict of ImageNet weights from a local file or from `timm:<model name>`."""
+    if source.startswith(TIMM_PREFIX):
+        return _timm_state_dict(source[len(TIMM_PREFIX):], missing_hint)
+    return read_state_dict(source, missing_hint)
+
+
+def drop_prefixed(state: Mapping[str, torch.Tensor], prefixes: Sequence[str]) -> StateDict:
+    return {key: value for key, value in state.items() if not key.startswith(tuple(prefixes))}
+
+
+# --------------------------------------------------------------------------------------------
+# Strict loading
+# --------------------------------------------------------------------------------------------
+def state_mismatches(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                     allowed_missing: Collection[str] = ()) -> List[str]:
+    """One line per key that is missing, unexpected or of another shape; empty when `state` fits."""
+    problems = []
+    for key, expected in model_state.items():
+        if key not in state and key not in allowed_missing:
+            problems.append(f"{key}: missing from the checkpoint (model {_shape(expected)})")
+    for key, value in state.items():
+        if key not in model_state:
+            problems.append(f"{key}: not in the model (checkpoint {_shape(value)})")
+        elif value.shape != model_state[key].shape:
+            problems.append(f"{key}: checkpoint {_shape(value)} vs model {_shape(model_state[key])}")
+    return problems
+
+
+def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                      allowed_missing: Collection[str] = (), fix_hint: str = '') -> None:
+    """Copy `state` into `module`; every key must match in name and shape, except `allowed_missing`."""
+    problems = state_mismatches(module.state_dict(), state, allowed_missing)
+    if problems:
+        listing = '\n  '.join(problems)
+        raise CheckpointMismatchError(f"{source} does not fit the model ({len(problems)} problem(s)):\n  "
+                                      f"{listing}\n{fix_hint}".rstrip())
+    module.load_state_dict(state, strict=False)
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet initialisation
+# --------------------------------------------------------------------------------------------
+def resize_pos_embed(posemb: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize the patch grid of a (1, 1 + g*g, D) position embedding; the class token stays.
+
+    The source grid must be square (as ImageNet ViTs are); the target is the (num_y, num_x) grid
+    that the overlapping patch embedding produces.
+    """
+    num_patches = posemb.shape[1] - 1
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise CheckpointMismatchError(f"pos_embed with {num_patches} patch positions is not a square grid; "
+                                      "only square (ImageNet) position embeddings can be resized")
+    logger.info("Resizing position embedding from a %dx%d grid to %dx%d", side, side, *grid_size)
+    return resample_abs_pos_embed(posemb, new_size=list(grid_size), old_size=[side, side],
+                                  num_prefix_tokens=1, interpolation='bilinear', antialias=False)
+
+
+def adapt_imagenet_vit_state(state: Mapping[str, torch.Tensor], pos_embed_shape: Sequence[int],
+                             grid_size: Tuple[int, int], patch_weight_shape: Sequence[int]) -> StateDict:
+    """Fit a jx ViT / DeiT state dict to a TransReID backbone.
+
+    Drops the classification heads and the distillation token, reshapes old linear patch-embedding
+    weights to the convolution's, and resizes the position embedding to `grid_size`.
+    """
+    distilled = DISTILLATION_TOKEN in state
+    adapted = {}
+    for key, value in drop_prefixed(state, IMAGENET_HEAD_PREFIXES).items():
+        if key == DISTILLATION_TOKEN:
+            continue
+        if key == 'patch_embed.proj.weight' and value.ndim < 4:
+            # Weights of ViTs trained before the patch embedding became a convolution.
+            out_channels, _, kernel_h, kernel_w = patch_weight_shape
+            value = value.reshape(out_channels, -1, kernel_h, kernel_w)
+        elif key == 'pos_embed':
+            if distilled:
+                value = torch.cat([value[:, :1], value[:, 2:]], dim=1)
+            if tuple(value.shape) != tuple(pos_embed_shape):
+                value = resize_pos_embed(value, grid_size)
+        adapted[key] = value
+    return adapted
+
+
+def load_imagenet_vit(backbone: nn.Module, source: str, backbone_name: str) -> None:
+    """ImageNet weights from `source` into a TransReID ViT; only the SIE table may stay untouched."""
+    state = read_pretrained(source, imagenet_download_hint(backbone_name))
+    state = adapt_imagenet_vit_state(state, backbone.pos_embed.shape, backbone.patch_embed.grid_size,
+                                     backbone.patch_embed.proj.weight.shape)
+    load_state_strict(backbone, state, source, allowed_missing={'sie_embed'},
+                      fix_hint=f"These are not ImageNet weights for {backbone_name} "
+                               "(MODEL.TRANSFORMER_TYPE); " + imagenet_download_hint(backbone_name))
+    logger.info("Loaded ImageNet weights for %s from %s", backbone_name, source)
+
+
+def load_imagenet_resnet(backbone: nn.Module, source: str) -> None:
+    """torchvision-format ResNet-50 ImageNet weights (the 'fc' head dropped) into the backbone."""
+    state = drop_prefixed(read_pretrained(source, imagenet_download_hint('resnet50')), IMAGENET_HEAD_PREFIXES)
+    load_state_strict(backbone, state, source,
+                      fix_hint="Expected torchvision ResNet-50 weights; " + imagenet_download_hint('resnet50'))
+    logger.info("Loaded ImageNet weights for resnet50 from %s", source)
+
+
+# --------------------------------------------------------------------------------------------
+# Trained TransReID models
+# --------------------------------------------------------------------------------------------
+TRAINED_MISSING_HINT = ("point TEST.WEIGHT (testing) or MODEL.PRETRAIN_PATH (PRETRAIN_CHOICE self/finetune) "
+                        "at a model trained by this repository or the reference (transformer_<epoch>.pth)")
+TRAINED_FIX_HINT = ("Build the model with the settings it was trained with (MODEL.NAME, TRANSFORMER_TYPE, JPM, "
+                    "SIE_CAMERA, SIE_VIEW, STRIDE_SIZE, INPUT.SIZE_TRAIN, ID_LOSS_TYPE and the dataset's class "
+                    "and camera counts), or use MODEL.PRETRAIN_CHOICE finetune for new classifiers.")
+
+
+def _classifier_keys(keys: Iterable[str]) -> List[str]:
+    return [key for key in keys if key.startswith(CLASSIFIER_PREFIX)]
+
+
+def load_trained_model(model: nn.Module, path: str, new_classifiers_on_mismatch: bool = False) -> None:
+    """Load a whole trained model; with `new_classifiers_on_mismatch`, classifiers of another
+    class count are left at their fresh initialisation (fine-tuning on a new dataset)."""
+    state = drop_prefixed(read_state_dict(path, TRAINED_MISSING_HINT), UNUSED_TRAINED_PREFIXES)
+    allowed_missing: List[str] = []
+    if new_classifiers_on_mismatch:
+        model_state = model.state_dict()
+        classifier_keys = _classifier_keys(state)
+        if any(key in model_state and state[key].shape != model_state[key].shape for key in classifier_keys):
+            logger.info("Class count differs from %s: its classifiers are dropped and trained anew", path)
+            state = {key: value for key, value in state.items() if key not in classifier_keys}
+            allowed_missing = _classifier_keys(model_state)
+    load_state_strict(model, state, path, allowed_missing=allowed_missing, fix_hint=TRAINED_FIX_HINT)
+    logger.info("Loaded trained model from %s", path)

@@ -1,0 +1,294 @@
+"""Weights tests: reference checkpoints load with nothing left over, mismatches and missing files
+give clear errors, and jx ViT / distilled DeiT / torchvision ImageNet weights initialise the backbones."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from config import cfg as default_cfg
+from model import CheckpointMismatchError, WeightsNotFoundError, make_model
+from model import weights
+from model.weights import adapt_imagenet_vit_state, resize_pos_embed
+from test_model import CAMERA_NUM, NUM_CLASSES, TINY_SPECS, TINY_VIT, VIEW_NUM, perturb_, tiny_cfg
+from test_model import tiny_vits  # noqa: F401  (fixture)
+
+TINY_DIM = TINY_SPECS[TINY_VIT]['embed_dim']
+JPM_SIE = ('MODEL.JPM', True, 'MODEL.SIE_CAMERA', True, 'MODEL.SIE_VIEW', True)
+
+
+def trained_tiny_model(*opts, num_classes: int = NUM_CLASSES, seed: int = 0):
+    torch.manual_seed(seed)
+    model = make_model(tiny_cfg(*opts), num_classes, CAMERA_NUM, VIEW_NUM)
+    perturb_(model, seed)
+    return model
+
+
+def reference_checkpoint(model) -> dict:
+    """The state dict as the reference saves it from DataParallel: `module.` prefixes and the
+    backbone's unused 1000-way ImageNet head `base.fc`."""
+    state = {f'module.{key}': value.clone() for key, value in model.state_dict().items()}
+    state['module.base.fc.weight'] = torch.randn(1000, TINY_DIM)
+    state['module.base.fc.bias'] = torch.randn(1000)
+    return state
+
+
+def assert_same_state(model, expected) -> None:
+    state = model.state_dict()
+    assert state.keys() == expected.state_dict().keys()
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(state[key], value, msg=key)
+
+
+# --------------------------------------------------------------------------------------------
+# Trained checkpoints
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('wrap', ['bare', 'training_checkpoint'])
+def test_reference_checkpoint_loads_with_nothing_left_over(tiny_vits, tmp_path, wrap):
+    trained = trained_tiny_model(*JPM_SIE)
+    checkpoint = reference_checkpoint(trained)
+    if wrap == 'training_checkpoint':
+        checkpoint = {'model': checkpoint, 'optimizer': {'state': {}, 'param_groups': []}, 'epoch': 120}
+    path = tmp_path / 'transformer_120.pth'
+    torch.save(checkpoint, path)
+    fresh = trained_tiny_model(*JPM_SIE, seed=1)
+    fresh.load_param(str(path))
+    assert_same_state(fresh, trained)
+    images = torch.randn(2, 3, 64, 48)
+    cams, views = torch.tensor([0, 2]), torch.tensor([1, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(images, cam_label=cams, view_label=views),
+                                   trained.eval()(images, cam_label=cams, view_label=views))
+
+
+def test_pretrain_choice_self_loads_the_whole_model(tiny_vits, tmp_path):
+    trained = trained_tiny_model()
+    path = tmp_path / 'trained.pth'
+    torch.save(trained.state_dict(), path)
+    cfg = tiny_cfg('MODEL.PRETRAIN_CHOICE', 'self', 'MODEL.PRETRAIN_PATH', str(path))
+    assert_same_state(make_model(cfg, NUM_CLASSES, CAMERA_NUM, VIEW_NUM), trained)
+
+
+def test_mismatched_checkpoint_lists_every_key_with_both_shapes(tiny_vits, tmp_path):
+    trained = trained_tiny_model(*JPM_SIE, num_classes=NUM_CLASSES + 3)
+    state = reference_checkpoint(trained)
+    del state['module.bottleneck_2.running_mean']
+    state['module.b3.0.norm1.weight'] = torch.ones(TINY_DIM)
+    path = tmp_path / 'other.pth'
+    torch.save(state, path)
+    model = trained_tiny_model(*JPM_SIE, seed=1)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as error:
+        model.load_param(str(path))
+    message = str(error.value)
+    assert str(path) in message
+    for index in ('', '_1', '_2', '_3', '_4'):
+        assert f"classifier{index}.weight: checkpoint (10, 32) vs model (7, 32)" in message
+    assert "bottleneck_2.running_mean: missing from the checkpoint (model (32,))" in message
+    assert "b3.0.norm1.weight: not in the model (checkpoint (32,))" in message
+    assert 'base.fc' not in message
+    # Nothing was loaded half-way.
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+def test_checkpoint_of_another_architecture_is_refused(tiny_vits, tmp_path):
+    path = tmp_path / 'no_jpm.pth'
+    torch.save(trained_tiny_model().state_dict(), path)
+    with pytest.raises(CheckpointMismatchError, match=r"b1\.0\.attn\.qkv\.weight: missing from the checkpoint"):
+        trained_tiny_model('MODEL.JPM', True).load_param(str(path))
+
+
+def test_finetune_replaces_classifiers_only_when_the_class_count_differs(tiny_vits, tmp_path):
+    trained = trained_tiny_model('MODEL.JPM', True, num_classes=NUM_CLASSES + 3)
+    path = tmp_path / 'other_dataset.pth'
+    torch.save(trained.state_dict(), path)
+    model = trained_tiny_model('MODEL.JPM', True, seed=1)
+    fresh_classifier = model.classifier_3.weight.clone()
+    model.load_param_finetune(str(path))
+    for key, value in model.state_dict().items():
+        if key.startswith('classifier'):
+            assert value.shape == (NUM_CLASSES, TINY_DIM)
+        else:
+            torch.testing.assert_close(value, trained.state_dict()[key], msg=key)
+    torch.testing.assert_close(model.classifier_3.weight, fresh_classifier)
+
+    same_classes = trained_tiny_model('MODEL.JPM', True, num_classes=NUM_CLASSES + 3, seed=2)
+    same_classes.load_param_finetune(str(path))
+    assert_same_state(same_classes, trained)
+
+
+def test_missing_trained_file_says_which_key_to_set(tiny_vits, tmp_path):
+    with pytest.raises(WeightsNotFoundError, match=r"nowhere\.pth' does not exist.*TEST\.WEIGHT"):
+        trained_tiny_model().load_param(str(tmp_path / 'nowhere.pth'))
+
+
+def test_files_with_python_objects_are_not_unpickled(tiny_vits, tmp_path):
+    path = tmp_path / 'pickled.pth'
+    torch.save({'model': trained_tiny_model().state_dict(), 'args': argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(CheckpointMismatchError, match='re-save only its state dict'):
+        trained_tiny_model().load_param(str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet initialisation
+# --------------------------------------------------------------------------------------------
+def jx_vit_state(grid: int = 4, seed: int = 0) -> dict:
+    """A jx-format ImageNet ViT state dict for the tiny spec (timm's layout, which the jx files use):
+    square 224-style position grid, 1000-way head."""
+    import timm
+
+    spec = TINY_SPECS[TINY_VIT]
+    torch.manual_seed(seed)
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=16 * grid, patch_size=16, num_classes=1000, embed_dim=spec['embed_dim'], depth=spec['depth'],
+        num_heads=spec['num_heads'], mlp_ratio=spec['mlp_ratio'], qkv_bias=spec['qkv_bias'])
+    return {key: value.clone() for key, value in vit.state_dict().items()}
+
+
+def bilinear_grid_resize(posemb: torch.Tensor, old: int, new_hw) -> torch.Tensor:
+    grid = posemb[0, 1:].reshape(old, old, -1).permute(2, 0, 1).unsqueeze(0)
+    resized = F.interpolate(grid, size=new_hw, mode='bilinear', align_corners=False)
+    return torch.cat([posemb[:, :1], resized[0].permute(1, 2, 0).reshape(1, -1, posemb.shape[-1])], dim=1)
+
+
+def imagenet_model(source: str, *opts, transformer_type: str = TINY_VIT):
+    cfg = tiny_cfg('MODEL.PRETRAIN_CHOICE', 'imagenet', 'MODEL.PRETRAIN_PATH', source, *opts,
+                   transformer_type=transformer_type)
+    return make_model(cfg, NUM_CLASSES, CAMERA_NUM, VIEW_NUM)
+
+
+def assert_backbone_initialised_from(model, state) -> None:
+    base = model.base.state_dict()
+    for key, value in state.items():
+        if key.startswith('head') or key in ('pos_embed', 'dist_token'):
+            continue
+        torch.testing.assert_close(base[key].reshape(value.shape), value, msg=key)
+    torch.testing.assert_close(base['pos_embed'], bilinear_grid_resize(state['pos_embed'], 4, (5, 3)))
+
+
+def test_pos_embed_resize_is_bilinear_and_keeps_the_class_token():
+    # A 2x2 grid shrunk to 1x1: bilinear (half-pixel centres) averages the four positions.
+    posemb = torch.tensor([[[9., 9.], [0., 4.], [2., 4.], [4., 8.], [6., 8.]]])
+    torch.testing.assert_close(resize_pos_embed(posemb, (1, 1)), torch.tensor([[[9., 9.], [3., 6.]]]))
+    posemb = torch.randn(1, 1 + 14 * 14, 6)
+    resized = resize_pos_embed(posemb, (21, 10))
+    assert resized.shape == (1, 1 + 21 * 10, 6)
+    torch.testing.assert_close(resized, bilinear_grid_resize(posemb, 14, (21, 10)))
+
+
+def test_jx_vit_file_initialises_the_backbone_and_resizes_pos_embed(tiny_vits, tmp_path):
+    state = jx_vit_state()
+    path = tmp_path / 'jx_vit_tiny.pth'
+    torch.save(state, path)
+    model = imagenet_model(str(path), *JPM_SIE)
+    assert_backbone_initialised_from(model, state)
+    # JPM branches are copies of the ImageNet last block and norm.
+    torch.testing.assert_close(model.b2[0].mlp.fc2.weight, state['blocks.2.mlp.fc2.weight'])
+    torch.testing.assert_close(model.b1[1].bias, state['norm.bias'])
+
+
+def test_old_linear_patch_embedding_is_reshaped(tiny_vits, tmp_path):
+    state = jx_vit_state()
+    conv_weight = state['patch_embed.proj.weight']
+    state['patch_embed.proj.weight'] = conv_weight.reshape(TINY_DIM, -1)
+    path = tmp_path / 'old_vit.pth'
+    torch.save(state, path)
+    torch.testing.assert_close(imagenet_model(str(path)).base.patch_embed.proj.weight, conv_weight)
+
+
+def test_distilled_deit_file_drops_the_distillation_token(tiny_vits, tmp_path):
+    state = jx_vit_state()
+    distilled = dict(state)
+    distilled['dist_token'] = torch.randn(1, 1, TINY_DIM)
+    distilled['pos_embed'] = torch.cat([state['pos_embed'][:, :1], torch.randn(1, 1, TINY_DIM),
+                                        state['pos_embed'][:, 1:]], dim=1)
+    distilled['head_dist.weight'], distilled['head_dist.bias'] = torch.randn(1000, TINY_DIM), torch.randn(1000)
+    path = tmp_path / 'deit_tiny_distilled.pth'
+    torch.save({'model': distilled}, path)
+    assert_backbone_initialised_from(imagenet_model(str(path)), state)
+
+
+def test_imagenet_weights_of_another_width_are_refused(tiny_vits, tmp_path):
+    path = tmp_path / 'other.pth'
+    torch.save(jx_vit_state(), path)
+    with pytest.raises(CheckpointMismatchError) as error:
+        imagenet_model(str(path), transformer_type='tiny_scaled_test_TransReID')
+    message = str(error.value)
+    assert "cls_token: checkpoint (1, 1, 32) vs model (1, 1, 24)" in message
+    assert "blocks.2.norm1.weight: not in the model (checkpoint (32,))" in message
+    assert 'TRANSFORMER_TYPE' in message
+
+
+def test_missing_imagenet_file_says_where_to_get_it(tmp_path):
+    with pytest.raises(WeightsNotFoundError) as error:
+        imagenet_model(str(tmp_path / 'deit_tiny.pth'), transformer_type='deit_tiny_patch16_224_TransReID')
+    message = str(error.value)
+    assert 'deit_tiny.pth' in message and 'does not exist' in message
+    assert 'https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth' in message
+    assert 'timm:deit_tiny_patch16_224.fb_in1k' in message
+    assert 'MODEL.PRETRAIN_CHOICE none' in message
+    vit_base_hint = weights.imagenet_download_hint('vit_base_patch16_224_TransReID')
+    assert 'releases/download/v0.1-vitjx/jx_vit_base_p16_224-80ecf9dd.pth' in vit_base_hint
+    assert 'timm:vit_base_patch16_224.orig_in21k_ft_in1k' in vit_base_hint
+
+
+def test_empty_pretrain_path_is_a_clear_error(tiny_vits):
+    with pytest.raises(WeightsNotFoundError, match='empty path'):
+        imagenet_model('')
+
+
+def test_timm_source_uses_the_timm_state_dict(tiny_vits, monkeypatch):
+    import timm
+
+    state = jx_vit_state()
+    requested = []
+
+    def fake_create_model(name, pretrained=False, **kwargs):
+        requested.append((name, pretrained))
+        vit = timm.models.vision_transformer.VisionTransformer(
+            img_size=64, patch_size=16, embed_dim=TINY_DIM, depth=3, num_heads=4, mlp_ratio=2.0, qkv_bias=True)
+        vit.load_state_dict(state)
+        return vit
+
+    monkeypatch.setattr(timm, 'create_model', fake_create_model)
+    model = imagenet_model('timm:vit_tiny_test.in1k')
+    assert requested == [('vit_tiny_test.in1k', True)]
+    assert_backbone_initialised_from(model, state)
+
+
+def test_timm_source_offline_is_a_clear_error(tiny_vits, monkeypatch):
+    import timm
+
+    def offline(name, pretrained=False, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(timm, 'create_model', offline)
+    with pytest.raises(WeightsNotFoundError, match=r"timm could not provide .*vit_tiny_test.*couldn't connect.*"
+                                                   r"MODEL\.PRETRAIN_CHOICE none"):
+        imagenet_model('timm:vit_tiny_test')
+
+
+def test_resnet50_imagenet_file_loads_without_its_fc(tmp_path):
+    torch.manual_seed(0)
+    state = torchvision.models.resnet50().state_dict()
+    path = tmp_path / 'resnet50-19c8e357.pth'
+    torch.save(state, path)
+    cfg = default_cfg.clone()
+    cfg.merge_from_list(['MODEL.PRETRAIN_PATH', str(path)])  # defaults: resnet50, 'imagenet'
+    model = make_model(cfg, NUM_CLASSES, 0, 0)
+    base = model.base.state_dict()
+    assert base.keys() == {key for key in state if not key.startswith('fc.')}
+    for key in base:
+        torch.testing.assert_close(base[key], state[key], msg=key)
+
+
+def test_adapting_leaves_matching_pos_embed_untouched():
+    state = jx_vit_state()
+    adapted = adapt_imagenet_vit_state(state, pos_embed_shape=(1, 17, TINY_DIM), grid_size=(4, 4),
+                                       patch_weight_shape=(TINY_DIM, 3, 16, 16))
+    assert adapted['pos_embed'] is state['pos_embed']
+    assert not any(key.startswith('head') for key in adapted)
+    assert weights.strip_module_prefix({'module.a.module.b': 1}) == {'a.module.b': 1}
