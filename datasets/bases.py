@@ -1,0 +1,229 @@
+"""What every re-ID dataset shares: the sample tuple, the parser base class and the image dataset.
+
+A parser turns a folder tree into three lists of samples `(img_path, pid, camid, viewid)`:
+`train` (pids relabelled to 0..N-1), `query` and `gallery` (original pids, so that query and
+gallery ids match). Camera ids are 0-based; `viewid` is 1 where a dataset has no view labels.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+from PIL import Image, ImageFile
+from torch.utils.data import Dataset
+
+logger = logging.getLogger("transreid.datasets")
+
+# Some benchmark images are truncated JPEGs that PIL refuses by default (as the reference allows).
+ImageFile.LOAD_TRUNCATED_IMAGES = True
+
+Sample = Tuple[str, int, int, int]
+"""(img_path, pid, camid, viewid)"""
+
+NO_VIEW = 1
+"""View id given to every image of a dataset without view labels (as the reference)."""
+
+JUNK_PID = -1
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be read as configured; the message names the file and the fix."""
+
+
+class DatasetNotFoundError(DatasetError):
+    """An expected folder or file of a dataset is missing."""
+
+
+class BaseImageDataset:
+    """Parses one re-ID dataset under `root`; subclasses implement `_load_splits`.
+
+    Class attributes:
+        dataset_dir: folder of the dataset under `DATASETS.ROOT_DIR` ('' = ROOT_DIR itself).
+        display_name: name used in logs.
+        has_views: whether the dataset carries real view labels (needed by MODEL.SIE_VIEW).
+    """
+
+    dataset_dir: str = ""
+    display_name: str = "dataset"
+    has_views: bool = False
+
+    def __init__(self, root: str, verbose: bool = True, dataset_dir: Optional[str] = None,
+                 display_name: Optional[str] = None):
+        """`dataset_dir` and `display_name` override the class's (to reuse a parser)."""
+        self.root = root
+        self.folder = type(self).dataset_dir if dataset_dir is None else dataset_dir
+        self.display_name = display_name or type(self).display_name
+        self.dataset_dir = os.path.join(root, self.folder)
+        train, self.query, self.gallery = self._load_splits()
+        self.train = relabel(train)
+        if not self.train:
+            raise DatasetError(f"{self.display_name}: no training images found under "
+                               f"{self.dataset_dir}")
+        if verbose:
+            logger.info("=> %s loaded", self.display_name)
+            logger.info("Dataset statistics:\n%s", self.statistics_table())
+
+    def _load_splits(self) -> Tuple[List[Sample], List[Sample], List[Sample]]:
+        raise NotImplementedError
+
+    def expected_tree(self) -> str:
+        """The required layout under ROOT_DIR, shown when something is missing."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ checks
+    def require(self, *paths: str) -> None:
+        """Raise a DatasetNotFoundError naming the first missing path and the expected tree."""
+        for path in paths:
+            if not os.path.exists(path):
+                raise self.not_found(f"'{path}' does not exist")
+
+    def not_found(self, what: str) -> DatasetNotFoundError:
+        return DatasetNotFoundError(
+            f"{self.display_name}: {what}. Expected this tree under "
+            f"DATASETS.ROOT_DIR='{self.root}':\n{self.expected_tree()}\n"
+            "Set DATASETS.ROOT_DIR to the folder that holds it.")
+
+    # -------------------------------------------------------------- statistics
+    @property
+    def num_train_pids(self) -> int:
+        return len({pid for _, pid, _, _ in self.train})
+
+    @property
+    def num_cameras(self) -> int:
+        """Camera embeddings needed: largest camera id over all splits + 1."""
+        return 1 + max(camid for _, _, camid, _ in self.train + self.query + self.gallery)
+
+    @property
+    def num_views(self) -> int:
+        """View embeddings needed: largest view id + 1, or 1 for a dataset without views."""
+        if not self.has_views:
+            return 1
+        return 1 + max(viewid for _, _, _, viewid in self.train + self.query + self.gallery)
+
+    def statistics_table(self) -> str:
+        rule = "  " + "-" * 40
+        rows = [rule, "  subset   | # ids | # images | # cameras", rule]
+        for name, samples in (("train", self.train), ("query", self.query),
+                              ("gallery", self.gallery)):
+            num_pids, num_imgs, num_cams, _ = split_info(samples)
+            rows.append(f"  {name:<8} | {num_pids:5d} | {num_imgs:8d} | {num_cams:9d}")
+        rows.append(rule)
+        return "\n".join(rows)
+
+
+def split_info(samples: Sequence[Sample]) -> Tuple[int, int, int, int]:
+    """(#ids, #images, #cameras, #views) of one split, as the reference's get_imagedata_info."""
+    pids = {s[1] for s in samples}
+    cams = {s[2] for s in samples}
+    views = {s[3] for s in samples}
+    return len(pids), len(samples), len(cams), len(views)
+
+
+def relabel(samples: Iterable[Sample]) -> List[Sample]:
+    """Map the pids of a training split to 0..N-1 in increasing pid order."""
+    samples = list(samples)
+    label_of = {pid: label for label, pid in enumerate(sorted({s[1] for s in samples}))}
+    return [(path, label_of[pid], camid, viewid) for path, pid, camid, viewid in samples]
+
+
+# ---------------------------------------------------------------------------- file-name rules
+class NameRule:
+    """A file-name pattern with `pid` and `cam` groups, and the allowed ranges.
+
+    `cam` is 1-based in the file name and returned 0-based, as every benchmark does.
+    """
+
+    def __init__(self, pattern: str, example: str, max_pid: Optional[int] = None,
+                 num_cams: Optional[int] = None):
+        self.regex = re.compile(pattern)
+        self.example = example
+        self.max_pid = max_pid
+        self.num_cams = num_cams
+
+    def describe(self) -> str:
+        pid_range = f"-1..{self.max_pid}" if self.max_pid is not None else ">= -1"
+        cam_range = f"1..{self.num_cams}" if self.num_cams is not None else ">= 1"
+        return (f"names like '{self.example}' (pattern {self.regex.pattern}), "
+                f"pid {pid_range}, camera {cam_range}")
+
+    def parse(self, path: str) -> Tuple[int, int]:
+        """(pid, 0-based camid) of `path`; DatasetError naming the file and the rule if off."""
+        match = self.regex.match(os.path.basename(path))
+        if match is None:
+            raise DatasetError(f"'{path}' does not follow the file-name rule: {self.describe()}")
+        pid, cam = int(match.group("pid")), int(match.group("cam"))
+        pid_ok = pid >= JUNK_PID and (self.max_pid is None or pid <= self.max_pid)
+        cam_ok = cam >= 1 and (self.num_cams is None or cam <= self.num_cams)
+        if not (pid_ok and cam_ok):
+            raise DatasetError(f"'{path}': pid {pid} / camera {cam} out of range; "
+                               f"rule: {self.describe()}")
+        return pid, cam - 1
+
+
+MARKET_PATTERN = r"(?P<pid>-?\d+)_c(?P<cam>\d+)"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def list_images(folder: str, extensions: Sequence[str] = (".jpg",)) -> List[str]:
+    """Sorted image paths directly in `folder` (sorted so that every run sees the same order)."""
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(tuple(extensions)))
+    return [os.path.join(folder, n) for n in names]
+
+
+def parse_folder(folder: str, rule: NameRule,
+                 view_of: Callable[[str], Optional[int]] = lambda _: NO_VIEW,
+                 extensions: Sequence[str] = (".jpg",)) -> List[Sample]:
+    """Samples of every image in `folder`; junk (pid -1) and images whose view is None skipped."""
+    samples = []
+    for path in list_images(folder, extensions):
+        pid, camid = rule.parse(path)
+        viewid = view_of(path)
+        if pid == JUNK_PID or viewid is None:
+            continue
+        samples.append((path, pid, camid, viewid))
+    return samples
+
+
+# ------------------------------------------------------------------------------ image reading
+def read_image(img_path: str, retries: int = 3, wait_s: float = 0.1) -> Image.Image:
+    """Open an image as RGB, retrying `retries` times (network file systems fail transiently).
+
+    The reference retries forever; this raises an OSError naming the file instead.
+    """
+    if not os.path.exists(img_path):
+        raise FileNotFoundError(f"image '{img_path}' does not exist")
+    attempts = max(1, retries)
+    for attempt in range(1, attempts + 1):
+        try:
+            with Image.open(img_path) as img:
+                return img.convert("RGB")
+        except OSError as err:
+            logger.warning("reading '%s' failed (attempt %d/%d): %s", img_path, attempt,
+                           attempts, err)
+            last_error = err
+            time.sleep(wait_s)
+    raise OSError(f"cannot read image '{img_path}' after {attempts} attempts "
+                  f"(DATALOADER.READ_RETRIES): {last_error}; replace or remove the file")
+
+
+class ImageDataset(Dataset):
+    """Samples -> `(image, pid, camid, viewid, img_path)`, the image passed through `transform`."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Optional[Callable] = None,
+                 read_retries: int = 3):
+        self.samples = list(samples)
+        self.transform = transform
+        self.read_retries = read_retries
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        img_path, pid, camid, viewid = self.samples[index]
+        img = read_image(img_path, self.read_retries)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, pid, camid, viewid, img_path

@@ -1,0 +1,69 @@
+"""A user's own data described by list files: one `path pid camid [viewid]` line per image.
+
+Paths are relative to DATASETS.ROOT_DIR (or absolute); `camid` and `viewid` are 0-based;
+pid -1 marks junk images, which are skipped. Lines starting with '#' are comments. Either every
+line of all three files has a view id, or none has.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Tuple
+
+from .bases import JUNK_PID, NO_VIEW, BaseImageDataset, DatasetError, Sample
+
+LINE_FORMAT = "'<image path> <pid> <camid> [<viewid>]'"
+
+
+class ListDataset(BaseImageDataset):
+    dataset_dir = ""
+    display_name = "list dataset"
+
+    def __init__(self, root: str, train_list: str, query_list: str, gallery_list: str,
+                 verbose: bool = True):
+        self.list_paths = [os.path.join(root, p) for p in (train_list, query_list, gallery_list)]
+        super().__init__(root, verbose)
+
+    def expected_tree(self) -> str:
+        names = ", ".join(os.path.relpath(p, self.root) for p in self.list_paths)
+        return (f"  {names}  (DATASETS.TRAIN_LIST / QUERY_LIST / GALLERY_LIST), lines "
+                f"{LINE_FORMAT}")
+
+    def _load_splits(self) -> Tuple[List[Sample], List[Sample], List[Sample]]:
+        self.require(*self.list_paths)
+        parsed = [self._read(p) for p in self.list_paths]
+        view_columns = {has_view for _, has_view in parsed if has_view is not None}
+        if len(view_columns) > 1:
+            raise DatasetError(f"list dataset: some of {self.list_paths} have a view column and "
+                               "some do not; give a view id on every line or on none")
+        self.has_views = view_columns == {True}
+        train, query, gallery = (samples for samples, _ in parsed)
+        return train, query, gallery
+
+    def _read(self, list_path: str) -> Tuple[List[Sample], Optional[bool]]:
+        """Samples of one list file, and whether its lines carry a view id (None if empty)."""
+        samples, has_view = [], None
+        with open(list_path) as f:
+            for line_no, line in enumerate(f, 1):
+                fields = line.split()
+                if not fields or fields[0].startswith("#"):
+                    continue
+                sample, line_has_view = self._parse_line(fields, f"{list_path}:{line_no}")
+                if has_view is not None and line_has_view != has_view:
+                    raise DatasetError(f"{list_path}:{line_no}: view column given on some "
+                                       "lines only; give it on every line or on none")
+                has_view = line_has_view
+                if sample[1] != JUNK_PID:
+                    samples.append(sample)
+        return samples, has_view
+
+    def _parse_line(self, fields: List[str], where: str) -> Tuple[Sample, bool]:
+        try:
+            if len(fields) not in (3, 4):
+                raise ValueError
+            pid, camid = int(fields[1]), int(fields[2])
+            viewid = int(fields[3]) if len(fields) == 4 else NO_VIEW
+        except ValueError:
+            raise DatasetError(f"{where}: '{' '.join(fields)}' is not {LINE_FORMAT}") from None
+        if pid < JUNK_PID or camid < 0 or viewid < 0:
+            raise DatasetError(f"{where}: pid must be >= -1, camid and viewid >= 0")
+        return (os.path.join(self.root, fields[0]), pid, camid, viewid), len(fields) == 4

@@ -1,0 +1,140 @@
+"""Data loaders of a config: the reference's `make_dataloader` and its collate functions."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Tuple
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
+
+from .bases import BaseImageDataset, ImageDataset
+from .registry import build_dataset
+from .samplers import RandomIdentitySampler, RandomIdentitySampler_DDP, ShuffleSampler
+from .transforms import build_test_transforms, build_train_transforms
+
+logger = logging.getLogger("transreid.datasets")
+
+SAMPLERS = ("softmax", "softmax_triplet")
+
+
+def train_collate_fn(batch):
+    """-> (images, pids, camids, viewids), all tensors."""
+    imgs, pids, camids, viewids, _ = zip(*batch)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.int64)  # noqa: E731
+    return torch.stack(imgs, dim=0), as_tensor(pids), as_tensor(camids), as_tensor(viewids)
+
+
+def val_collate_fn(batch):
+    """-> (images, pids, camids, camids_batch, viewids, img_paths): pids and camids as tuples
+    of ints (for the evaluator), camids_batch and viewids as tensors (for the model)."""
+    imgs, pids, camids, viewids, img_paths = zip(*batch)
+    return (torch.stack(imgs, dim=0), pids, camids, torch.tensor(camids, dtype=torch.int64),
+            torch.tensor(viewids, dtype=torch.int64), img_paths)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _load_dataset(cfg, trial: int) -> BaseImageDataset:
+    """Parse (and, for the synthetic data, render) the dataset; under torch.distributed rank 0
+    goes first so that only one process renders."""
+    if not _distributed():
+        return build_dataset(cfg, trial)
+    if dist.get_rank() == 0:
+        dataset = build_dataset(cfg, trial)
+        dist.barrier()
+        return dataset
+    dist.barrier()
+    return build_dataset(cfg, trial)
+
+
+def _check_views(cfg, dataset: BaseImageDataset) -> None:
+    if cfg.MODEL.SIE_VIEW and not dataset.has_views:
+        raise ValueError(f"MODEL.SIE_VIEW is on but {dataset.display_name} has no view labels; "
+                         "set MODEL.SIE_VIEW False (view labels exist for veri, "
+                         "synthetic_vehicle and list datasets with a view column)")
+
+
+def _loader_options(cfg) -> dict:
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return dict(num_workers=workers,
+                pin_memory=torch.cuda.is_available() and cfg.MODEL.DEVICE == "cuda")
+
+
+def _train_loader(cfg, dataset: BaseImageDataset) -> DataLoader:
+    train_set = ImageDataset(dataset.train, build_train_transforms(cfg),
+                             cfg.DATALOADER.READ_RETRIES)
+    options = _loader_options(cfg)
+    # The train loader is iterated once per epoch: keep its workers alive between epochs.
+    options["persistent_workers"] = options["num_workers"] > 0
+    batch_size, seed = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.SEED
+    sampler_name = cfg.DATALOADER.SAMPLER
+    if sampler_name not in SAMPLERS:
+        raise ValueError(f"DATALOADER.SAMPLER is '{sampler_name}'; choose one of {SAMPLERS}")
+    distributed = cfg.MODEL.DIST_TRAIN and _distributed()
+    world_size = dist.get_world_size() if distributed else 1
+    if sampler_name == "softmax_triplet" and distributed:
+        sampler = RandomIdentitySampler_DDP(dataset.train, batch_size,
+                                            cfg.DATALOADER.NUM_INSTANCE, seed)
+        batch_sampler = BatchSampler(sampler, batch_size // world_size, drop_last=True)
+        return DataLoader(train_set, batch_sampler=batch_sampler, collate_fn=train_collate_fn,
+                          **options)
+    sampler: Sampler[int]
+    if sampler_name == "softmax_triplet":
+        sampler = RandomIdentitySampler(dataset.train, batch_size, cfg.DATALOADER.NUM_INSTANCE,
+                                        seed)
+    elif distributed:
+        # The reference shuffles the whole set on every rank; each rank takes its share here.
+        sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
+    else:
+        sampler = ShuffleSampler(len(train_set), seed)
+    return DataLoader(train_set, batch_size=batch_size // world_size, sampler=sampler,
+                      collate_fn=train_collate_fn, **options)
+
+
+def _eval_loader(cfg, samples) -> DataLoader:
+    eval_set = ImageDataset(samples, build_test_transforms(cfg), cfg.DATALOADER.READ_RETRIES)
+    return DataLoader(eval_set, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
+                      collate_fn=val_collate_fn, **_loader_options(cfg))
+
+
+def make_dataloader(cfg, trial: int = 0) -> Tuple[DataLoader, DataLoader, DataLoader, int, int,
+                                                  int, int]:
+    """-> (train_loader, train_loader_normal, val_loader, num_query, num_classes, camera_num,
+    view_num), as the reference. The val set is the query followed by the gallery.
+
+    `trial` selects VehicleID's query/gallery draw (0..TEST.VEHICLEID_TRIALS-1, see
+    `make_val_loader`); other datasets ignore it.
+    """
+    dataset = _load_dataset(cfg, trial)
+    _check_views(cfg, dataset)
+    num_classes, camera_num, view_num = (dataset.num_train_pids, dataset.num_cameras,
+                                         dataset.num_views)
+    logger.info("Number of classes: %d, cameras: %d, views: %d", num_classes, camera_num,
+                view_num)
+    train_loader = _train_loader(cfg, dataset)
+    train_loader_normal = _eval_loader(cfg, dataset.train)
+    val_loader = _eval_loader(cfg, dataset.query + dataset.gallery)
+    return (train_loader, train_loader_normal, val_loader, len(dataset.query), num_classes,
+            camera_num, view_num)
+
+
+def make_val_loader(cfg, trial: int = 0) -> Tuple[DataLoader, int]:
+    """-> (val_loader, num_query) of one evaluation trial, without building train loaders.
+
+    For VehicleID, trial t draws the query/gallery split from (SOLVER.SEED, t); run trials
+    0..TEST.VEHICLEID_TRIALS-1 and average. For other datasets every trial is the same.
+    """
+    dataset = _load_dataset(cfg, trial)
+    return _eval_loader(cfg, dataset.query + dataset.gallery), len(dataset.query)
+
+
+def set_train_epoch(loader: DataLoader, epoch: int) -> None:
+    """Make the next pass over `loader` draw epoch `epoch`'s order, whatever its sampler."""
+    for sampler in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        set_epoch: Any = getattr(sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+            return

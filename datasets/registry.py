@@ -1,0 +1,85 @@
+"""Dataset names (`DATASETS.NAMES`) -> a parsed dataset built from the config.
+
+A factory takes `(cfg, trial)`; `trial` only matters for VehicleID, whose query/gallery split is
+drawn per trial. Add a dataset with `@register_dataset("name")`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict
+
+from .bases import MARKET_PATTERN, BaseImageDataset, DatasetError, NameRule
+from .list_file import ListDataset
+from .market_style import (DukeMTMCreID, FolderDataset, Market1501, MarketStyleDataset,
+                           OccludedDukeMTMCreID)
+from .msmt17 import MSMT17
+from .synthetic import SyntheticSettings, ensure_synthetic_person, ensure_synthetic_vehicle
+from .vehicleid import VehicleID
+from .veri import VeRi
+
+DatasetFactory = Callable[..., BaseImageDataset]
+FACTORY: Dict[str, DatasetFactory] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
+    def add(factory: DatasetFactory) -> DatasetFactory:
+        FACTORY[name] = factory
+        return factory
+    return add
+
+
+def build_dataset(cfg, trial: int = 0) -> BaseImageDataset:
+    name = cfg.DATASETS.NAMES
+    if name not in FACTORY:
+        raise DatasetError(f"DATASETS.NAMES is '{name}'; choose one of {sorted(FACTORY)}")
+    return FACTORY[name](cfg, trial)
+
+
+def _root(cfg) -> str:
+    return cfg.DATASETS.ROOT_DIR
+
+
+for _name, _cls in (("market1501", Market1501), ("dukemtmc", DukeMTMCreID),
+                    ("msmt17", MSMT17), ("occ_duke", OccludedDukeMTMCreID),
+                    ("folder", FolderDataset)):
+    register_dataset(_name)(lambda cfg, trial, cls=_cls: cls(_root(cfg)))
+
+
+@register_dataset("veri")
+def _veri(cfg, trial: int) -> BaseImageDataset:
+    return VeRi(_root(cfg), require_views=cfg.MODEL.SIE_VIEW)
+
+
+@register_dataset("VehicleID")
+def _vehicleid(cfg, trial: int) -> BaseImageDataset:
+    return VehicleID(_root(cfg), test_size=cfg.DATASETS.VEHICLEID_TEST_SIZE,
+                     seed=cfg.SOLVER.SEED, trial=trial)
+
+
+@register_dataset("list")
+def _list(cfg, trial: int) -> BaseImageDataset:
+    d = cfg.DATASETS
+    return ListDataset(_root(cfg), d.TRAIN_LIST, d.QUERY_LIST, d.GALLERY_LIST)
+
+
+def _synthetic_rule(settings: SyntheticSettings, example: str) -> NameRule:
+    return NameRule(MARKET_PATTERN, example, max_pid=settings.num_ids,
+                    num_cams=settings.num_cameras)
+
+
+@register_dataset("synthetic")
+def _synthetic(cfg, trial: int) -> BaseImageDataset:
+    settings = SyntheticSettings.from_cfg(cfg)
+    folder = ensure_synthetic_person(_root(cfg), settings)
+    return MarketStyleDataset(_root(cfg), dataset_dir=os.path.basename(folder),
+                              display_name="synthetic persons (Market-1501 layout)",
+                              name_rule=_synthetic_rule(settings, "0001_c1s1_000000_00.jpg"))
+
+
+@register_dataset("synthetic_vehicle")
+def _synthetic_vehicle(cfg, trial: int) -> BaseImageDataset:
+    settings = SyntheticSettings.from_cfg(cfg)
+    folder = ensure_synthetic_vehicle(_root(cfg), settings)
+    return VeRi(_root(cfg), require_views=True, dataset_dir=os.path.basename(folder),
+                display_name="synthetic vehicles (VeRi-776 layout)",
+                name_rule=_synthetic_rule(settings, "0001_c001_00000000_0.jpg"))

@@ -1,0 +1,180 @@
+"""Synthetic re-ID datasets rendered deterministically from a seed: the embedded default.
+
+`ensure_synthetic_person` writes a person dataset in Market-1501's layout and naming,
+`ensure_synthetic_vehicle` a vehicle dataset in VeRi-776's layout with view-label files, so the
+benchmark parsers read them unchanged. A manifest (generator version and settings) sits in each
+dataset folder; a dataset whose manifest differs is rendered again. Every image draws from its
+own generator seeded by (seed, stream, pid, frame): the same seed gives the same bytes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from . import person, vehicle
+from .camera import Camera, make_camera
+from .protocol import DISTRACTOR_PID, GALLERY, JUNK_PID, QUERY, TRAIN, Shot, plan_shots
+from .store import ensure_rendered
+
+PERSON_FOLDER = "synthetic_market1501"
+VEHICLE_FOLDER = "synthetic_veri"
+GENERATOR_VERSION = 1
+
+# Streams keep the draws of cameras, identities, the plan and each image independent.
+_CAMERAS, _IDENTITIES, _PLAN, _IMAGES = range(4)
+
+
+@dataclass(frozen=True)
+class SyntheticSettings:
+    num_ids: int = 200
+    images_per_id: int = 12
+    num_cameras: int = 6
+    image_size: Tuple[int, int] = (128, 64)  # (height, width)
+    seed: int = 0
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "SyntheticSettings":
+        s = cfg.DATASETS.SYNTHETIC
+        return cls(int(s.NUM_IDS), int(s.IMAGES_PER_ID), int(s.NUM_CAMERAS),
+                   (int(s.IMAGE_SIZE[0]), int(s.IMAGE_SIZE[1])), int(s.SEED))
+
+    def validate(self, max_cameras: int) -> None:
+        checks = [
+            (self.num_ids >= 4, "NUM_IDS", self.num_ids, ">= 4 (half train, half test)"),
+            (self.images_per_id >= 4, "IMAGES_PER_ID", self.images_per_id,
+             ">= 4 (2 cameras x 2 images, so every query keeps a match)"),
+            (2 <= self.num_cameras <= max_cameras, "NUM_CAMERAS", self.num_cameras,
+             f"in 2..{max_cameras}"),
+            (min(self.image_size) >= 16, "IMAGE_SIZE", list(self.image_size), "both >= 16"),
+        ]
+        for ok, key, value, rule in checks:
+            if not ok:
+                raise ValueError(f"DATASETS.SYNTHETIC.{key} is {value}; it must be {rule}")
+
+    def manifest(self, generator: str) -> Dict[str, object]:
+        settings = asdict(self)
+        settings["image_size"] = list(self.image_size)
+        return {"generator": generator, "version": GENERATOR_VERSION, "settings": settings}
+
+    def rng(self, *stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *stream])
+
+
+def _cameras(settings: SyntheticSettings, num_views: int,
+             typical_views: Callable[[np.random.Generator], Sequence[int]]) -> List[Camera]:
+    cameras = []
+    for cam in range(settings.num_cameras):
+        rng = settings.rng(_CAMERAS, cam)
+        cameras.append(make_camera(rng, num_views, typical_views(rng)))
+    return cameras
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+# --------------------------------------------------------------------------------- persons
+def market_name(shot: Shot) -> str:
+    pid = "-1" if shot.pid == JUNK_PID else f"{shot.pid:04d}"
+    return f"{pid}_c{shot.cam + 1}s1_{shot.frame:06d}_00.jpg"
+
+
+MARKET_FOLDERS = {TRAIN: "bounding_box_train", QUERY: "query", GALLERY: "bounding_box_test"}
+
+
+def _person_views(rng: np.random.Generator) -> Sequence[int]:
+    """A camera along a walkway sees fronts and backs; one across it sees one side."""
+    choices = [(person.FRONT,), (person.BACK,), (person.LEFT_SIDE,), (person.RIGHT_SIDE,),
+               (person.FRONT, person.BACK)]
+    return choices[int(rng.integers(len(choices)))]
+
+
+def render_person_dataset(settings: SyntheticSettings, out_dir: str) -> None:
+    cameras = _cameras(settings, person.NUM_VIEWS, _person_views)
+    people = person.make_identities(settings.num_ids, settings.rng(_IDENTITIES))
+    shots = plan_shots(settings.num_ids, settings.images_per_id, settings.num_cameras,
+                       settings.rng(_PLAN), distractor_rate=0.08, junk_rate=0.04)
+    for folder in MARKET_FOLDERS.values():
+        os.makedirs(os.path.join(out_dir, folder))
+    for shot in shots:
+        rng = settings.rng(_IMAGES, shot.pid + 1, shot.frame)
+        camera = cameras[shot.cam]
+        view = int(rng.choice(person.NUM_VIEWS, p=camera.view_weights))
+        if shot.pid in (DISTRACTOR_PID, JUNK_PID):
+            # Distractors: unrelated passers-by, half badly cropped; junk: bad detections.
+            subject = person.random_person(rng)
+            partial = shot.pid == JUNK_PID or bool(rng.integers(2))
+        else:
+            subject, partial = people[shot.pid - 1], False
+        data = person.render_person(subject, camera, view, settings.image_size, rng,
+                                    partial=partial)
+        _write(os.path.join(out_dir, MARKET_FOLDERS[shot.split], market_name(shot)), data)
+
+
+def ensure_synthetic_person(root: str, settings: SyntheticSettings) -> str:
+    """Path of the synthetic person dataset under `root`, rendered first if needed."""
+    settings.validate(max_cameras=9)  # Market names hold one camera digit
+    return ensure_rendered(os.path.join(root, PERSON_FOLDER), settings.manifest("synthetic"),
+                           lambda out: render_person_dataset(settings, out))
+
+
+# -------------------------------------------------------------------------------- vehicles
+def veri_name(shot: Shot) -> str:
+    return f"{shot.pid:04d}_c{shot.cam + 1:03d}_{shot.frame:08d}_0.jpg"
+
+
+def _vehicle_views(rng: np.random.Generator) -> Sequence[int]:
+    """A road camera sees vehicles come (front, front diagonals) or go (rear, rear diagonals)."""
+    coming = rng.integers(2) == 0
+    side = int(rng.integers(2))
+    if coming:
+        return (vehicle.FRONT, (vehicle.LEFT_FRONT, vehicle.RIGHT_FRONT)[side])
+    return (vehicle.REAR, (vehicle.LEFT_REAR, vehicle.RIGHT_REAR)[side])
+
+
+def _keypoint_line(folder: str, name: str, view: int) -> str:
+    # VehicleReIDKeyPointData format: path, 20 keypoints (x y; -1 = not annotated), view.
+    return " ".join([f"{folder}/{name}"] + ["-1"] * 40 + [str(view)])
+
+
+def render_vehicle_dataset(settings: SyntheticSettings, out_dir: str) -> None:
+    cameras = _cameras(settings, vehicle.NUM_VIEWS, _vehicle_views)
+    vehicles = vehicle.make_identities(settings.num_ids, settings.rng(_IDENTITIES))
+    shots = plan_shots(settings.num_ids, settings.images_per_id, settings.num_cameras,
+                       settings.rng(_PLAN))
+    for folder in ("image_train", "image_query", "image_test"):
+        os.makedirs(os.path.join(out_dir, folder))
+    keypoints: Dict[str, List[str]] = {"train": [], "test": []}
+    for shot in shots:
+        rng = settings.rng(_IMAGES, shot.pid + 1, shot.frame)
+        camera = cameras[shot.cam]
+        view = int(rng.choice(vehicle.NUM_VIEWS, p=camera.view_weights))
+        data = vehicle.render_vehicle(vehicles[shot.pid - 1], camera, view,
+                                      settings.image_size, rng)
+        name = veri_name(shot)
+        # As VeRi: image_test holds every test image, the queries included.
+        folders = {TRAIN: ["image_train"], QUERY: ["image_query", "image_test"],
+                   GALLERY: ["image_test"]}[shot.split]
+        for folder in folders:
+            _write(os.path.join(out_dir, folder, name), data)
+            keypoints["train" if shot.split == TRAIN else "test"].append(
+                _keypoint_line(folder, name, view))
+    for split, lines in keypoints.items():
+        with open(os.path.join(out_dir, f"keypoint_{split}.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def ensure_synthetic_vehicle(root: str, settings: SyntheticSettings) -> str:
+    """Path of the synthetic vehicle dataset under `root`, rendered first if needed."""
+    settings.validate(max_cameras=999)
+    return ensure_rendered(os.path.join(root, VEHICLE_FOLDER),
+                           settings.manifest("synthetic_vehicle"),
+                           lambda out: render_vehicle_dataset(settings, out))
+
+
+__all__ = ["SyntheticSettings", "ensure_synthetic_person", "ensure_synthetic_vehicle",
+           "PERSON_FOLDER", "VEHICLE_FOLDER", "GENERATOR_VERSION"]

@@ -1,0 +1,96 @@
+"""VeRi-776 (Liu et al., ICME 2016), with view labels from VehicleReIDKeyPointData.
+
+`keypoint_train.txt` / `keypoint_test.txt` (Wang et al., ICCV 2017) hold one line per image:
+`<path> <20 keypoints as x y> <view>`; only the file's base name and the last column are used.
+The reference reads them from the working directory; here they live in the dataset folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, List, Optional, Tuple
+
+from .bases import (MARKET_PATTERN, NO_VIEW, BaseImageDataset, DatasetError,
+                    DatasetNotFoundError, NameRule, Sample, parse_folder)
+
+logger = logging.getLogger("transreid.datasets")
+
+VERI_FOLDERS = ("image_train", "image_query", "image_test")
+KEYPOINT_FILES = ("keypoint_train.txt", "keypoint_test.txt")
+KEYPOINT_SOURCE = "https://github.com/Zhongdao/VehicleReIDKeyPointData"
+
+
+class VeRi(BaseImageDataset):
+    """train = image_train, query = image_query, gallery = image_test (which holds the queries
+    too; same-camera matches are discarded by the evaluation, as in VeRi's protocol)."""
+
+    dataset_dir = "VeRi"
+    display_name = "VeRi-776"
+    name_rule = NameRule(MARKET_PATTERN, "0001_c001_00016450_0.jpg", max_pid=776, num_cams=20)
+
+    def __init__(self, root: str, require_views: bool = False, verbose: bool = True,
+                 name_rule: Optional[NameRule] = None, **overrides):
+        self.require_views = require_views
+        self.name_rule = name_rule or type(self).name_rule
+        super().__init__(root, verbose, **overrides)
+
+    def expected_tree(self) -> str:
+        lines = [f"  {self.folder}/"]
+        lines += [f"    {f}/  (<pid>_c<cam>_<frame>_0.jpg)" for f in VERI_FOLDERS]
+        lines += [f"    {f}  (view labels, from {KEYPOINT_SOURCE})" for f in KEYPOINT_FILES]
+        return "\n".join(lines)
+
+    def _load_splits(self) -> Tuple[List[Sample], List[Sample], List[Sample]]:
+        folders = [os.path.join(self.dataset_dir, f) for f in VERI_FOLDERS]
+        self.require(self.dataset_dir, *folders)
+        view_of_name = self._read_views()
+        self.has_views = view_of_name is not None
+        unlabelled: List[str] = []
+
+        def view_of(path: str) -> Optional[int]:
+            if view_of_name is None:
+                return NO_VIEW
+            view = view_of_name.get(os.path.basename(path))
+            if view is None:
+                unlabelled.append(path)
+            return view
+
+        splits = tuple(parse_folder(f, self.name_rule, view_of) for f in folders)
+        if unlabelled:
+            # As the reference: images without a view label are left out.
+            logger.warning("%s: %d images have no view label and are skipped, e.g. %s",
+                           self.display_name, len(unlabelled), unlabelled[0])
+        return splits  # type: ignore[return-value]
+
+    def _read_views(self) -> Optional[Dict[str, int]]:
+        paths = [os.path.join(self.dataset_dir, f) for f in KEYPOINT_FILES]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing and self.require_views:
+            raise DatasetNotFoundError(
+                f"MODEL.SIE_VIEW needs VeRi view labels but '{missing[0]}' is missing: put "
+                f"{' and '.join(KEYPOINT_FILES)} from {KEYPOINT_SOURCE} in '{self.dataset_dir}', "
+                "or set MODEL.SIE_VIEW False")
+        if missing:
+            logger.warning("%s: %s missing, images get view id %d (needed only with "
+                           "MODEL.SIE_VIEW)", self.display_name, missing[0], NO_VIEW)
+            return None
+        views: Dict[str, int] = {}
+        for path in paths:
+            views.update(read_view_file(path))
+        return views
+
+
+def read_view_file(path: str) -> Dict[str, int]:
+    """{image base name: view id} from a VehicleReIDKeyPointData file (last column = view)."""
+    views = {}
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                views[os.path.basename(fields[0])] = int(fields[-1])
+            except ValueError:
+                raise DatasetError(f"{path}:{line_no}: the last column must be the integer view "
+                                   f"id, got '{fields[-1]}'") from None
+    return views
