@@ -1,0 +1,476 @@
+"""What the tools share: the command line, the trained model, image lists, features, outputs.
+
+Side information (SIE) for images of unknown camera or view
+-----------------------------------------------------------
+A model trained with MODEL.SIE_CAMERA / SIE_VIEW adds a learned embedding of the image's camera
+(view) to every token, so it needs a label for each image. Every label is a real, learned camera:
+camera 0 is not "no camera". The tools therefore offer, per image (`--camera`, `--view`):
+
+* ``mean`` (the neutral choice): the feature is averaged over every camera (view) the model knows,
+  so that no single camera is favoured. It costs one forward pass per camera (view) and is
+  exact whatever the model does with the embedding; the model's API does not expose the mean
+  embedding itself, and feeding it would also be a different input than any seen in training.
+* ``auto`` (default): the label the image carries (a Market-style name ``<pid>_c<cam>...`` gives
+  the camera, a list file's columns give camera and view), ``mean`` for images without one.
+* an integer: that label for every image (fast; one forward pass).
+
+Models without SIE ignore the labels, and every choice costs a single pass.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import functools
+import logging
+import os
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from config import ConfigError
+from datasets.bases import IMAGE_EXTENSIONS, MARKET_PATTERN, DatasetError, NameRule, read_image
+from datasets.transforms import build_test_transforms
+from model import CheckpointMismatchError, make_model
+from model.backbones.specs import feature_dim
+from model.weights import TRAINED_MISSING_HINT, read_state_dict
+from processor.processor import yes_no
+from utils.cli import base_parser, load_config_or_exit
+from utils.metrics import pairwise_distance
+from utils.progress import Progress
+from utils.reranking import re_ranking
+
+logger = logging.getLogger("transreid.tools")
+
+MEAN, AUTO = "mean", "auto"
+LabelChoice = Union[str, int]
+"""'mean', 'auto' or a fixed label id."""
+
+HELP_WIDTH = 88
+CSV_COLUMNS = ("index", "path", "pid", "camid", "viewid")
+MARKET_NAME = NameRule(MARKET_PATTERN, "0002_c1s1_000451_03.jpg")
+
+
+class ToolError(RuntimeError):
+    """Input a tool cannot use; the message names it and says how to fix it."""
+
+
+# ------------------------------------------------------------------------------ command line
+def label_choice(text: str) -> LabelChoice:
+    """argparse type of --camera / --view."""
+    if text in (MEAN, AUTO):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not 'mean', 'auto' or a label id") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"label ids start at 0, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def tool_parser(description: str, example: str) -> argparse.ArgumentParser:
+    """test.py's parser (--config_file, KEY VALUE overrides) plus the trained weights."""
+    parser = base_parser(textwrap.fill(description, HELP_WIDTH))
+    # Raw, so that the example stays one line to copy; the prose is wrapped here instead.
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = f"{textwrap.fill(parser.epilog, HELP_WIDTH)}\n\nexample:\n  {example}"
+    parser.add_argument("--weight", default="",
+                        help="trained model (.pth written by train.py); sets TEST.WEIGHT")
+    return parser
+
+
+# (label, its plural, where an image's label can come from)
+SIDE_INFO = (("camera", "cameras", "a Market-style name or the list file"),
+             ("view", "views", "the list file"))
+
+
+def add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    """--camera / --view: the SIE labels of images (see this module's doc)."""
+    for name, plural, source in SIDE_INFO:
+        parser.add_argument(
+            f"--{name}", type=label_choice, default=AUTO, metavar="auto|mean|ID",
+            help=f"SIE {name} label of each image: 'auto' (default: the {name} {source} gives, "
+                 f"else 'mean'), 'mean' (average the feature over every {name} the model knows: "
+                 f"the neutral choice for unknown {plural}), or a fixed id. Ignored by models "
+                 f"without SIE {name} embeddings.")
+
+
+def add_sie_count_arguments(parser: argparse.ArgumentParser) -> None:
+    """--num-cameras / --num-views, needed only to split a joint camera-view SIE table."""
+    for _, plural, _ in SIDE_INFO:
+        parser.add_argument(
+            f"--num-{plural}", type=positive_int, default=None, metavar="N",
+            help=f"{plural} the model was trained with; read from the checkpoint unless it holds "
+                 "a joint camera-and-view table (SIE_CAMERA and SIE_VIEW both on)")
+
+
+def load_tool_config(args: argparse.Namespace, extra_opts: Sequence[str] = ()):
+    """Frozen config from --config_file, the KEY VALUE overrides and the flags that set keys."""
+    opts = list(args.opts or []) + list(extra_opts)
+    if args.weight:
+        opts += ["TEST.WEIGHT", args.weight]
+    # TEST.WEIGHT replaces every weight: ImageNet initialisation would only cost time (or fail
+    # where the ImageNet file is absent).
+    opts += ["MODEL.PRETRAIN_CHOICE", "none"]
+    cfg = load_config_or_exit(args.config_file, opts)
+    if not cfg.TEST.WEIGHT:
+        sys.exit("error: no trained model given; pass --weight PATH (or TEST.WEIGHT PATH)")
+    return cfg
+
+
+# Errors a user can cause; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ToolError, DatasetError, ConfigError, OSError, ValueError)
+
+
+def exit_on_user_error(main: Callable[..., int]) -> Callable[..., int]:
+    """Turn a user error into `error: <message>` and exit status 1 instead of a traceback."""
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as err:
+            sys.exit(f"error: {err}")
+    return wrapper
+
+
+def configure_logging() -> None:
+    """Log lines to stderr when the tool runs as a script (library code only uses loggers)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+
+# ---------------------------------------------------------------------------- trained model
+@dataclass(frozen=True)
+class SideInfoCounts:
+    """Cameras and views the model has SIE embeddings for; 0 when it ignores that label."""
+    cameras: int
+    views: int
+
+
+def sie_counts(cfg, sie_rows: int, num_cameras: Optional[int],
+               num_views: Optional[int]) -> SideInfoCounts:
+    """Camera and view counts of a model whose checkpoint holds `sie_rows` SIE embeddings.
+
+    The SIE table has one row per camera, per view, or per camera-view pair; only the last
+    needs the split from the user (or from one of the two counts).
+    """
+    use_cam, use_view = bool(cfg.MODEL.SIE_CAMERA), bool(cfg.MODEL.SIE_VIEW)
+    if sie_rows == 0 or not (use_cam or use_view):
+        # No table: the model ignores the labels (a config with SIE on is caught by loading).
+        return SideInfoCounts(0, 0)
+    if use_cam and not use_view:
+        return SideInfoCounts(sie_rows, 0)
+    if use_view and not use_cam:
+        return SideInfoCounts(0, sie_rows)
+    if num_cameras is None and num_views is None:
+        raise ToolError(f"the checkpoint has {sie_rows} SIE camera-view embeddings; pass "
+                        "--num-cameras and/or --num-views (as the training dataset had) to split them")
+    cameras = num_cameras if num_cameras is not None else sie_rows // num_views
+    views = num_views if num_views is not None else sie_rows // num_cameras
+    if cameras * views != sie_rows:
+        raise ToolError(f"--num-cameras {cameras} x --num-views {views} != the {sie_rows} SIE "
+                        "embeddings of the checkpoint")
+    return SideInfoCounts(cameras, views)
+
+
+def num_classes_of(state: Dict[str, torch.Tensor], cfg) -> int:
+    """Identities of the checkpoint's classifier: its dimension that is not the feature width.
+
+    Inference never uses the classifier, but strict loading needs its shape.
+    """
+    width = feature_dim(cfg)
+    for key, value in state.items():
+        if key.startswith("classifier.") and value.ndim == 2:
+            return value.shape[1] if value.shape[0] == width else value.shape[0]
+    return 1  # no classifier: loading names the missing keys
+
+
+def sie_rows_of(state: Dict[str, torch.Tensor]) -> int:
+    rows = [value.shape[0] for key, value in state.items() if key.endswith("sie_embed")]
+    return rows[0] if rows else 0
+
+
+def build_trained_model(cfg, num_cameras: Optional[int] = None,
+                        num_views: Optional[int] = None) -> Tuple[torch.nn.Module, SideInfoCounts]:
+    """The model of `cfg` with the weights of TEST.WEIGHT, for inference on any images.
+
+    The class and SIE counts come from the checkpoint, so no dataset needs to be present.
+    """
+    # Read here only to size the model; load_param then loads it strictly.
+    state = read_state_dict(cfg.TEST.WEIGHT, TRAINED_MISSING_HINT)
+    counts = sie_counts(cfg, sie_rows_of(state), num_cameras, num_views)
+    model = make_model(cfg, num_class=num_classes_of(state, cfg), camera_num=max(counts.cameras, 1),
+                       view_num=max(counts.views, 1))
+    load_weights(model, cfg)
+    return model.eval(), counts
+
+
+def load_weights(model: torch.nn.Module, cfg) -> None:
+    """model.load_param(TEST.WEIGHT), its mismatch error turned into one naming the config."""
+    try:
+        model.load_param(cfg.TEST.WEIGHT)
+    except CheckpointMismatchError as err:
+        raise ToolError(f"TEST.WEIGHT '{cfg.TEST.WEIGHT}' was not trained with this config "
+                        f"(MODEL.NAME {cfg.MODEL.NAME}, TRANSFORMER_TYPE {cfg.MODEL.TRANSFORMER_TYPE}, "
+                        f"JPM {cfg.MODEL.JPM}, SIE_CAMERA {cfg.MODEL.SIE_CAMERA}, SIE_VIEW "
+                        f"{cfg.MODEL.SIE_VIEW}); pass the --config_file it was trained with.\n{err}"
+                        ) from None
+
+
+# ------------------------------------------------------------------------------ image lists
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image and what is known of it; None where unknown."""
+    path: str
+    pid: Optional[int] = None
+    camid: Optional[int] = None
+    viewid: Optional[int] = None
+
+
+def record_from_name(path: str) -> ImageRecord:
+    """pid and 0-based camera of a Market-style name (`0002_c1s1_000451_03.jpg`), if it is one."""
+    try:
+        pid, camid = MARKET_NAME.parse(path)
+    except DatasetError:
+        return ImageRecord(path)
+    return ImageRecord(path, pid, camid)
+
+
+def is_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def images_in_folder(folder: str) -> List[ImageRecord]:
+    """Every image under `folder`, recursively, in sorted path order."""
+    paths = sorted(os.path.join(parent, name)
+                   for parent, _, names in os.walk(folder) for name in names if is_image(name))
+    if not paths:
+        raise ToolError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under folder '{folder}'")
+    return [record_from_name(path) for path in paths]
+
+
+def images_in_list(list_path: str) -> List[ImageRecord]:
+    """Lines `path [pid camid [viewid]]` ('#' starts a comment); paths relative to the list's folder.
+
+    Without pid and camid, a Market-style name still gives them.
+    """
+    base = os.path.dirname(os.path.abspath(list_path))
+    records = []
+    try:
+        with open(list_path) as handle:
+            lines = handle.readlines()
+    except UnicodeDecodeError:
+        raise ToolError(f"'{list_path}' is neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor "
+                        "a text list file") from None
+    for line_no, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"{list_path}:{line_no}"
+        path = os.path.join(base, fields[0])
+        if not os.path.isfile(path):
+            raise ToolError(f"{where}: image '{path}' does not exist")
+        records.append(_list_record(path, fields[1:], where))
+    if not records:
+        raise ToolError(f"list file '{list_path}' names no images")
+    return records
+
+
+def _list_record(path: str, labels: Sequence[str], where: str) -> ImageRecord:
+    if not labels:
+        return record_from_name(path)
+    if len(labels) not in (2, 3):
+        raise ToolError(f"{where}: expected 'path [pid camid [viewid]]', got {len(labels) + 1} fields")
+    try:
+        values = [int(v) for v in labels]
+    except ValueError:
+        raise ToolError(f"{where}: pid, camid and viewid must be integers, got {list(labels)}") from None
+    return ImageRecord(path, *values)
+
+
+def collect_images(source: str) -> List[ImageRecord]:
+    """Images of a folder (recursive), a list file, or a single image file."""
+    if os.path.isdir(source):
+        return images_in_folder(source)
+    if os.path.isfile(source):
+        return [record_from_name(source)] if is_image(source) else images_in_list(source)
+    raise ToolError(f"'{source}' does not exist; give an image folder, a list file or an image")
+
+
+# ------------------------------------------------------------------------------- features
+class ImageFiles(Dataset):
+    """(transformed image, index) of each record; unreadable files raise an error naming them."""
+
+    def __init__(self, records: Sequence[ImageRecord], transform, read_retries: int) -> None:
+        self.records = list(records)
+        self.transform = transform
+        self.read_retries = read_retries
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        return self.transform(read_image(self.records[index].path, self.read_retries)), index
+
+
+RECORD_FIELD = {"camera": "camid", "view": "viewid"}
+
+
+def label_options(records: Sequence[ImageRecord], choice: LabelChoice, count: int,
+                  name: str) -> List[List[int]]:
+    """For each image, the `name` ('camera' or 'view') labels whose features are averaged
+    (see the module doc); `count` is how many the model knows, 0 if it ignores them."""
+    if count == 0:
+        return [[0]] * len(records)  # the model ignores this label
+    if isinstance(choice, int):
+        _check_label(choice, count, name, f"--{name} {choice}")
+        return [[choice]] * len(records)
+    everything = list(range(count))
+    options = []
+    for record in records:
+        known = getattr(record, RECORD_FIELD[name]) if choice == AUTO else None
+        if known is None:
+            options.append(everything)
+        else:
+            _check_label(known, count, name, f"{name} {known} of '{record.path}'")
+            options.append([known])
+    return options
+
+
+def _check_label(label: int, count: int, name: str, source: str) -> None:
+    if not 0 <= label < count:
+        raise ToolError(f"{source} has no SIE embedding: the model knows {count} {name}s "
+                        f"(ids 0..{count - 1}); pass --{name} mean or a known id")
+
+
+@torch.no_grad()
+def sie_averaged_features(model: torch.nn.Module, images: torch.Tensor,
+                          cam_options: Sequence[Sequence[int]],
+                          view_options: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Feature of each image averaged over its (camera, view) label pairs.
+
+    One forward pass per distinct pair, over the images that use it.
+    """
+    pairs = sorted({(c, v) for cams, views in zip(cam_options, view_options)
+                    for c in cams for v in views})
+    total: Optional[torch.Tensor] = None
+    counts = torch.zeros(len(images), 1, device=images.device)
+    for cam, view in pairs:
+        rows = torch.tensor([i for i, (cams, views) in enumerate(zip(cam_options, view_options))
+                             if cam in cams and view in views], device=images.device)
+        labels = dict(cam_label=torch.full((len(rows),), cam, device=images.device),
+                      view_label=torch.full((len(rows),), view, device=images.device))
+        feats = model(images[rows], **labels).float()
+        if total is None:
+            total = feats.new_zeros(len(images), feats.shape[1])
+        total.index_add_(0, rows, feats)
+        counts.index_add_(0, rows, torch.ones(len(rows), 1, device=images.device))
+    return total / counts
+
+
+def extract_image_features(cfg, model: torch.nn.Module, records: Sequence[ImageRecord],
+                           counts: SideInfoCounts, camera: LabelChoice, view: LabelChoice,
+                           device: torch.device, desc: str = "features") -> torch.Tensor:
+    """Features (N x D, on the CPU, in `records` order) of the images, batched on `device`."""
+    cam_options = label_options(records, camera, counts.cameras, "camera")
+    view_options = label_options(records, view, counts.views, "view")
+    loader = DataLoader(ImageFiles(records, build_test_transforms(cfg), cfg.DATALOADER.READ_RETRIES),
+                        batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
+                        num_workers=cfg.DATALOADER.NUM_WORKERS, pin_memory=device.type == "cuda")
+    model.to(device).eval()
+    feats = []
+    for images, index in Progress(loader, len(loader), desc, logger):
+        rows = index.tolist()
+        feats.append(sie_averaged_features(model, images.to(device, non_blocking=True),
+                                           [cam_options[i] for i in rows],
+                                           [view_options[i] for i in rows]).cpu())
+    return torch.cat(feats)
+
+
+def query_gallery_distance(cfg, query_feats: torch.Tensor, gallery_feats: torch.Tensor) -> np.ndarray:
+    """Query x gallery distances as test.py computes them: TEST.FEAT_NORM, then re-ranking
+    (TEST.RE_RANKING) or TEST.DIST_METRIC."""
+    query_feats, gallery_feats = query_feats.float(), gallery_feats.float()
+    if yes_no(cfg.TEST.FEAT_NORM, "TEST.FEAT_NORM"):
+        query_feats, gallery_feats = F.normalize(query_feats, dim=1), F.normalize(gallery_feats, dim=1)
+    if cfg.TEST.RE_RANKING:
+        return re_ranking(query_feats, gallery_feats, k1=cfg.TEST.RE_RANKING_K1,
+                          k2=cfg.TEST.RE_RANKING_K2, lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
+    return pairwise_distance(query_feats, gallery_feats, cfg.TEST.DIST_METRIC).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------- outputs
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """A temporary path next to `path`, renamed to `path` only if the block succeeds."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=suffix)
+    os.close(fd)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def index_csv_path(features_path: str) -> str:
+    """The CSV index that goes with a feature matrix: same name, `.csv`."""
+    return os.path.splitext(features_path)[0] + ".csv"
+
+
+def _cell(value: Optional[int]) -> str:
+    return "" if value is None else str(value)
+
+
+def save_feature_index(features: np.ndarray, records: Sequence[ImageRecord], path: str) -> str:
+    """Write `path` (.npy, float32 N x D) and its CSV index; returns the CSV path.
+
+    Both files are written to temporary names first, so an error leaves neither half written.
+    """
+    if not path.endswith(".npy"):
+        raise ToolError(f"features file '{path}' must end in .npy")
+    csv_path = index_csv_path(path)
+    with atomic_output(path) as tmp_npy, atomic_output(csv_path) as tmp_csv:
+        np.save(tmp_npy, features.astype(np.float32))
+        with open(tmp_csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            for i, r in enumerate(records):
+                writer.writerow([i, r.path, _cell(r.pid), _cell(r.camid), _cell(r.viewid)])
+    return csv_path
+
+
+def load_feature_index(path: str) -> Tuple[np.ndarray, List[ImageRecord]]:
+    """A feature matrix written by extract_features.py and the records of its CSV index."""
+    csv_path = index_csv_path(path)
+    for needed in (path, csv_path):
+        if not os.path.isfile(needed):
+            raise ToolError(f"'{needed}' does not exist; write both with tools/extract_features.py")
+    features = np.load(path, allow_pickle=False)
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and set(CSV_COLUMNS) - set(rows[0]):
+        raise ToolError(f"'{csv_path}' lacks the columns {CSV_COLUMNS}")
+    if features.ndim != 2 or len(rows) != len(features):
+        raise ToolError(f"'{path}' holds {features.shape} features but '{csv_path}' lists "
+                        f"{len(rows)} images; re-run tools/extract_features.py")
+    records = [ImageRecord(row["path"], *(int(row[k]) if row[k] else None
+                                          for k in ("pid", "camid", "viewid"))) for row in rows]
+    return features, records

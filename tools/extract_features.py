@@ -1,0 +1,63 @@
+"""Features of your own images with a trained model: one .npy matrix and a CSV index.
+
+python tools/extract_features.py --config_file CONFIG --weight MODEL.pth \\
+    --images FOLDER_OR_LIST --output features.npy [KEY VALUE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools.common import (add_label_arguments, add_sie_count_arguments, build_trained_model,
+                          collect_images, configure_logging, exit_on_user_error,
+                          extract_image_features, load_tool_config, save_feature_index,
+                          tool_parser)
+from utils.device import select_device
+
+logger = logging.getLogger("transreid.tools")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = tool_parser(
+        "Extract re-ID features of a folder (searched recursively) or a list file of images. "
+        "Writes an N x D float32 .npy matrix and, next to it, a CSV index (index, path, pid, "
+        "camid, viewid) whose row i describes feature row i; pid and camid are filled from "
+        "Market-style names (0002_c1s1_000451_03.jpg) or the list file, empty otherwise.",
+        "python tools/extract_features.py --config_file configs/Market/vit_transreid_stride.yml "
+        "--weight logs/market/transformer_120.pth --images my_crops/ --output feats/my_crops.npy "
+        "MODEL.DEVICE_ID \"('0')\"")
+    parser.add_argument("--images", required=True,
+                        help="folder of images (searched recursively), a list file with one "
+                             "'path [pid camid [viewid]]' per line (paths relative to the list "
+                             "file), or one image")
+    parser.add_argument("--output", required=True,
+                        help="feature matrix to write (.npy); the index goes to the same name "
+                             "with .csv")
+    add_label_arguments(parser)
+    add_sie_count_arguments(parser)
+    return parser
+
+
+@exit_on_user_error
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_tool_config(args)
+    records = collect_images(args.images)
+    device = select_device(cfg.MODEL.DEVICE)
+    model, counts = build_trained_model(cfg, args.num_cameras, args.num_views)
+    features = extract_image_features(cfg, model, records, counts, args.camera, args.view, device)
+    csv_path = save_feature_index(features.numpy(), records, args.output)
+    logger.info("Wrote %d x %d features to %s and their index to %s", *features.shape,
+                args.output, csv_path)
+    return 0
+
+
+if __name__ == "__main__":
+    configure_logging()
+    sys.exit(main())

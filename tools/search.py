@@ -1,0 +1,131 @@
+"""Search a gallery for query images with a trained model: ranked matches and rank-list pictures.
+
+python tools/search.py --config_file CONFIG --weight MODEL.pth \\
+    --query QUERY_IMAGES --gallery GALLERY_FOLDER_OR_FEATURES.npy [KEY VALUE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+
+from tools.common import (ImageRecord, ToolError, add_label_arguments, add_sie_count_arguments,
+                          build_trained_model, collect_images, configure_logging,
+                          exit_on_user_error, extract_image_features, load_feature_index,
+                          load_tool_config, query_gallery_distance, tool_parser)
+from tools.drawing import draw_rank_list, save_png
+from utils.device import select_device
+
+logger = logging.getLogger("transreid.tools")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = tool_parser(
+        "Rank a gallery for each query image: prints the top-k matches with their distances "
+        "(TEST.DIST_METRIC on features normalised per TEST.FEAT_NORM, as test.py) and saves one "
+        "rank-list PNG per query: the query, then its matches, framed green (same identity), "
+        "red (another) or grey (identity unknown). Identities come from Market-style names "
+        "(0002_c1s1_000451_03.jpg), list files or the gallery's CSV index.",
+        "python tools/search.py --config_file configs/Market/vit_transreid_stride.yml "
+        "--weight logs/market/transformer_120.pth --query person.jpg --gallery my_crops/ "
+        "--topk 10 --rerank")
+    # One value per --query: a greedy list would swallow the KEY VALUE overrides that follow.
+    parser.add_argument("--query", required=True, action="append",
+                        help="query image, folder (recursive) or list file; repeat --query for "
+                             "more")
+    parser.add_argument("--gallery", required=True,
+                        help="gallery: a folder (recursive), a list file, or a .npy feature "
+                             "matrix written by tools/extract_features.py (with its .csv index; "
+                             "extract it with the same model and config)")
+    parser.add_argument("--topk", type=int, default=10, help="matches per query (default 10)")
+    parser.add_argument("--output-dir", default="search_results",
+                        help="folder of the rank-list pictures (default: search_results)")
+    parser.add_argument("--rerank", action="store_true",
+                        help="k-reciprocal re-ranking (sets TEST.RE_RANKING True; parameters "
+                             "TEST.RE_RANKING_K1/K2/LAMBDA)")
+    add_label_arguments(parser)
+    add_sie_count_arguments(parser)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.topk < 1:
+        parser.error(f"--topk must be at least 1, got {args.topk}")
+    return args
+
+
+def gallery_features(cfg, args: argparse.Namespace, model: torch.nn.Module, counts,
+                     device: torch.device) -> Tuple[torch.Tensor, List[ImageRecord]]:
+    if args.gallery.endswith(".npy"):
+        features, records = load_feature_index(args.gallery)
+        return torch.from_numpy(features), records
+    records = collect_images(args.gallery)
+    return extract_image_features(cfg, model, records, counts, args.camera, args.view, device,
+                                  desc="gallery features"), records
+
+
+def format_matches(query: ImageRecord, matches: Sequence[ImageRecord],
+                   distances: Sequence[float]) -> str:
+    """The query and a table of its matches, one line each."""
+    def identity(record: ImageRecord) -> str:
+        return "?" if record.pid is None else str(record.pid)
+
+    lines = [f"query {query.path} (id {identity(query)})",
+             f"  {'rank':>4}  {'distance':>10}  {'id':>6}  path"]
+    lines += [f"  {rank:>4}  {distance:>10.4f}  {identity(match):>6}  {match.path}"
+              for rank, (match, distance) in enumerate(zip(matches, distances), 1)]
+    return "\n".join(lines)
+
+
+def require_pictures(gallery: Sequence[ImageRecord], orders: np.ndarray, source: str) -> None:
+    """Fail before drawing anything if a match's image is gone (a saved gallery may be old)."""
+    missing = sorted({gallery[i].path for i in orders.ravel() if not os.path.isfile(gallery[i].path)})
+    if missing:
+        raise ToolError(f"{len(missing)} matched image(s) listed by '{source}' no longer exist, "
+                        f"e.g. '{missing[0]}'; re-run tools/extract_features.py on the gallery")
+
+
+def picture_name(index: int, query: ImageRecord) -> str:
+    """Unique per query even when two query files share a name."""
+    return f"{index:03d}_{os.path.splitext(os.path.basename(query.path))[0]}.png"
+
+
+@exit_on_user_error
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    cfg = load_tool_config(args, ["TEST.RE_RANKING", "True"] if args.rerank else [])
+    queries = [record for source in args.query for record in collect_images(source)]
+    device = select_device(cfg.MODEL.DEVICE)
+    model, counts = build_trained_model(cfg, args.num_cameras, args.num_views)
+    gallery_feats, gallery = gallery_features(cfg, args, model, counts, device)
+    query_feats = extract_image_features(cfg, model, queries, counts, args.camera, args.view,
+                                         device, desc="query features")
+    if gallery_feats.shape[1] != query_feats.shape[1]:
+        raise ToolError(f"the gallery '{args.gallery}' holds {gallery_feats.shape[1]}-d features "
+                        f"but this model gives {query_feats.shape[1]}-d ones; extract the gallery "
+                        "with the same config and weights")
+    distmat = query_gallery_distance(cfg, query_feats, gallery_feats)
+    orders = np.argsort(distmat, axis=1, kind="stable")[:, :args.topk]
+    require_pictures(gallery, orders, args.gallery)
+    for index, (query, distances, order) in enumerate(zip(queries, distmat, orders)):
+        matches = [gallery[i] for i in order]
+        print(format_matches(query, matches, distances[order]))
+        picture = os.path.join(args.output_dir, picture_name(index, query))
+        save_png(draw_rank_list(query, matches, distances[order]), picture)
+        print(f"  rank list: {picture}")
+    return 0
+
+
+if __name__ == "__main__":
+    configure_logging()
+    sys.exit(main())

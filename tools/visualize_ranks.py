@@ -1,0 +1,126 @@
+"""Rank-list pictures and a CMC / mAP summary for a benchmark test set, e.g. after test.py.
+
+python tools/visualize_ranks.py --config_file CONFIG --weight MODEL.pth [--query-index I,J,...]
+    [--num-queries N] [KEY VALUE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+from datasets import make_dataloader
+from model import make_model
+from processor.processor import extract_features, make_evaluator
+from tools.common import (ImageRecord, ToolError, configure_logging, exit_on_user_error,
+                          load_tool_config, load_weights, query_gallery_distance, tool_parser)
+from tools.drawing import draw_cmc_summary, draw_rank_list, save_png
+from utils.device import select_device
+
+logger = logging.getLogger("transreid.tools")
+
+SUMMARY_NAME = "summary.png"
+
+
+def index_list(text: str) -> List[int]:
+    """'0,17,42' -> [0, 17, 42] (one token, so that KEY VALUE overrides may follow)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = tool_parser(
+        "Draw rank lists of chosen or random queries of the test set of DATASETS.NAMES, scored "
+        "as test.py scores them (gallery images of the query's identity and camera are left "
+        "out, as the benchmark protocol does), and one summary picture of the CMC curve and mAP.",
+        "python tools/visualize_ranks.py --config_file configs/Market/vit_transreid_stride.yml "
+        "--weight logs/market/transformer_120.pth --query-index 0,17,42 TEST.RE_RANKING True")
+    parser.add_argument("--query-index", type=index_list, default=None, metavar="I,J,...",
+                        help="comma-separated indices of the queries to draw (0 = first query "
+                             "of the test set); overrides --num-queries")
+    parser.add_argument("--num-queries", type=int, default=5,
+                        help="number of random queries to draw when --query-index is not given "
+                             "(default 5)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random query choice (default 0)")
+    parser.add_argument("--topk", type=int, default=10, help="matches per query (default 10)")
+    parser.add_argument("--output-dir", default="",
+                        help="folder of the pictures (default: OUTPUT_DIR/rank_lists, or "
+                             "./rank_lists when OUTPUT_DIR is empty)")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.topk < 1 or args.num_queries < 1:
+        parser.error("--topk and --num-queries must be at least 1")
+    return args
+
+
+def choose_queries(args: argparse.Namespace, num_query: int) -> List[int]:
+    if args.query_index is not None:
+        bad = [i for i in args.query_index if not 0 <= i < num_query]
+        if bad:
+            raise ToolError(f"--query-index {bad} out of range: the test set has {num_query} "
+                            f"queries (0..{num_query - 1})")
+        return list(args.query_index)
+    rng = np.random.default_rng(args.seed)
+    return sorted(rng.choice(num_query, size=min(args.num_queries, num_query), replace=False).tolist())
+
+
+def protocol_ranking(distances: np.ndarray, q_pid: int, q_camid: int, g_pids: np.ndarray,
+                     g_camids: np.ndarray) -> np.ndarray:
+    """Gallery indices by increasing distance, without the query's own identity-and-camera
+    images, which the benchmark protocol (eval_func) does not count."""
+    order = np.argsort(distances, kind="stable")
+    junk = (g_pids[order] == q_pid) & (g_camids[order] == q_camid)
+    return order[~junk]
+
+
+@exit_on_user_error
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    cfg = load_tool_config(args)
+    output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR or ".", "rank_lists")
+    _, _, val_loader, num_query, num_classes, camera_num, view_num = make_dataloader(cfg)
+    chosen = choose_queries(args, num_query)
+    model = make_model(cfg, num_class=num_classes, camera_num=camera_num, view_num=view_num)
+    load_weights(model, cfg)
+    device = select_device(cfg.MODEL.DEVICE)
+    feats, pids, camids, paths = extract_features(model.to(device), val_loader, device)
+    evaluator = make_evaluator(cfg, num_query)
+    evaluator.update((feats, pids, camids))
+    cmc, mAP, distmat, *_ = evaluator.compute()
+    records = [ImageRecord(path, pid, camid) for path, pid, camid in zip(paths, pids, camids)]
+    queries, gallery = records[:num_query], records[num_query:]
+    if distmat is None:
+        # The whole matrix was too large to keep; re-ranking then sees only the chosen queries.
+        distmat = query_gallery_distance(cfg, feats[chosen], feats[num_query:])
+    else:
+        distmat = distmat[chosen]
+    g_pids, g_camids = np.asarray(pids[num_query:]), np.asarray(camids[num_query:])
+    for query_index, distances in zip(chosen, distmat):
+        query = queries[query_index]
+        order = protocol_ranking(distances, query.pid, query.camid, g_pids, g_camids)[:args.topk]
+        picture = os.path.join(output_dir, f"query_{query_index:05d}.png")
+        save_png(draw_rank_list(query, [gallery[i] for i in order], distances[order]), picture)
+        logger.info("query %d (%s): rank list in %s", query_index, query.path, picture)
+    title = f"{cfg.DATASETS.NAMES}: {os.path.basename(cfg.TEST.WEIGHT)}"
+    save_png(draw_cmc_summary(cmc, mAP, title), os.path.join(output_dir, SUMMARY_NAME))
+    logger.info("mAP %.1f%%, Rank-1 %.1f%%; pictures in %s", 100 * mAP, 100 * cmc[0], output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    configure_logging()
+    sys.exit(main())
