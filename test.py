@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from datasets import make_dataloader
+from datasets import make_dataloader, make_val_loader
 from model import make_model
 from processor import EvalResult, evaluate
 from processor.processor import log_result
@@ -39,7 +39,7 @@ def run_vehicleid_trials(cfg, model, device, logger) -> EvalResult:
     """VehicleID draws query and gallery at random: average TEST.VEHICLEID_TRIALS draws."""
     results = []
     for trial in range(cfg.TEST.VEHICLEID_TRIALS):
-        _, _, val_loader, num_query, *_ = make_dataloader(cfg, trial=trial)
+        val_loader, num_query = make_val_loader(cfg, trial=trial)
         result = evaluate(cfg, model, val_loader, num_query, device)
         logger.info("trial %d: mAP %.1f%%, rank-1 %.1f%%, rank-5 %.1f%%", trial,
                     100 * result.mAP, 100 * result.cmc[0], 100 * result.cmc[4])

@@ -1,0 +1,153 @@
+"""End to end on a tiny synthetic set, on the CPU: train, test, resume, NaN stop, two processes."""
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from config import load_config
+from datasets import make_dataloader
+from loss import make_loss
+from model import make_model
+from processor import do_train, evaluate
+from processor.processor import LAST_CHECKPOINT, NonFiniteLossError
+from solver import make_optimizer
+from solver.scheduler_factory import create_scheduler
+from utils.cli import set_seed
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build(opts):
+    """Everything train.py builds, seeded as train.py seeds it."""
+    cfg = load_config("", opts)
+    set_seed(cfg.SOLVER.SEED)
+    train_loader, _, val_loader, num_query, num_classes, camera_num, view_num = make_dataloader(cfg)
+    model = make_model(cfg, num_class=num_classes, camera_num=camera_num, view_num=view_num)
+    loss_fn, center_criterion = make_loss(cfg, num_classes=num_classes)
+    optimizer, optimizer_center = make_optimizer(cfg, model, center_criterion)
+    scheduler = create_scheduler(cfg, optimizer)
+    return cfg, dict(model=model, center_criterion=center_criterion, train_loader=train_loader,
+                     val_loader=val_loader, optimizer=optimizer, optimizer_center=optimizer_center,
+                     scheduler=scheduler, loss_fn=loss_fn, num_query=num_query, local_rank=0)
+
+
+def train(cfg, parts):
+    return do_train(cfg, **parts)
+
+
+def test_training_raises_map_above_the_untrained_model(tiny_opts):
+    cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "12", "SOLVER.EVAL_PERIOD", "12",
+                                    "SOLVER.CHECKPOINT_PERIOD", "12", "SOLVER.WARMUP_EPOCHS", "2"])
+    untrained = evaluate(cfg, parts["model"], parts["val_loader"], parts["num_query"],
+                         torch.device("cpu"))
+    trained = train(cfg, parts)
+    assert trained.mAP > untrained.mAP + 0.10, (untrained.mAP, trained.mAP)
+    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "transformer_12.pth"))
+    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "transformer_best.pth"))
+    with open(os.path.join(cfg.OUTPUT_DIR, "train_log.txt")) as log:
+        assert "Validation Results - Epoch: 12" in log.read()
+
+
+class StopAtEpoch(Exception):
+    pass
+
+
+def failing_loss(parts, epoch_to_fail, make_failure):
+    """The loss of `parts`, made to fail on the first iteration of `epoch_to_fail`."""
+    loss_fn, calls = parts["loss_fn"], itertools.count()
+    failing_call = (epoch_to_fail - 1) * len(parts["train_loader"])
+
+    def wrapped(score, feat, target, target_cam):
+        loss = loss_fn(score, feat, target, target_cam)
+        return make_failure(loss) if next(calls) == failing_call else loss
+    return wrapped
+
+
+def raise_stop(loss):
+    raise StopAtEpoch()
+
+
+def test_interrupted_and_resumed_training_ends_with_the_same_weights(tiny_opts, tmp_path):
+    schedule = ["SOLVER.MAX_EPOCHS", "3", "SOLVER.EVAL_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD", "1"]
+    cfg, parts = build(tiny_opts + schedule + ["OUTPUT_DIR", str(tmp_path / "straight")])
+    train(cfg, parts)
+    uninterrupted = parts["model"].state_dict()
+
+    cfg, parts = build(tiny_opts + schedule + ["OUTPUT_DIR", str(tmp_path / "interrupted")])
+    parts["loss_fn"] = failing_loss(parts, 3, raise_stop)
+    with pytest.raises(StopAtEpoch):
+        train(cfg, parts)
+
+    checkpoint = str(tmp_path / "interrupted" / LAST_CHECKPOINT)
+    cfg, parts = build(tiny_opts + schedule + ["OUTPUT_DIR", str(tmp_path / "interrupted"),
+                                               "MODEL.RESUME", checkpoint])
+    train(cfg, parts)
+    resumed = parts["model"].state_dict()
+    assert uninterrupted.keys() == resumed.keys()
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_opts):
+    cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "3", "SOLVER.EVAL_PERIOD", "10",
+                                    "SOLVER.CHECKPOINT_PERIOD", "1"])
+    parts["loss_fn"] = failing_loss(parts, 2, lambda loss: loss * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 2, iteration 1"):
+        train(cfg, parts)
+    state = torch.load(os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT), weights_only=True)
+    assert state["epoch"] == 1
+    # The failed step never reached the optimizer: the parameters are those of epoch 1
+    # (BatchNorm's running statistics did move in that step's forward pass).
+    for name, tensor in parts["model"].named_parameters():
+        assert torch.equal(tensor, state["model"][name]), name
+
+
+def run_script(args, timeout=300, extra_env=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(extra_env or {}))
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_test_py_scores_a_reference_format_state_dict(tiny_opts, tmp_path):
+    cfg, parts = build(tiny_opts)
+    model = parts["model"]
+    # The reference saves DataParallel/DDP models with 'module.' prefixes.
+    weights = str(tmp_path / "transformer_120.pth")
+    torch.save({"module." + k: v for k, v in model.state_dict().items()}, weights)
+    expected = evaluate(cfg, model, parts["val_loader"], parts["num_query"], torch.device("cpu"))
+
+    out_dir = str(tmp_path / "test_out")
+    result = run_script(["test.py", *tiny_opts, "TEST.WEIGHT", weights, "OUTPUT_DIR", out_dir])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mAP:" in result.stdout and "Rank-1" in result.stdout
+    with open(os.path.join(out_dir, "test_results.json")) as handle:
+        scores = json.load(handle)
+    assert scores["mAP"] == pytest.approx(expected.mAP, abs=1e-6)
+    assert scores["rank1"] == pytest.approx(float(expected.cmc[0]), abs=1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_gloo_processes_train_an_epoch_and_save_a_loadable_checkpoint(tiny_opts, tmp_path):
+    out_dir = str(tmp_path / "ddp")
+    opts = tiny_opts + ["MODEL.DIST_TRAIN", "True", "SOLVER.MAX_EPOCHS", "1",
+                        "SOLVER.EVAL_PERIOD", "1", "SOLVER.CHECKPOINT_PERIOD", "1",
+                        "OUTPUT_DIR", out_dir]
+    result = run_script(["-m", "torch.distributed.run", "--nproc_per_node=2",
+                         f"--master_port={free_port()}", "train.py", *opts], timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(os.path.join(out_dir, "train_log.txt")) as log:
+        text = log.read()
+    assert "x 2 processes" in text and "Validation Results - Epoch: 1" in text
+
+    cfg, parts = build(tiny_opts)
+    parts["model"].load_param(os.path.join(out_dir, "transformer_1.pth"))

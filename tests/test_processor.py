@@ -1,0 +1,108 @@
+"""Processor building blocks: config switches, device choice, atomic checkpoints, RNG capture."""
+import logging
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from processor.processor import amp_dtype, yes_no
+from config import cfg as default_cfg
+from utils import checkpoint
+from utils.checkpoint import atomic_save, restore_rng_states, rng_states
+from utils.device import apply_visible_devices, select_device
+from utils.progress import Progress
+
+
+@pytest.mark.parametrize("value, expected", [("yes", True), ("no", False), ("Yes", True),
+                                             (True, True), (False, False), ("off", False)])
+def test_yes_no_reads_the_switch(value, expected):
+    assert yes_no(value, "TEST.FEAT_NORM") is expected
+
+
+def test_yes_no_rejects_other_strings_naming_the_key():
+    # The reference treated any non-empty string (even 'no') as yes.
+    with pytest.raises(ValueError, match="TEST.FEAT_NORM must be 'yes' or 'no', got 'maybe'"):
+        yes_no("maybe", "TEST.FEAT_NORM")
+
+
+def test_amp_dtype_is_full_precision_on_cpu_and_configurable_on_cuda():
+    cfg = default_cfg.clone()
+    assert amp_dtype(cfg, torch.device("cpu")) is None
+    assert amp_dtype(cfg, torch.device("cuda")) is torch.float16
+    cfg.SOLVER.AMP_DTYPE = 'bf16'
+    assert amp_dtype(cfg, torch.device("cuda")) is torch.bfloat16
+    cfg.SOLVER.AMP_DTYPE = 'fp32'
+    assert amp_dtype(cfg, torch.device("cuda")) is None
+    cfg.SOLVER.AMP_DTYPE = 'half'
+    with pytest.raises(ValueError, match="SOLVER.AMP_DTYPE 'half'"):
+        amp_dtype(cfg, torch.device("cuda"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on a machine without GPU")
+def test_cuda_request_falls_back_to_cpu_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="transreid.device"):
+        assert select_device("cuda") == torch.device("cpu")
+    assert "no GPU is available" in caplog.text
+
+
+def test_unknown_device_is_an_error():
+    with pytest.raises(ValueError, match="MODEL.DEVICE 'tpu'"):
+        select_device("tpu")
+
+
+def test_device_id_does_not_override_an_explicit_environment(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    apply_visible_devices("5")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    apply_visible_devices("3")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkeypatch):
+    path = str(tmp_path / "last_checkpoint.pth")
+    atomic_save({"epoch": 1}, path)
+
+    def crash_midway(obj, handle):
+        handle.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert os.listdir(tmp_path) == ["last_checkpoint.pth"], "temporary file left behind"
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    states = rng_states()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    path = str(tmp_path / "rng.pth")
+    atomic_save({"rng": states}, path)
+    torch.rand(5), np.random.rand(5), random.random()  # move every generator on
+
+    restore_rng_states(torch.load(path, weights_only=True)["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+
+
+def test_resume_rejects_a_model_only_file(tmp_path):
+    path = str(tmp_path / "transformer_120.pth")
+    torch.save({"base.cls_token": torch.zeros(1, 1, 4)}, path)
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        checkpoint.load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="MODEL.RESUME"):
+        checkpoint.load_checkpoint(str(tmp_path / "missing.pth"))
+
+
+def test_progress_writes_a_few_plain_lines_off_a_terminal(caplog):
+    logger = logging.getLogger("transreid.test_progress")
+    with caplog.at_level(logging.INFO, logger="transreid.test_progress"):
+        items = list(Progress(range(8), 8, "extracting", logger, log_fraction=0.25))
+    assert items == list(range(8))
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" (")[0] for line in lines] == [
+        "extracting: 2/8", "extracting: 4/8", "extracting: 6/8", "extracting: 8/8"]
