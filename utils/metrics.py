@@ -1,0 +1,302 @@
+"""Market-1501 protocol CMC and mAP, computed with torch on the features' device in query chunks.
+
+The numbers are the reference's (TransReID utils/metrics.py `eval_func`): for each query, gallery
+images of the same identity *and* camera are removed; queries left without a match are skipped;
+AP is the mean of the precision at each hit; CMC is 1 from the first hit on.
+
+Ranking ties are broken by gallery index (a stable sort), so results are deterministic; the
+reference's `np.argsort` (quicksort) leaves the order of equal distances unspecified.
+
+Instead of sorting every gallery row, each chunk ranks only the query's true matches: every
+gallery image is given an int64 key that orders like (distance, gallery index), and a
+`searchsorted` of all keys among the sorted keys of the matches counts how many kept images
+precede each match. The work is O(G log P) per query (P = images of the query's identity) and
+the memory O(chunk × G).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.reranking import DEFAULT_CHUNK_BYTES, re_ranked_distance_chunks, row_chunks, \
+    squared_euclidean_distance
+
+logger = logging.getLogger("transreid.metrics")
+
+ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[int]]
+
+DIST_METRICS = ("euclidean", "cosine")
+# Distance, sort key, searchsorted slot, masks and temporaries of one query × gallery entry.
+_BYTES_PER_ENTRY = 40
+_INT64_MAX = torch.iinfo(torch.int64).max
+# Above this size compute() leaves out the query × gallery matrix unless asked for it
+# (MSMT17: 11,659 × 82,161 float32 is 3.8 GB).
+_AUTO_DISTMAT_LIMIT_BYTES = 2 * 1024 ** 3
+
+
+def _as_tensor(values: ArrayLike, device: Optional[torch.device] = None) -> torch.Tensor:
+    if isinstance(values, np.ndarray) and not values.flags.c_contiguous:
+        values = np.ascontiguousarray(values)
+    return torch.as_tensor(values, device=device)
+
+
+def _as_ids(values: ArrayLike, device: torch.device) -> torch.Tensor:
+    return _as_tensor(values, device).long().reshape(-1)
+
+
+def _check_dist_metric(metric: str) -> str:
+    name = str(metric).lower()
+    if name not in DIST_METRICS:
+        raise ValueError(f"TEST.DIST_METRIC '{metric}' is unknown; use one of {DIST_METRICS}")
+    return name
+
+
+def _as_flag(value: Union[bool, str], name: str) -> bool:
+    """A real bool from a bool or the config's 'yes' / 'no' (the reference took any string as
+    yes, 'no' included)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("yes", "no"):
+        return value.strip().lower() == "yes"
+    raise ValueError(f"{name} must be True/False or 'yes'/'no', got {value!r}")
+
+
+def pairwise_distance(qf: torch.Tensor, gf: torch.Tensor,
+                      metric: str = "euclidean") -> torch.Tensor:
+    """Query × gallery distances: squared Euclidean (as the reference) or 1 − cosine similarity."""
+    return _GalleryDistance(gf, metric)(qf)
+
+
+class _GalleryDistance:
+    """Distances from query chunks to a fixed gallery; the gallery-side terms are computed once."""
+
+    def __init__(self, gf: torch.Tensor, metric: str):
+        self.cosine = _check_dist_metric(metric) == "cosine"
+        self.gallery = F.normalize(gf, dim=1) if self.cosine else gf
+        self.gallery_sq = None if self.cosine else gf.pow(2).sum(1)
+
+    def __call__(self, qf: torch.Tensor) -> torch.Tensor:
+        if self.cosine:
+            # 1 − cos ranks like the reference's arccos(cos) without its clipping, which made
+            # all pairs with cos > 1 − 1e-5 tie
+            return torch.addmm(torch.ones((), device=qf.device), F.normalize(qf, dim=1),
+                               self.gallery.T, alpha=-1)
+        return squared_euclidean_distance(qf, self.gallery, y_sq=self.gallery_sq)
+
+
+def _stable_order_keys(dist: torch.Tensor) -> torch.Tensor:
+    """int64 keys that order each row like a stable ascending sort: by (distance, column index).
+
+    Distances are ranked as float32, the precision the reference's distances have.
+    """
+    bits = (dist.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0; they are equal
+    # IEEE floats order as sign-magnitude integers; flipping the magnitude bits of negative
+    # numbers (sign-extended mask) makes them order as two's-complement integers
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    keys = bits.long().mul_(2 ** 32)
+    return keys.add_(torch.arange(dist.shape[1], device=dist.device))
+
+
+class _MarketProtocol:
+    """The gallery's identities and cameras, grouped by identity once, to rank query chunks."""
+
+    def __init__(self, g_pids: torch.Tensor, g_camids: torch.Tensor):
+        self.g_pids, self.g_camids = g_pids, g_camids
+        self.by_pid = torch.argsort(g_pids, stable=True)
+        self.pid_values, self.pid_counts = torch.unique_consecutive(g_pids[self.by_pid],
+                                                                    return_counts=True)
+        self.pid_starts = self.pid_counts.cumsum(0) - self.pid_counts
+
+    def same_identity(self, q_pids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Gallery indices of each query's identity, padded: (indices B×P, present B×P)."""
+        if len(self.pid_values) == 0:
+            empty = torch.zeros(len(q_pids), 0, dtype=torch.long, device=q_pids.device)
+            return empty, empty.bool()
+        group = torch.searchsorted(self.pid_values, q_pids).clamp(max=len(self.pid_values) - 1)
+        counts = torch.where(self.pid_values[group] == q_pids, self.pid_counts[group], 0)
+        width = int(counts.max()) if len(counts) else 0
+        slot = torch.arange(width, device=q_pids.device)
+        present = slot < counts[:, None]
+        position = (self.pid_starts[group][:, None] + slot).clamp(max=len(self.by_pid) - 1)
+        return self.by_pid[position], present
+
+    def rank_matches(self, dist: torch.Tensor, q_pids: torch.Tensor, q_camids: torch.Tensor,
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per query: (rank of the first match, AP, has a match), ranks counted from 1 among the
+        gallery images the protocol keeps."""
+        candidates, present = self.same_identity(q_pids)
+        same_camera = self.g_camids[candidates] == q_camids[:, None]
+        is_match, is_junk = present & ~same_camera, present & same_camera
+        num_matches = is_match.sum(1)
+        width = candidates.shape[1]
+        if width == 0:
+            zeros = torch.zeros(len(q_pids), device=dist.device)
+            return zeros.long(), zeros.double(), num_matches > 0
+
+        keys = _stable_order_keys(dist)
+        candidate_keys = keys.gather(1, candidates)
+        match_keys = torch.where(is_match, candidate_keys, _INT64_MAX).sort(dim=1).values
+        # slot of an image = number of matches ranked before it; a match's slot is its own index
+        per_slot = torch.zeros(len(q_pids), width + 1, dtype=torch.int32, device=dist.device)
+        slots = torch.searchsorted(match_keys, keys)
+        per_slot.scatter_add_(1, slots, torch.ones((), dtype=torch.int32,
+                                                   device=dist.device).expand_as(slots))
+        # junk images (the query's identity and camera) are not ranked: take them out again
+        junk_slots = torch.searchsorted(match_keys, candidate_keys)
+        per_slot.scatter_add_(1, junk_slots, -is_junk.int())
+        match_ranks = per_slot.cumsum(1)[:, :width]
+
+        hit_number = torch.arange(1, width + 1, device=dist.device, dtype=torch.float64)
+        precision = torch.where(hit_number <= num_matches[:, None], hit_number / match_ranks, 0.0)
+        ap = precision.sum(1) / num_matches.clamp(min=1)
+        return match_ranks[:, 0].long(), ap, num_matches > 0
+
+
+class _ScoreAccumulator:
+    """Collects per-query results across chunks and reduces them as the reference does."""
+
+    def __init__(self, max_rank: int, num_gallery: int):
+        self.max_rank = max_rank
+        self.first_ranks: List[np.ndarray] = []
+        self.aps: List[np.ndarray] = []
+        if num_gallery < max_rank:
+            logger.info("Only %d gallery images: CMC beyond rank %d repeats its last value",
+                        num_gallery, num_gallery)
+
+    def add(self, first_rank: torch.Tensor, ap: torch.Tensor, valid: torch.Tensor) -> None:
+        self.first_ranks.append(first_rank[valid].cpu().numpy())
+        self.aps.append(ap[valid].cpu().numpy())
+
+    def result(self) -> Tuple[np.ndarray, float]:
+        first_ranks = np.concatenate(self.first_ranks) if self.first_ranks else np.zeros(0, int)
+        num_valid = len(first_ranks)
+        if num_valid == 0:
+            raise ValueError("No query has a valid match: none has a gallery image of its "
+                             "identity from another camera. Check the query/gallery split and "
+                             "num_query (queries come first, then gallery images).")
+        hits_at = np.bincount(np.minimum(first_ranks, self.max_rank + 1) - 1,
+                              minlength=self.max_rank + 1)[:self.max_rank]
+        # float32 / float32 like the reference's float32 sum divided by the query count
+        cmc = hits_at.cumsum().astype(np.float32) / np.float32(num_valid)
+        return cmc, float(np.mean(np.concatenate(self.aps)))
+
+
+def _rows_per_chunk(num_gallery: int, chunk_bytes: int) -> int:
+    return max(1, chunk_bytes // (_BYTES_PER_ENTRY * max(1, num_gallery)))
+
+
+def _score_rows(protocol: _MarketProtocol, scores: _ScoreAccumulator, dist: torch.Tensor,
+                q_pids: torch.Tensor, q_camids: torch.Tensor, chunk_bytes: int) -> None:
+    for rows in row_chunks(len(dist), _rows_per_chunk(dist.shape[1], chunk_bytes)):
+        scores.add(*protocol.rank_matches(dist[rows], q_pids[rows], q_camids[rows]))
+
+
+def eval_func(distmat: Union[np.ndarray, torch.Tensor], q_pids: ArrayLike, g_pids: ArrayLike,
+              q_camids: ArrayLike, g_camids: ArrayLike, max_rank: int = 50,
+              chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Tuple[np.ndarray, float]:
+    """Market-1501 CMC (float32, length `max_rank`) and mAP of a query × gallery distance matrix.
+
+    Runs on the device of `distmat` (numpy: CPU), `chunk_bytes` at a time. With fewer than
+    `max_rank` gallery images the reference returned a shorter CMC; here it is padded with its
+    last value, which is what CMC at those ranks is. Raises ValueError when no query is valid.
+    """
+    dist = _as_tensor(distmat)
+    device = dist.device
+    q_pids, q_camids = _as_ids(q_pids, device), _as_ids(q_camids, device)
+    g_pids, g_camids = _as_ids(g_pids, device), _as_ids(g_camids, device)
+    if dist.dim() != 2 or dist.shape != (len(q_pids), len(g_pids)):
+        raise ValueError(f"distmat has shape {tuple(dist.shape)} but there are {len(q_pids)} "
+                         f"queries and {len(g_pids)} gallery images")
+    scores = _ScoreAccumulator(max_rank, len(g_pids))
+    _score_rows(_MarketProtocol(g_pids, g_camids), scores, dist, q_pids, q_camids, chunk_bytes)
+    return scores.result()
+
+
+class R1_mAP_eval:
+    """Accumulates (features, pids, camids) batches, queries first, then the gallery.
+
+    `compute()` returns `(cmc, mAP, distmat, pids, camids, qf, gf)` like the reference. The
+    distances are produced and scored query chunk by query chunk; `distmat` (a float32 numpy
+    array) is assembled only when `return_distmat` is True, or, with the default None, when it
+    takes at most 2 GiB (Market-1501 yes, MSMT17 no: then it is None).
+    """
+
+    def __init__(self, num_query: int, max_rank: int = 50, feat_norm: Union[bool, str] = True,
+                 reranking: Union[bool, str] = False, dist_metric: str = "euclidean",
+                 k1: int = 50, k2: int = 15, lambda_value: float = 0.3,
+                 return_distmat: Optional[bool] = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        self.num_query = num_query
+        self.max_rank = max_rank
+        self.feat_norm = _as_flag(feat_norm, "TEST.FEAT_NORM")
+        self.reranking = _as_flag(reranking, "TEST.RE_RANKING")
+        self.dist_metric = _check_dist_metric(dist_metric)
+        self.k1, self.k2, self.lambda_value = k1, k2, lambda_value
+        self.return_distmat = return_distmat
+        self.chunk_bytes = chunk_bytes
+        self.reset()
+
+    def reset(self) -> None:
+        self.feats: List[torch.Tensor] = []
+        self.pids: List[int] = []
+        self.camids: List[int] = []
+
+    def update(self, output: Tuple[torch.Tensor, ArrayLike, ArrayLike]) -> None:
+        """One batch: features stay on their device; pids and camids become Python ints."""
+        feat, pid, camid = output
+        self.feats.append(feat.detach())
+        self.pids.extend(torch.as_tensor(pid).reshape(-1).tolist())
+        self.camids.extend(torch.as_tensor(camid).reshape(-1).tolist())
+
+    def _distance_chunks(self, qf: torch.Tensor, gf: torch.Tensor,
+                         ) -> Iterator[Tuple[slice, torch.Tensor]]:
+        if self.reranking:
+            if self.dist_metric == "cosine":
+                # re-ranking divides each row by its maximum, so squared Euclidean distances of
+                # unit vectors, 2 (1 − cos), give exactly the result of 1 − cos
+                qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+            yield from re_ranked_distance_chunks(qf, gf, self.k1, self.k2, self.lambda_value,
+                                                 chunk_bytes=self.chunk_bytes)
+            return
+        distance = _GalleryDistance(gf, self.dist_metric)
+        for rows in row_chunks(len(qf), _rows_per_chunk(len(gf), self.chunk_bytes)):
+            yield rows, distance(qf[rows])
+
+    def _keeps_distmat(self, num_gallery: int) -> bool:
+        if self.return_distmat is not None:
+            return self.return_distmat
+        keep = self.num_query * num_gallery * 4 <= _AUTO_DISTMAT_LIMIT_BYTES
+        if not keep:
+            logger.info("compute() does not assemble the %d x %d distance matrix (over 2 GiB); "
+                        "pass return_distmat=True to get it", self.num_query, num_gallery)
+        return keep
+
+    @torch.no_grad()
+    def compute(self) -> Tuple[np.ndarray, float, Optional[np.ndarray], List[int], List[int],
+                               torch.Tensor, torch.Tensor]:
+        if not self.feats or not 0 < self.num_query < len(self.pids):
+            raise ValueError(f"R1_mAP_eval has {len(self.pids)} images for num_query="
+                             f"{self.num_query}: it needs the queries then at least one "
+                             "gallery image")
+        feats = torch.cat(self.feats).float()
+        if self.feat_norm:
+            logger.info("The test features are L2-normalised")
+            feats /= feats.norm(dim=1, keepdim=True).clamp_min_(1e-12)  # in place: MSMT17 is big
+        qf, gf = feats[:self.num_query], feats[self.num_query:]
+        pids = torch.tensor(self.pids, device=feats.device)
+        camids = torch.tensor(self.camids, device=feats.device)
+        q_pids, q_camids = pids[:self.num_query], camids[:self.num_query]
+
+        protocol = _MarketProtocol(pids[self.num_query:], camids[self.num_query:])
+        scores = _ScoreAccumulator(self.max_rank, len(gf))
+        distmat = torch.empty(len(qf), len(gf)) if self._keeps_distmat(len(gf)) else None
+        for rows, dist in self._distance_chunks(qf, gf):
+            _score_rows(protocol, scores, dist, q_pids[rows], q_camids[rows], self.chunk_bytes)
+            if distmat is not None:
+                distmat[rows] = dist
+        cmc, mAP = scores.result()
+        distmat = None if distmat is None else distmat.numpy()
+        return cmc, mAP, distmat, self.pids, self.camids, qf, gf
