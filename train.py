@@ -22,6 +22,18 @@ def init_distributed(cfg) -> None:
     dist.init_process_group(backend=backend, init_method="env://", timeout=DIST_TIMEOUT)
 
 
+def build_training(cfg) -> dict:
+    """Data, model, loss, optimizers and schedule of `cfg`: do_train's arguments but the rank."""
+    train_loader, _, val_loader, num_query, num_classes, camera_num, view_num = make_dataloader(cfg)
+    model = make_model(cfg, num_class=num_classes, camera_num=camera_num, view_num=view_num)
+    loss_fn, center_criterion = make_loss(cfg, num_classes=num_classes)
+    optimizer, optimizer_center = make_optimizer(cfg, model, center_criterion)
+    scheduler = create_scheduler(cfg, optimizer)
+    return dict(model=model, center_criterion=center_criterion, train_loader=train_loader,
+                val_loader=val_loader, optimizer=optimizer, optimizer_center=optimizer_center,
+                scheduler=scheduler, loss_fn=loss_fn, num_query=num_query)
+
+
 def main() -> None:
     parser = base_parser("Train TransReID")
     # torch.distributed.launch passes --local_rank (old) or --local-rank (new); torchrun sets LOCAL_RANK.
@@ -38,15 +50,8 @@ def main() -> None:
     # Ranks draw different augmentations; the identity schedule is shared through the sampler.
     set_seed(cfg.SOLVER.SEED + rank)
 
-    train_loader, train_loader_normal, val_loader, num_query, num_classes, camera_num, view_num = \
-        make_dataloader(cfg)
-    model = make_model(cfg, num_class=num_classes, camera_num=camera_num, view_num=view_num)
-    loss_func, center_criterion = make_loss(cfg, num_classes=num_classes)
-    optimizer, optimizer_center = make_optimizer(cfg, model, center_criterion)
-    scheduler = create_scheduler(cfg, optimizer)
     try:
-        do_train(cfg, model, center_criterion, train_loader, val_loader, optimizer,
-                 optimizer_center, scheduler, loss_func, num_query, args.local_rank)
+        do_train(cfg, **build_training(cfg), local_rank=args.local_rank)
     except FloatingPointError as err:
         logger.error("%s", err)
         raise SystemExit(1)

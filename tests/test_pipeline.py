@@ -10,30 +10,19 @@ import pytest
 import torch
 
 from config import load_config
-from datasets import make_dataloader
-from loss import make_loss
-from model import make_model
 from processor import do_train, evaluate
 from processor.processor import LAST_CHECKPOINT, NonFiniteLossError
-from solver import make_optimizer
-from solver.scheduler_factory import create_scheduler
+from train import build_training
 from utils.cli import set_seed
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build(opts):
+def build(opts, config_file=""):
     """Everything train.py builds, seeded as train.py seeds it."""
-    cfg = load_config("", opts)
+    cfg = load_config(config_file, opts)
     set_seed(cfg.SOLVER.SEED)
-    train_loader, _, val_loader, num_query, num_classes, camera_num, view_num = make_dataloader(cfg)
-    model = make_model(cfg, num_class=num_classes, camera_num=camera_num, view_num=view_num)
-    loss_fn, center_criterion = make_loss(cfg, num_classes=num_classes)
-    optimizer, optimizer_center = make_optimizer(cfg, model, center_criterion)
-    scheduler = create_scheduler(cfg, optimizer)
-    return cfg, dict(model=model, center_criterion=center_criterion, train_loader=train_loader,
-                     val_loader=val_loader, optimizer=optimizer, optimizer_center=optimizer_center,
-                     scheduler=scheduler, loss_fn=loss_fn, num_query=num_query, local_rank=0)
+    return cfg, dict(build_training(cfg), local_rank=0)
 
 
 def train(cfg, parts):
@@ -41,16 +30,17 @@ def train(cfg, parts):
 
 
 def test_training_raises_map_above_the_untrained_model(tiny_opts):
-    cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "12", "SOLVER.EVAL_PERIOD", "12",
-                                    "SOLVER.CHECKPOINT_PERIOD", "12", "SOLVER.WARMUP_EPOCHS", "2"])
+    cfg, parts = build(tiny_opts + ["SOLVER.OPTIMIZER_NAME", "AdamW", "SOLVER.BASE_LR", "0.001",
+                                    "SOLVER.MAX_EPOCHS", "15", "SOLVER.EVAL_PERIOD", "15",
+                                    "SOLVER.CHECKPOINT_PERIOD", "15", "SOLVER.WARMUP_EPOCHS", "2"])
     untrained = evaluate(cfg, parts["model"], parts["val_loader"], parts["num_query"],
                          torch.device("cpu"))
     trained = train(cfg, parts)
     assert trained.mAP > untrained.mAP + 0.10, (untrained.mAP, trained.mAP)
-    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "transformer_12.pth"))
+    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "transformer_15.pth"))
     assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "transformer_best.pth"))
     with open(os.path.join(cfg.OUTPUT_DIR, "train_log.txt")) as log:
-        assert "Validation Results - Epoch: 12" in log.read()
+        assert "Validation Results - Epoch: 15" in log.read()
 
 
 class StopAtEpoch(Exception):
@@ -151,3 +141,19 @@ def test_two_gloo_processes_train_an_epoch_and_save_a_loadable_checkpoint(tiny_o
 
     cfg, parts = build(tiny_opts)
     parts["model"].load_param(os.path.join(out_dir, "transformer_1.pth"))
+
+
+def test_sie_over_camera_and_view_trains_and_evaluates_on_synthetic_vehicles(synthetic_root, tmp_path):
+    opts = ["DATASETS.ROOT_DIR", synthetic_root, "OUTPUT_DIR", str(tmp_path / "vehicle"),
+            "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_EPOCHS", "1",
+            "DATASETS.SYNTHETIC.NUM_IDS", "16", "DATASETS.SYNTHETIC.IMAGES_PER_ID", "6",
+            "DATASETS.SYNTHETIC.NUM_CAMERAS", "3", "DATASETS.SYNTHETIC.IMAGE_SIZE", "[32, 32]",
+            "INPUT.SIZE_TRAIN", "[32, 32]", "INPUT.SIZE_TEST", "[32, 32]",
+            "SOLVER.IMS_PER_BATCH", "16", "TEST.IMS_PER_BATCH", "64"]
+    cfg, parts = build(opts, os.path.join(REPO_ROOT, "configs/Synthetic/vit_transreid_vehicle_tiny.yml"))
+    base = parts["model"].base
+    assert base.cam_num == 3 and base.view_num > 1
+    # One learned embedding per (camera, view) pair, as the reference's camera x view SIE.
+    assert base.sie_embed.shape[0] == base.cam_num * base.view_num
+    result = train(cfg, parts)
+    assert 0.0 < result.mAP <= 1.0
