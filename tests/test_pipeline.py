@@ -29,18 +29,20 @@ def train(cfg, parts):
     return do_train(cfg, **parts)
 
 
-def test_training_raises_map_above_the_untrained_model(tiny_opts):
-    cfg, parts = build(tiny_opts + ["SOLVER.OPTIMIZER_NAME", "AdamW", "SOLVER.BASE_LR", "0.001",
-                                    "SOLVER.MAX_EPOCHS", "15", "SOLVER.EVAL_PERIOD", "15",
-                                    "SOLVER.CHECKPOINT_PERIOD", "15", "SOLVER.WARMUP_EPOCHS", "2"])
+def test_quickstart_recipe_raises_map_well_above_the_untrained_model(tmp_path):
+    # The quickstart config on a smaller synthetic set: 400 iterations, about 90 s on 2 cores.
+    opts = ["DATASETS.ROOT_DIR", str(tmp_path / "data"), "OUTPUT_DIR", str(tmp_path / "out"),
+            "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
+            "DATASETS.SYNTHETIC.NUM_IDS", "80", "DATASETS.SYNTHETIC.IMAGES_PER_ID", "8",
+            "SOLVER.IMS_PER_BATCH", "32", "SOLVER.WARMUP_EPOCHS", "2",
+            "SOLVER.MAX_EPOCHS", "40", "SOLVER.EVAL_PERIOD", "40", "SOLVER.CHECKPOINT_PERIOD", "40"]
+    cfg, parts = build(opts, os.path.join(REPO_ROOT, "configs/Synthetic/vit_transreid_tiny.yml"))
     untrained = evaluate(cfg, parts["model"], parts["val_loader"], parts["num_query"],
                          torch.device("cpu"))
     trained = train(cfg, parts)
     assert trained.mAP > untrained.mAP + 0.10, (untrained.mAP, trained.mAP)
-    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "transformer_15.pth"))
+    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "transformer_40.pth"))
     assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "transformer_best.pth"))
-    with open(os.path.join(cfg.OUTPUT_DIR, "train_log.txt")) as log:
-        assert "Validation Results - Epoch: 15" in log.read()
 
 
 class StopAtEpoch(Exception):
