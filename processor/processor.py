@@ -94,8 +94,15 @@ def extract_features(model: torch.nn.Module, loader, device: torch.device, desc:
 
 def evaluate(cfg, model: torch.nn.Module, val_loader, num_query: int,
              device: torch.device) -> EvalResult:
-    """mAP and CMC of `model` on a query-then-gallery loader."""
-    feats, pids, camids, _ = extract_features(model, val_loader, device, desc="extracting features")
+    """mAP and CMC of `model` on a query-then-gallery loader.
+
+    The loader draws its seed from the global RNG; forking it keeps training randomness
+    independent of when and how often evaluation runs (so a resumed run matches an
+    uninterrupted one).
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        feats, pids, camids, _ = extract_features(model, val_loader, device,
+                                                  desc="extracting features")
     evaluator = make_evaluator(cfg, num_query)
     evaluator.update((feats, pids, camids))
     cmc, mAP, *_ = evaluator.compute()
@@ -254,12 +261,8 @@ class Trainer:
                              num_images * self.world_size / elapsed))
 
     def validate(self, epoch: int) -> EvalResult:
-        # Evaluation draws loader seeds from the global RNG; forking keeps training randomness
-        # independent of EVAL_PERIOD, so a resumed run matches an uninterrupted one.
-        cuda_devices = [self.device] if self.device.type == 'cuda' else []
-        with torch.random.fork_rng(devices=cuda_devices):
-            result = evaluate(self.cfg, unwrap(self.model), self.val_loader, self.num_query,
-                              self.device)
+        result = evaluate(self.cfg, unwrap(self.model), self.val_loader, self.num_query,
+                          self.device)
         log_result(self.logger, result, f"Validation Results - Epoch: {epoch}")
         if result.mAP > self.best_mAP:
             self.best_mAP = result.mAP

@@ -159,3 +159,10 @@ def test_sie_over_camera_and_view_trains_and_evaluates_on_synthetic_vehicles(syn
     assert base.sie_embed.shape[0] == base.cam_num * base.view_num
     result = train(cfg, parts)
     assert 0.0 < result.mAP <= 1.0
+
+
+def test_evaluation_leaves_the_training_random_state_untouched(tiny_opts):
+    cfg, parts = build(tiny_opts)
+    before = torch.get_rng_state()
+    evaluate(cfg, parts["model"], parts["val_loader"], parts["num_query"], torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), before)
