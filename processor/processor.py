@@ -240,6 +240,7 @@ class Trainer:
         loss_meter, acc_meter = AverageMeter(), AverageMeter()
         num_iters, num_images = len(self.train_loader), 0
         start = time.perf_counter()
+        # A bar on a terminal only: in log files the LOG_PERIOD lines already show progress.
         batches = Progress(self.train_loader, num_iters, f"epoch {epoch}", self.logger,
                            enabled=self.is_main and os.isatty(2))
         for n_iter, batch in enumerate(batches, start=1):

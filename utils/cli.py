@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from yacs.config import CfgNode
 
 from config import ConfigError, load_config
 from utils.device import apply_visible_devices
@@ -29,7 +30,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_config_or_exit(config_file: str, opts) -> "CfgNode":  # noqa: F821
+def load_config_or_exit(config_file: str, opts) -> CfgNode:
     try:
         return load_config(config_file, opts or [])
     except ConfigError as err:
