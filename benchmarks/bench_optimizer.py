@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from config import load_config  # noqa: E402
 from model import make_model  # noqa: E402
-from solver.make_optimizer import (_optimizer_class_and_defaults, build_param_groups,  # noqa: E402
+from solver.make_optimizer import (build_param_groups, optimizer_class_and_defaults,  # noqa: E402
                                    parameter_settings)
 
 
@@ -51,7 +51,7 @@ def build(cfg, device, groups_of, seed=0):
     generator = torch.Generator(device="cpu").manual_seed(seed)
     for param in model.parameters():
         param.grad = torch.randn(param.shape, generator=generator).to(device) * 1e-3
-    optimizer_class, defaults = _optimizer_class_and_defaults(cfg)
+    optimizer_class, defaults = optimizer_class_and_defaults(cfg)
     groups = groups_of(cfg, model)
     return model, optimizer_class(groups, **defaults), len(groups)
 

@@ -41,7 +41,7 @@ def build_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
             for (lr, weight_decay), params in grouped.items()]
 
 
-def _optimizer_class_and_defaults(cfg) -> Tuple[type, Dict[str, Any]]:
+def optimizer_class_and_defaults(cfg) -> Tuple[type, Dict[str, Any]]:
     name = cfg.SOLVER.OPTIMIZER_NAME
     if name not in OPTIMIZERS:
         raise ValueError(f"SOLVER.OPTIMIZER_NAME '{name}' is not supported; choose one of "
@@ -56,7 +56,7 @@ def make_optimizer(cfg, model: nn.Module,
                    center_criterion: nn.Module) -> Tuple[torch.optim.Optimizer, torch.optim.SGD]:
     """`(optimizer, optimizer_center)`: SOLVER.OPTIMIZER_NAME over the model's trainable
     parameters, and plain SGD at SOLVER.CENTER_LR over the center-loss centres."""
-    optimizer_class, defaults = _optimizer_class_and_defaults(cfg)
+    optimizer_class, defaults = optimizer_class_and_defaults(cfg)
     param_groups = build_param_groups(cfg, model)
     optimizer = optimizer_class(param_groups, **defaults)
     settings = ", ".join(f"({group['lr']:g}, {group['weight_decay']:g})" for group in param_groups)
