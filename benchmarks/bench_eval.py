@@ -8,9 +8,11 @@ one table row per task with the median time of each implementation, the speed-up
     python -m benchmarks.bench_eval                      # everything, on CUDA when available
     python -m benchmarks.bench_eval --device cpu --skip msmt --rerank-scale 0.25
     python -m benchmarks.bench_eval --quick              # 1/8 of every size, one repeat
+    python -m benchmarks.bench_eval --skip market msmt --rerank-set msmt   # MSMT17 re-ranking
 
-The reference always runs on the CPU (numpy). At MSMT17 scale it needs ~20 GB and minutes, so it
-runs only with --msmt-reference.
+The reference always runs on the CPU (numpy). At MSMT17 scale its mAP/CMC needs ~20 GB and
+minutes, so it runs only with --msmt-reference; its re-ranking there (dense 93,820² arrays,
+over 100 GB) never runs.
 """
 from __future__ import annotations
 
@@ -142,8 +144,9 @@ def bench_metrics(name: str, split: Split, device: torch.device, repeats: int,
     return rows
 
 
-def bench_reranking(split: Split, device: torch.device, repeats: int, with_reference: bool,
-                    k1: int = 50, k2: int = 15, lambda_value: float = 0.3) -> Row:
+def bench_reranking(name: str, split: Split, device: torch.device, repeats: int,
+                    with_reference: bool, k1: int = 50, k2: int = 15,
+                    lambda_value: float = 0.3) -> Row:
     ids = (split.q_pids, split.g_pids, split.q_camids, split.g_camids)
     run_new = new_metrics(split, device, reranking=True, k1=k1, k2=k2, lambda_value=lambda_value)
     new_s, new_map = median_time(run_new, repeats, device, warmup=device.type == "cuda")
@@ -152,7 +155,7 @@ def bench_reranking(split: Split, device: torch.device, repeats: int, with_refer
         ref_s, ref_map = median_time(lambda: reference_eval.market_eval(
             reference_eval.re_ranking(split.qf, split.gf, k1, k2, lambda_value), *ids)[1],
             1, device, False)
-    return Row("re-ranking + CMC/mAP", f"{len(split.qf)} x {len(split.gf)}", ref_s, new_s,
+    return Row(f"{name} re-ranking + CMC/mAP", f"{len(split.qf)} x {len(split.gf)}", ref_s, new_s,
                ref_map, new_map, f"{repeats} (ref 1)" if with_reference else str(repeats))
 
 
@@ -200,8 +203,10 @@ def parse_args() -> argparse.Namespace:
                         help="also run the numpy reference at MSMT17 scale (~20 GB, minutes)")
     parser.add_argument("--rerank-repeats", type=int, default=1,
                         help="repeats of the new re-ranking (the reference runs once)")
+    parser.add_argument("--rerank-set", default="market", choices=sorted(SCALES),
+                        help="dataset size of the re-ranking row")
     parser.add_argument("--rerank-scale", type=float, default=1.0,
-                        help="fraction of Market-1501 size for the re-ranking row")
+                        help="fraction of that size for the re-ranking row")
     parser.add_argument("--no-rerank-reference", action="store_true",
                         help="time only the new re-ranking")
     return parser.parse_args()
@@ -223,12 +228,13 @@ def main() -> None:
         rows += bench_metrics(name, split, device, repeats,
                               with_reference=name == "market" or args.msmt_reference)
     if "rerank" not in args.skip:
-        num_query, num_gallery, num_ids = SCALES["market"]
+        num_query, num_gallery, num_ids = SCALES[args.rerank_set]
         scale = args.rerank_scale / shrink
         split = synthetic_split(int(num_query * scale), int(num_gallery * scale),
                                 max(2, int(num_ids * scale)), RERANK_IDENTITY_STRENGTH)
-        rows.append(bench_reranking(split, device, args.rerank_repeats,
-                                    not args.no_rerank_reference))
+        with_reference = args.rerank_set == "market" and not args.no_rerank_reference
+        rows.append(bench_reranking(args.rerank_set, split, device, args.rerank_repeats,
+                                    with_reference))
     print_table(rows, device)
 
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one go: the CUDA tests, then the evaluation benchmarks on the
+# GPU (the figures in README's tables). Each step's output goes to OUT_DIR/<step>.txt.
+#
+#   bash benchmarks/run_gpu.sh [OUT_DIR]        # default: logs/gpu
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-logs/gpu}
+mkdir -p "$out"
+python=${PYTHON:-python}
+export PYTHONUNBUFFERED=1
+status=0
+
+step() {  # step NAME COMMAND...: run it, keep its output, remember a failure and go on
+    local name=$1
+    shift
+    echo "== $name: $*"
+    "$@" 2>&1 | tee "$out/$name.txt" || status=1
+}
+
+step environment nvidia-smi
+step cuda_tests "$python" -m pytest -q -rs tests/test_cuda.py
+step bench_eval "$python" -m benchmarks.bench_eval --device cuda
+step bench_rerank_msmt "$python" -m benchmarks.bench_eval --device cuda --skip market msmt \
+    --rerank-set msmt
+step memory_metrics_msmt "$python" benchmarks/bench_eval_memory.py --device cuda
+step memory_rerank_msmt "$python" benchmarks/bench_eval_memory.py --device cuda --rerank
+exit $status
