@@ -15,6 +15,17 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says which and why."""
 
 
+def yes_no(value: Any, key: str) -> bool:
+    """A switch given as a bool or as the reference's 'yes' / 'no' strings (the reference took
+    any string as yes, 'no' included); `key` names it in the error."""
+    text = str(value).strip().lower()
+    if text in ('yes', 'true', 'on'):
+        return True
+    if text in ('no', 'false', 'off'):
+        return False
+    raise ValueError(f"{key} must be 'yes' or 'no', got '{value}'")
+
+
 def _as_string_if_expected(value: Any, default: Any) -> Any:
     """Stop yacs turning a string such as DEVICE_ID '0' into the int 0 where the default is a
     string (the reference's "('0')" spelling still gives '0')."""

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from config import yes_no
 from datasets import set_train_epoch
 from utils.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states, unwrap
 from utils.device import select_device
@@ -40,18 +41,6 @@ class EvalResult:
         return {"mAP": float(self.mAP), **ranks, "cmc": [float(v) for v in self.cmc], **self.extra}
 
 
-def yes_no(value, key: str) -> bool:
-    """Read a 'yes'/'no' config value; the reference treated any string as yes."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ('yes', 'true', 'on'):
-        return True
-    if text in ('no', 'false', 'off'):
-        return False
-    raise ValueError(f"{key} must be 'yes' or 'no', got '{value}'")
-
-
 def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
     """Mixed-precision dtype on CUDA per SOLVER.AMP_DTYPE; None (full precision) elsewhere."""
     if cfg.SOLVER.AMP_DTYPE not in AMP_DTYPES:
@@ -67,9 +56,8 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 
 def make_evaluator(cfg, num_query: int) -> R1_mAP_eval:
-    return R1_mAP_eval(num_query, max_rank=50,
-                       feat_norm=yes_no(cfg.TEST.FEAT_NORM, 'TEST.FEAT_NORM'),
-                       reranking=bool(cfg.TEST.RE_RANKING),
+    return R1_mAP_eval(num_query, max_rank=50, feat_norm=cfg.TEST.FEAT_NORM,
+                       reranking=cfg.TEST.RE_RANKING,
                        dist_metric=cfg.TEST.DIST_METRIC,
                        k1=cfg.TEST.RE_RANKING_K1, k2=cfg.TEST.RE_RANKING_K2,
                        lambda_value=cfg.TEST.RE_RANKING_LAMBDA)

@@ -213,7 +213,7 @@ def test_reset_forgets_previous_batches():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(feat_norm="maybe"), "TEST.FEAT_NORM must be"),
     (dict(feat_norm=1), "TEST.FEAT_NORM must be"),
-    (dict(reranking="on"), "TEST.RE_RANKING must be"),
+    (dict(reranking="sometimes"), "TEST.RE_RANKING must be"),
     (dict(dist_metric="manhattan"), "TEST.DIST_METRIC 'manhattan' is unknown"),
 ])
 def test_r1_map_eval_rejects_bad_settings(kwargs, message):

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from processor.processor import amp_dtype, yes_no
 from config import cfg as default_cfg
+from config import yes_no
+from processor.processor import amp_dtype
 from utils import checkpoint
 from utils.checkpoint import atomic_save, restore_rng_states, rng_states
 from utils.device import apply_visible_devices, select_device
@@ -16,7 +17,8 @@ from utils.progress import Progress
 
 
 @pytest.mark.parametrize("value, expected", [("yes", True), ("no", False), ("Yes", True),
-                                             (True, True), (False, False), ("off", False)])
+                                             (True, True), (False, False), ("off", False),
+                                             (np.bool_(True), True)])
 def test_yes_no_reads_the_switch(value, expected):
     assert yes_no(value, "TEST.FEAT_NORM") is expected
 

@@ -35,13 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from config import ConfigError
+from config import ConfigError, yes_no
 from datasets.bases import IMAGE_EXTENSIONS, MARKET_PATTERN, DatasetError, NameRule, read_image
 from datasets.transforms import build_test_transforms
 from model import CheckpointMismatchError, make_model
 from model.backbones.specs import feature_dim
 from model.weights import TRAINED_MISSING_HINT, read_state_dict
-from processor.processor import yes_no
 from utils.cli import base_parser, load_config_or_exit
 from utils.metrics import pairwise_distance
 from utils.progress import Progress

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from config import yes_no
 from utils.reranking import DEFAULT_CHUNK_BYTES, re_ranked_distance_chunks, row_chunks, \
     squared_euclidean_distance
 
@@ -53,16 +54,6 @@ def _check_dist_metric(metric: str) -> str:
     if name not in DIST_METRICS:
         raise ValueError(f"TEST.DIST_METRIC '{metric}' is unknown; use one of {DIST_METRICS}")
     return name
-
-
-def _as_flag(value: Union[bool, str], name: str) -> bool:
-    """A real bool from a bool or the config's 'yes' / 'no' (the reference took any string as
-    yes, 'no' included)."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("yes", "no"):
-        return value.strip().lower() == "yes"
-    raise ValueError(f"{name} must be True/False or 'yes'/'no', got {value!r}")
 
 
 def pairwise_distance(qf: torch.Tensor, gf: torch.Tensor,
@@ -231,8 +222,8 @@ class R1_mAP_eval:
                  return_distmat: Optional[bool] = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         self.num_query = num_query
         self.max_rank = max_rank
-        self.feat_norm = _as_flag(feat_norm, "TEST.FEAT_NORM")
-        self.reranking = _as_flag(reranking, "TEST.RE_RANKING")
+        self.feat_norm = yes_no(feat_norm, "TEST.FEAT_NORM")
+        self.reranking = yes_no(reranking, "TEST.RE_RANKING")
         self.dist_metric = _check_dist_metric(dist_metric)
         self.k1, self.k2, self.lambda_value = k1, k2, lambda_value
         self.return_distmat = return_distmat
