@@ -26,6 +26,14 @@ def yes_no(value: Any, key: str) -> bool:
     raise ValueError(f"{key} must be 'yes' or 'no', got '{value}'")
 
 
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
+    """`value` when it is one of `choices`; otherwise a ValueError that names the config `key`
+    and lists what it accepts."""
+    if value not in choices:
+        raise ValueError(f"{key} '{value}' is not supported; choose one of {list(choices)}")
+    return value
+
+
 def _as_string_if_expected(value: Any, default: Any) -> Any:
     """Stop yacs turning a string such as DEVICE_ID '0' into the int 0 where the default is a
     string (the reference's "('0')" spelling still gives '0')."""

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from config import check_choice
 from model.backbones.specs import feature_dim
 
 from .center_loss import CenterLoss
@@ -68,21 +69,15 @@ class ReIDLoss(nn.Module):
         return loss
 
 
-def _checked_choice(key: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{key} '{value}' is not supported; choose one of {list(choices)}")
-    return value
-
-
 def make_loss(cfg, num_classes: int) -> Tuple[ReIDLoss, CenterLoss]:
     """`(loss_func, center_criterion)` for `cfg`; center_criterion is created in every case
     (its optimizer is built regardless, as the reference) and is on the CPU."""
-    sampler = _checked_choice('DATALOADER.SAMPLER', cfg.DATALOADER.SAMPLER, SAMPLERS)
-    metric = _checked_choice('MODEL.METRIC_LOSS_TYPE', cfg.MODEL.METRIC_LOSS_TYPE,
+    sampler = check_choice('DATALOADER.SAMPLER', cfg.DATALOADER.SAMPLER, SAMPLERS)
+    metric = check_choice('MODEL.METRIC_LOSS_TYPE', cfg.MODEL.METRIC_LOSS_TYPE,
                              METRIC_LOSS_TYPES)
     center_criterion = CenterLoss(num_classes=num_classes, feat_dim=feature_dim(cfg))
 
-    label_smooth = _checked_choice('MODEL.IF_LABELSMOOTH', cfg.MODEL.IF_LABELSMOOTH, ('on', 'off'))
+    label_smooth = check_choice('MODEL.IF_LABELSMOOTH', cfg.MODEL.IF_LABELSMOOTH, ('on', 'off'))
     smoothing = LABEL_SMOOTHING_EPSILON if label_smooth == 'on' else 0.0
     id_loss = CrossEntropyLabelSmooth(epsilon=smoothing)
     logger.info("ID loss: cross-entropy with label smoothing %.1f", smoothing)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config import check_choice
+
 
 class MarginHead(nn.Module):
     """Cosine similarity to class weights, with a margin on the target class; call with labels."""
@@ -124,11 +126,9 @@ def linear_classifier(in_features: int, num_classes: int) -> nn.Linear:
 def make_classifier(id_loss_type: str, in_features: int, num_classes: int,
                     scale: float, margin: float) -> nn.Module:
     """Classifier for `MODEL.ID_LOSS_TYPE`; margin heads use `SOLVER.COSINE_SCALE/COSINE_MARGIN`."""
-    if id_loss_type == 'softmax':
+    if check_choice('MODEL.ID_LOSS_TYPE', id_loss_type, ID_LOSS_TYPES) == 'softmax':
         return linear_classifier(in_features, num_classes)
-    if id_loss_type in MARGIN_HEADS:
-        return MARGIN_HEADS[id_loss_type](in_features, num_classes, scale=scale, margin=margin)
-    raise ValueError(f"MODEL.ID_LOSS_TYPE '{id_loss_type}' is unknown; choose one of {list(ID_LOSS_TYPES)}")
+    return MARGIN_HEADS[id_loss_type](in_features, num_classes, scale=scale, margin=margin)
 
 
 def make_bn_neck(num_features: int) -> nn.BatchNorm1d:

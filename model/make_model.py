@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from config import check_choice
+
 from . import weights
-from .backbones import ResNet, TransReID, create_vit, feature_dim
+from .backbones import ResNet, TransReID, create_vit, feature_dim, model_name
 from .heads import MarginHead, make_bn_neck, make_classifier
 
 logger = logging.getLogger("transreid.model")
@@ -31,11 +33,6 @@ NECK_FEATS = ('after', 'before')
 
 TrainOutput = Tuple[torch.Tensor, torch.Tensor]
 JPMTrainOutput = Tuple[List[torch.Tensor], List[torch.Tensor]]
-
-
-def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{key} '{value}' is unknown; choose one of {list(choices)}")
 
 
 def shuffle_unit(features: torch.Tensor, shift: int, group: int) -> torch.Tensor:
@@ -62,12 +59,10 @@ class ReIDModel(nn.Module):
 
     def __init__(self, num_classes: int, cfg) -> None:
         super().__init__()
-        _check_choice('MODEL.NECK', cfg.MODEL.NECK, NECK_TYPES)
-        _check_choice('TEST.NECK_FEAT', cfg.TEST.NECK_FEAT, NECK_FEATS)
         self.in_planes = feature_dim(cfg)
         self.num_classes = num_classes
-        self.neck = cfg.MODEL.NECK
-        self.neck_feat = cfg.TEST.NECK_FEAT
+        self.neck = check_choice('MODEL.NECK', cfg.MODEL.NECK, NECK_TYPES)
+        self.neck_feat = check_choice('TEST.NECK_FEAT', cfg.TEST.NECK_FEAT, NECK_FEATS)
         self.id_loss_type = cfg.MODEL.ID_LOSS_TYPE
         self.classifier = self._make_classifier(cfg)
         self.bottleneck = make_bn_neck(self.in_planes)
@@ -215,17 +210,15 @@ def make_model(cfg, num_class: int, camera_num: int, view_num: int) -> ReIDModel
     loads a whole trained model from it, 'finetune' too but with new classifiers when the class
     count differs, 'none' trains from scratch.
     """
-    _check_choice('MODEL.PRETRAIN_CHOICE', cfg.MODEL.PRETRAIN_CHOICE, PRETRAIN_CHOICES)
-    if cfg.MODEL.NAME == 'transformer':
+    check_choice('MODEL.PRETRAIN_CHOICE', cfg.MODEL.PRETRAIN_CHOICE, PRETRAIN_CHOICES)
+    if model_name(cfg) == 'transformer':
         model_class = build_transformer_local if cfg.MODEL.JPM else build_transformer
         model = model_class(num_class, camera_num, view_num, cfg)
         logger.info("Built %s (%s)%s", cfg.MODEL.TRANSFORMER_TYPE, model_class.__name__,
                     " with JPM" if cfg.MODEL.JPM else "")
-    elif cfg.MODEL.NAME == 'resnet50':
+    else:
         model = Backbone(num_class, cfg)
         logger.info("Built resnet50 (last stride %d)", cfg.MODEL.LAST_STRIDE)
-    else:
-        raise ValueError(f"MODEL.NAME '{cfg.MODEL.NAME}' is unknown; choose 'transformer' or 'resnet50'")
     if cfg.MODEL.PRETRAIN_CHOICE == 'self':
         model.load_param(cfg.MODEL.PRETRAIN_PATH)
     elif cfg.MODEL.PRETRAIN_CHOICE == 'finetune':

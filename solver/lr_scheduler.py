@@ -7,6 +7,8 @@ from typing import List, Sequence
 import torch
 from timm.scheduler.scheduler import Scheduler
 
+from config import check_choice
+
 WARMUP_METHODS = ('constant', 'linear')
 
 
@@ -28,9 +30,7 @@ class WarmupMultiStepLR(Scheduler):
         milestones = [int(m) for m in milestones]
         if milestones != sorted(milestones):
             raise ValueError(f"SOLVER.STEPS must be increasing epochs, got {milestones}")
-        if warmup_method not in WARMUP_METHODS:
-            raise ValueError(f"SOLVER.WARMUP_METHOD '{warmup_method}' is not supported; choose "
-                             f"one of {list(WARMUP_METHODS)}")
+        check_choice('SOLVER.WARMUP_METHOD', warmup_method, WARMUP_METHODS)
         super().__init__(optimizer, param_group_field="lr")
         self.milestones = milestones
         self.gamma = gamma

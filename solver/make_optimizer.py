@@ -7,6 +7,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import nn
 
+from config import check_choice
+
 logger = logging.getLogger("transreid.solver")
 
 OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
@@ -42,10 +44,7 @@ def build_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
 
 
 def optimizer_class_and_defaults(cfg) -> Tuple[type, Dict[str, Any]]:
-    name = cfg.SOLVER.OPTIMIZER_NAME
-    if name not in OPTIMIZERS:
-        raise ValueError(f"SOLVER.OPTIMIZER_NAME '{name}' is not supported; choose one of "
-                         f"{list(OPTIMIZERS)}")
+    name = check_choice('SOLVER.OPTIMIZER_NAME', cfg.SOLVER.OPTIMIZER_NAME, OPTIMIZERS)
     defaults: Dict[str, Any] = {"lr": cfg.SOLVER.BASE_LR}
     if name == 'SGD':
         defaults["momentum"] = cfg.SOLVER.MOMENTUM

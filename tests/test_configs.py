@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from config import ConfigError, cfg, load_config
+from config import ConfigError, cfg, check_choice, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ALL_YAMLS = sorted(CONFIG_DIR.rglob("*.yml"))
@@ -211,3 +211,10 @@ def test_missing_config_file_is_named(tmp_path):
     missing = tmp_path / "nope.yml"
     with pytest.raises(ConfigError, match="nope.yml"):
         load_config(str(missing))
+
+
+def test_check_choice_returns_the_value_or_names_key_value_and_choices():
+    assert check_choice("MODEL.NECK", "no", ("bnneck", "no")) == "no"
+    with pytest.raises(ValueError) as info:
+        check_choice("MODEL.NECK", "bn", ("bnneck", "no"))
+    assert str(info.value) == "MODEL.NECK 'bn' is not supported; choose one of ['bnneck', 'no']"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from config import check_choice
+
 VIT_SPECS: Dict[str, Dict[str, Any]] = {
     'vit_base_patch16_224_TransReID': dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
                                            qkv_bias=True),
@@ -23,16 +25,21 @@ VIT_SPECS: Dict[str, Dict[str, Any]] = {
 }
 
 RESNET50_FEATURE_DIM = 2048
+MODEL_NAMES = ('resnet50', 'transformer')
+
+
+def model_name(cfg) -> str:
+    """`MODEL.NAME`, checked here only, for the model factory and `feature_dim` alike."""
+    return check_choice('MODEL.NAME', cfg.MODEL.NAME, MODEL_NAMES)
+
+
+def vit_spec(transformer_type: str) -> Dict[str, Any]:
+    """Architecture of the backbone `transformer_type` (a `MODEL.TRANSFORMER_TYPE`)."""
+    return VIT_SPECS[check_choice('MODEL.TRANSFORMER_TYPE', transformer_type, sorted(VIT_SPECS))]
 
 
 def feature_dim(cfg) -> int:
     """Width of the global feature (and of each JPM local feature) that `cfg` builds."""
-    if cfg.MODEL.NAME == 'resnet50':
+    if model_name(cfg) == 'resnet50':
         return RESNET50_FEATURE_DIM
-    if cfg.MODEL.NAME == 'transformer':
-        try:
-            return VIT_SPECS[cfg.MODEL.TRANSFORMER_TYPE]['embed_dim']
-        except KeyError:
-            raise ValueError(f"MODEL.TRANSFORMER_TYPE '{cfg.MODEL.TRANSFORMER_TYPE}' is unknown; "
-                             f"choose one of {sorted(VIT_SPECS)}") from None
-    raise ValueError(f"MODEL.NAME '{cfg.MODEL.NAME}' is unknown; choose 'transformer' or 'resnet50'")
+    return vit_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dim']

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from torch import nn
 
-from .specs import VIT_SPECS
+from .specs import vit_spec
 from .. import weights
 
 logger = logging.getLogger("transreid.model")
@@ -201,8 +201,6 @@ def create_vit(name: str, img_size: Sequence[int], stride_size: Sequence[int], d
                attn_drop_rate: float = 0., drop_path_rate: float = 0.1, camera: int = 0, view: int = 0,
                local_feature: bool = False, sie_coe: float = 1.5) -> TransReID:
     """The backbone `name` of `VIT_SPECS` (a `MODEL.TRANSFORMER_TYPE`)."""
-    if name not in VIT_SPECS:
-        raise ValueError(f"MODEL.TRANSFORMER_TYPE '{name}' is unknown; choose one of {sorted(VIT_SPECS)}")
     return TransReID(img_size=img_size, stride_size=stride_size, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
                      drop_path_rate=drop_path_rate, camera=camera, view=view, local_feature=local_feature,
-                     sie_coe=sie_coe, **VIT_SPECS[name])
+                     sie_coe=sie_coe, **vit_spec(name))
