@@ -44,8 +44,8 @@ def shuffle_unit(features: torch.Tensor, shift: int, group: int) -> torch.Tensor
     token j + 1, ...). When the patch count does not divide by `group`, the sequence is padded with
     copies of its second-to-last token, as the reference does (one copy, for its two groups).
     """
-    if shift < 1:
-        raise ValueError(f"MODEL.SHIFT_NUM must be at least 1, got {shift}")
+    if shift < 1 or group < 1:
+        raise ValueError(f"MODEL.SHIFT_NUM ({shift}) and MODEL.SHUFFLE_GROUP ({group}) must be at least 1")
     x = torch.roll(features[:, 1:], shifts=1 - shift, dims=1)
     padding = -x.shape[1] % group
     if padding:
@@ -170,9 +170,6 @@ class build_transformer_local(ReIDModel):
         self.shift_num = cfg.MODEL.SHIFT_NUM
         self.shuffle_groups = cfg.MODEL.SHUFFLE_GROUP
         self.rearrange = cfg.MODEL.RE_ARRANGE
-        if self.rearrange and (self.shift_num < 1 or self.shuffle_groups < 1):
-            raise ValueError(f"MODEL.SHIFT_NUM ({self.shift_num}) and MODEL.SHUFFLE_GROUP "
-                             f"({self.shuffle_groups}) must be at least 1")
 
     def _branch_modules(self, name: str) -> List[nn.Module]:
         """The global module `name` followed by its P local copies `name_1..name_P`."""

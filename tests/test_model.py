@@ -200,6 +200,11 @@ def test_shuffle_rejects_shift_zero():
         shuffle_unit(torch.zeros(1, 5, 2), shift=0, group=2)
 
 
+def test_shuffle_rejects_zero_groups():
+    with pytest.raises(ValueError, match=r'SHUFFLE_GROUP \(0\)'):
+        shuffle_unit(torch.zeros(1, 5, 2), shift=1, group=0)
+
+
 def _sie_tokens(camera: int, view: int, cam_label=None, view_label=None) -> torch.Tensor:
     """Embedded tokens of a zero image with zero patch/position embeddings: only SIE remains."""
     vit = TransReID(img_size=(16, 16), embed_dim=4, depth=1, num_heads=1, camera=camera, view=view, sie_coe=3.0)
