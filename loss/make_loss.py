@@ -69,12 +69,24 @@ class ReIDLoss(nn.Module):
         return loss
 
 
+def _check_center_has_identity_batches(metric: str, sampler: str) -> None:
+    """The trainer steps the centres' optimizer whenever METRIC_LOSS_TYPE names the center
+    loss, but the 'softmax' sampler leaves the loss without it, so the centres would have no
+    gradient (the reference crashes there with an AttributeError on `grad`)."""
+    if 'center' in metric and sampler != 'softmax_triplet':
+        raise ValueError(
+            f"MODEL.METRIC_LOSS_TYPE '{metric}' needs DATALOADER.SAMPLER 'softmax_triplet' (identity-balanced "
+            f"batches); with '{sampler}' the metric losses are left out and the centres would get no gradient. "
+            "Set METRIC_LOSS_TYPE 'triplet' to train with the ID loss alone, or DATALOADER.SAMPLER "
+            "'softmax_triplet' to keep the center loss")
+
+
 def make_loss(cfg, num_classes: int) -> Tuple[ReIDLoss, CenterLoss]:
     """`(loss_func, center_criterion)` for `cfg`; center_criterion is created in every case
     (its optimizer is built regardless, as the reference) and is on the CPU."""
     sampler = check_choice('DATALOADER.SAMPLER', cfg.DATALOADER.SAMPLER, SAMPLERS)
-    metric = check_choice('MODEL.METRIC_LOSS_TYPE', cfg.MODEL.METRIC_LOSS_TYPE,
-                             METRIC_LOSS_TYPES)
+    metric = check_choice('MODEL.METRIC_LOSS_TYPE', cfg.MODEL.METRIC_LOSS_TYPE, METRIC_LOSS_TYPES)
+    _check_center_has_identity_batches(metric, sampler)
     center_criterion = CenterLoss(num_classes=num_classes, feat_dim=feature_dim(cfg))
 
     label_smooth = check_choice('MODEL.IF_LABELSMOOTH', cfg.MODEL.IF_LABELSMOOTH, ('on', 'off'))
@@ -91,7 +103,7 @@ def make_loss(cfg, num_classes: int) -> Tuple[ReIDLoss, CenterLoss]:
         triplet = TripletLoss(margin)
         logger.info("triplet loss: %s", triplet.extra_repr())
     center = None
-    if use_metric and 'center' in metric:
+    if 'center' in metric:
         center = center_criterion
         logger.info("center loss: weight %g, feature width %d", cfg.SOLVER.CENTER_LOSS_WEIGHT,
                     center.feat_dim)

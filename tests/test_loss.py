@@ -202,6 +202,18 @@ def test_softmax_sampler_uses_the_id_loss_only():
     assert loss_func(scores[0], feats[0], target, None).item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("metric", ['center', 'triplet_center'])
+def test_center_loss_with_the_softmax_sampler_is_a_clear_error(metric):
+    # The 'softmax' sampler drops the metric losses, so the centres would get no gradient and
+    # the trainer's centre step would crash.
+    with pytest.raises(ValueError) as info:
+        make_loss(_cfg(DATALOADER__SAMPLER='softmax', MODEL__METRIC_LOSS_TYPE=metric), num_classes=3)
+    message = str(info.value)
+    for expected in (f"MODEL.METRIC_LOSS_TYPE '{metric}'", "DATALOADER.SAMPLER 'softmax_triplet'",
+                     "with 'softmax'", "METRIC_LOSS_TYPE 'triplet'"):
+        assert expected in message
+
+
 @pytest.mark.parametrize("key, value, choice", [
     ('MODEL__METRIC_LOSS_TYPE', 'quadruplet', 'triplet_center'),
     ('DATALOADER__SAMPLER', 'softmax_center', 'softmax_triplet'),
