@@ -39,6 +39,7 @@ DISTILLATION_TOKEN = 'dist_token'
 # The reference's ViT keeps an unused 1000-way ImageNet head, saved in its trained checkpoints.
 UNUSED_TRAINED_PREFIXES = ('base.fc.', 'base.head.')
 CLASSIFIER_PREFIX = 'classifier'
+BN_BATCH_COUNTER = 'num_batches_tracked'
 
 # Where to get the ImageNet weights of each backbone (the reference README's links).
 IMAGENET_SOURCES: Dict[str, Tuple[str, str]] = {
@@ -154,12 +155,18 @@ def drop_prefixed(state: Mapping[str, torch.Tensor], prefixes: Sequence[str]) ->
 # --------------------------------------------------------------------------------------------
 # Strict loading
 # --------------------------------------------------------------------------------------------
+def _may_be_missing(key: str, allowed_missing: Collection[str]) -> bool:
+    # Files saved before PyTorch 0.4.1 (torchvision's ImageNet ResNet-50 among them) have no
+    # BatchNorm batch counters; BatchNorm fills them in when loading such a file.
+    return key in allowed_missing or key.rsplit('.', 1)[-1] == BN_BATCH_COUNTER
+
+
 def state_mismatches(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
                      allowed_missing: Collection[str] = ()) -> List[str]:
     """One line per key that is missing, unexpected or of another shape; empty when `state` fits."""
     problems = []
     for key, expected in model_state.items():
-        if key not in state and key not in allowed_missing:
+        if key not in state and not _may_be_missing(key, allowed_missing):
             problems.append(f"{key}: missing from the checkpoint (model {_shape(expected)})")
     for key, value in state.items():
         if key not in model_state:
@@ -171,7 +178,8 @@ def state_mismatches(model_state: Mapping[str, torch.Tensor], state: Mapping[str
 
 def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
                       allowed_missing: Collection[str] = (), fix_hint: str = '') -> None:
-    """Copy `state` into `module`; every key must match in name and shape, except `allowed_missing`."""
+    """Copy `state` into `module`; every key must match in name and shape, except `allowed_missing`
+    and BatchNorm batch counters, which may be missing."""
     problems = state_mismatches(module.state_dict(), state, allowed_missing)
     if problems:
         listing = '\n  '.join(problems)

@@ -271,18 +271,35 @@ def test_timm_source_offline_is_a_clear_error(tiny_vits, monkeypatch):
         imagenet_model('timm:vit_tiny_test')
 
 
-def test_resnet50_imagenet_file_loads_without_its_fc(tmp_path):
-    torch.manual_seed(0)
-    state = torchvision.models.resnet50().state_dict()
+def resnet50_from_imagenet_file(tmp_path, state):
     path = tmp_path / 'resnet50-19c8e357.pth'
     torch.save(state, path)
     cfg = default_cfg.clone()
     cfg.merge_from_list(['MODEL.PRETRAIN_PATH', str(path)])  # defaults: resnet50, 'imagenet'
-    model = make_model(cfg, NUM_CLASSES, 0, 0)
-    base = model.base.state_dict()
+    return make_model(cfg, NUM_CLASSES, 0, 0)
+
+
+def test_resnet50_imagenet_file_loads_without_its_fc(tmp_path):
+    torch.manual_seed(0)
+    state = torchvision.models.resnet50().state_dict()
+    base = resnet50_from_imagenet_file(tmp_path, state).base.state_dict()
     assert base.keys() == {key for key in state if not key.startswith('fc.')}
     for key in base:
         torch.testing.assert_close(base[key], state[key], msg=key)
+
+
+def test_resnet50_imagenet_file_from_before_pytorch_0_4_1_loads(tmp_path):
+    # resnet50-19c8e357.pth predates BatchNorm's num_batches_tracked buffers: a plain dict of
+    # the other tensors, as that file holds.
+    torch.manual_seed(0)
+    state = {key: value for key, value in torchvision.models.resnet50().state_dict().items()
+             if not key.endswith('num_batches_tracked')}
+    base = resnet50_from_imagenet_file(tmp_path, state).base.state_dict()
+    loaded = {key for key in base if not key.endswith('num_batches_tracked')}
+    assert loaded == {key for key in state if not key.startswith('fc.')}
+    for key in loaded:
+        torch.testing.assert_close(base[key], state[key], msg=key)
+    assert all(base[key].item() == 0 for key in base.keys() - loaded)
 
 
 def test_adapting_leaves_matching_pos_embed_untouched():
