@@ -63,7 +63,6 @@ class ReIDModel(nn.Module):
         self.num_classes = num_classes
         self.neck = check_choice('MODEL.NECK', cfg.MODEL.NECK, NECK_TYPES)
         self.neck_feat = check_choice('TEST.NECK_FEAT', cfg.TEST.NECK_FEAT, NECK_FEATS)
-        self.id_loss_type = cfg.MODEL.ID_LOSS_TYPE
         self.classifier = self._make_classifier(cfg)
         self.bottleneck = make_bn_neck(self.in_planes)
 

@@ -156,10 +156,6 @@ class TransReID(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'pos_embed', 'cls_token'}
-
     def sie_index(self, cam_label: Optional[torch.Tensor], view_label: Optional[torch.Tensor]) -> torch.Tensor:
         """Row of the SIE table for each image: camera * view_num + view, camera, or view."""
         if self.cam_num and cam_label is None:
