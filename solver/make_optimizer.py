@@ -12,7 +12,8 @@ from config import check_choice
 logger = logging.getLogger("transreid.solver")
 
 OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
-CLASSIFIER_NAME_PARTS = ('classifier', 'arcface')
+# Every identity classifier of the models: `classifier` and JPM's `classifier_1..P`.
+CLASSIFIER_NAME = 'classifier'
 
 
 def parameter_settings(cfg, name: str) -> Tuple[float, float]:
@@ -23,7 +24,7 @@ def parameter_settings(cfg, name: str) -> Tuple[float, float]:
     lr, weight_decay = solver.BASE_LR, solver.WEIGHT_DECAY
     if "bias" in name:
         lr, weight_decay = solver.BASE_LR * solver.BIAS_LR_FACTOR, solver.WEIGHT_DECAY_BIAS
-    if solver.LARGE_FC_LR and any(part in name for part in CLASSIFIER_NAME_PARTS):
+    if solver.LARGE_FC_LR and CLASSIFIER_NAME in name:
         lr = solver.BASE_LR * 2
     return lr, weight_decay
 

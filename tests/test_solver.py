@@ -8,11 +8,15 @@ from torch import nn
 
 from config import cfg as default_cfg
 from loss import CenterLoss
+from model import make_model
 from solver import WarmupMultiStepLR, build_param_groups, create_scheduler, make_optimizer
+from test_model import NUM_CLASSES, tiny_cfg
+from test_model import tiny_vits  # noqa: F401  (fixture)
 
 
 class TinyReID(nn.Module):
-    """Parameter names of the TransReID heads: base.*, bottleneck (bias frozen), classifier*."""
+    """Parameter names of the TransReID heads: base.*, bottleneck (bias frozen), classifier*
+    (classifier_1 with a bias, to cover the bias rule on a classifier)."""
 
     def __init__(self):
         super().__init__()
@@ -20,7 +24,7 @@ class TinyReID(nn.Module):
         self.bottleneck = nn.BatchNorm1d(4)
         self.bottleneck.bias.requires_grad_(False)
         self.classifier = nn.Linear(4, 3, bias=False)
-        self.arcface = nn.Linear(4, 3)
+        self.classifier_1 = nn.Linear(4, 3)
 
 
 def _cfg(**solver):
@@ -48,10 +52,22 @@ def test_param_settings_follow_the_reference_rules():
         'bottleneck.weight': (0.01, 1e-4),
         'bottleneck.bias': None,               # frozen: not in the optimizer
         'classifier.weight': (0.02, 1e-4),     # LARGE_FC_LR: 2 × BASE_LR
-        'arcface.weight': (0.02, 1e-4),
-        'arcface.bias': (0.02, 2e-4),          # 2 × BASE_LR, bias weight decay
+        'classifier_1.weight': (0.02, 1e-4),
+        'classifier_1.bias': (0.02, 2e-4),     # 2 × BASE_LR, bias weight decay
     }
     assert len(optimizer.param_groups) == 4
+
+
+@pytest.mark.parametrize('loss_type', ['softmax', 'amsoftmax'])
+def test_large_fc_lr_reaches_exactly_the_classifiers_of_a_jpm_model(tiny_vits, loss_type):
+    cfg = tiny_cfg('MODEL.JPM', True, 'MODEL.ID_LOSS_TYPE', loss_type, 'SOLVER.BASE_LR', 0.01,
+                   'SOLVER.BIAS_LR_FACTOR', 1, 'SOLVER.LARGE_FC_LR', True)
+    model = make_model(cfg, NUM_CLASSES, 0, 0)
+    doubled = [p for group in build_param_groups(cfg, model) if group['lr'] == 0.02 for p in group['params']]
+    classifiers = [f'classifier_{part}' if part else 'classifier' for part in range(cfg.MODEL.DEVIDE_LENGTH + 1)]
+    expected = [p for name, p in model.named_parameters() if name.split('.')[0] in classifiers]
+    assert len(expected) == len(classifiers)
+    assert {id(p) for p in doubled} == {id(p) for p in expected}
 
 
 def test_parameters_sharing_settings_share_a_group_in_model_order():
@@ -60,8 +76,8 @@ def test_parameters_sharing_settings_share_a_group_in_model_order():
     groups = build_param_groups(cfg, model)
     assert [(g['lr'], g['weight_decay']) for g in groups] == [(0.008, 1e-4), (0.016, 1e-4)]
     assert groups[0]['params'] == [model.base.weight, model.bottleneck.weight,
-                                   model.classifier.weight, model.arcface.weight]
-    assert groups[1]['params'] == [model.base.bias, model.arcface.bias]
+                                   model.classifier.weight, model.classifier_1.weight]
+    assert groups[1]['params'] == [model.base.bias, model.classifier_1.bias]
 
 
 @pytest.mark.parametrize("name, optimizer_class", [
@@ -86,7 +102,7 @@ def test_grouped_step_equals_one_group_per_tensor(name, optimizer_class):
         for _ in range(2):
             optimizer.zero_grad()
             features = model.bottleneck(model.base(inputs))
-            (model.classifier(features).pow(2).mean() + model.arcface(features).mean()).backward()
+            (model.classifier(features).pow(2).mean() + model.classifier_1(features).mean()).backward()
             optimizer.step()
     for p, q in zip(grouped_model.parameters(), reference_model.parameters()):
         assert torch.allclose(p, q, atol=1e-7)
