@@ -34,7 +34,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
+        self.attn_drop_p = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -42,7 +42,7 @@ class Attention(nn.Module):
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.,
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop_p if self.training else 0.,
                                            scale=self.scale)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, tokens, dim)))
 
