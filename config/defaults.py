@@ -25,7 +25,7 @@ _C.MODEL.PRETRAIN_PATH = ''
 _C.MODEL.PRETRAIN_CHOICE = 'imagenet'
 # 'bnneck' or 'no'
 _C.MODEL.NECK = 'bnneck'
-# 'yes' or 'no'
+# No effect here (the center loss follows METRIC_LOSS_TYPE); kept so that reference YAMLs load
 _C.MODEL.IF_WITH_CENTER = 'no'
 # 'softmax', 'arcface', 'cosface', 'amsoftmax' or 'circle'
 _C.MODEL.ID_LOSS_TYPE = 'softmax'
@@ -39,6 +39,7 @@ _C.MODEL.DIST_TRAIN = False
 _C.MODEL.NO_MARGIN = False
 # Label smoothing for the ID loss: 'on' or 'off'
 _C.MODEL.IF_LABELSMOOTH = 'on'
+# No effect here (margin heads follow ID_LOSS_TYPE); kept so that reference YAMLs load
 _C.MODEL.COS_LAYER = False
 
 # Transformer settings
@@ -182,7 +183,9 @@ _C.TEST.FEAT_NORM = 'yes'
 _C.TEST.DIST_METRIC = 'euclidean'
 # New: number of random query/gallery trials averaged on VehicleID (the reference uses 10)
 _C.TEST.VEHICLEID_TRIALS = 10
+# No effect here (test.py saves no distance matrix); kept so that reference YAMLs load
 _C.TEST.DIST_MAT = "dist_mat.npy"
+# No effect here (test.py always computes mAP and CMC); kept so that reference YAMLs load
 _C.TEST.EVAL = False
 
 # -----------------------------------------------------------------------------
