@@ -1,7 +1,6 @@
 """Train a TransReID model: python train.py --config_file configs/... [KEY VALUE ...]"""
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
 
 from datasets import make_dataloader
@@ -11,15 +10,21 @@ from processor import do_train
 from solver import make_optimizer
 from solver.scheduler_factory import create_scheduler
 from utils.cli import base_parser, env_int, load_config_or_exit, set_seed, start_run
+from utils.device import select_device, uses_gpu
 
 # Rank 0 evaluates while the others wait at a barrier; evaluating MSMT17 can outlast
 # NCCL's default 10-minute timeout.
 DIST_TIMEOUT = timedelta(hours=2)
 
 
-def init_distributed(cfg) -> None:
-    backend = "nccl" if cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend, init_method="env://", timeout=DIST_TIMEOUT)
+def init_distributed(cfg, local_rank: int) -> None:
+    on_gpu = uses_gpu(cfg.MODEL.DEVICE)
+    if on_gpu:
+        # Before the process group starts, so that NCCL's first collective (a barrier while
+        # the dataset loads) runs on this process's GPU and not on a guessed one.
+        select_device(cfg.MODEL.DEVICE, local_rank)
+    dist.init_process_group(backend="nccl" if on_gpu else "gloo", init_method="env://",
+                            timeout=DIST_TIMEOUT)
 
 
 def build_training(cfg) -> dict:
@@ -43,7 +48,7 @@ def main() -> None:
     cfg = load_config_or_exit(args.config_file, args.opts)
 
     if cfg.MODEL.DIST_TRAIN:
-        init_distributed(cfg)
+        init_distributed(cfg, args.local_rank)
     rank = dist.get_rank() if cfg.MODEL.DIST_TRAIN else 0
     logger = start_run(cfg, args.config_file, if_train=True, rank=rank,
                        distributed=cfg.MODEL.DIST_TRAIN)

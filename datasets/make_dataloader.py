@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
+from utils.device import uses_gpu
+
 from .bases import BaseImageDataset, ImageDataset
 from .registry import build_dataset
 from .samplers import RandomIdentitySampler, RandomIdentitySampler_DDP, ShuffleSampler
@@ -58,17 +60,16 @@ def _check_views(cfg, dataset: BaseImageDataset) -> None:
 
 
 def _loader_options(cfg) -> dict:
-    workers = cfg.DATALOADER.NUM_WORKERS
-    return dict(num_workers=workers,
-                pin_memory=torch.cuda.is_available() and cfg.MODEL.DEVICE == "cuda")
+    return dict(num_workers=cfg.DATALOADER.NUM_WORKERS, pin_memory=uses_gpu(cfg.MODEL.DEVICE))
 
 
 def _train_loader(cfg, dataset: BaseImageDataset) -> DataLoader:
     train_set = ImageDataset(dataset.train, build_train_transforms(cfg),
                              cfg.DATALOADER.READ_RETRIES)
+    # Workers start afresh each epoch (no persistent_workers): their seeds then come from the
+    # main process's random state, which a checkpoint restores, so a resumed run draws the
+    # same augmentations as an uninterrupted one.
     options = _loader_options(cfg)
-    # The train loader is iterated once per epoch: keep its workers alive between epochs.
-    options["persistent_workers"] = options["num_workers"] > 0
     batch_size, seed = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.SEED
     sampler_name = cfg.DATALOADER.SAMPLER
     if sampler_name not in SAMPLERS:

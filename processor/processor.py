@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from config import yes_no
 from datasets import set_train_epoch
 from utils.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states, unwrap
+from utils.cli import set_seed
 from utils.device import select_device
 from utils.meter import AverageMeter
 from utils.metrics import R1_mAP_eval
@@ -139,6 +139,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
         self.uses_center = 'center' in cfg.MODEL.METRIC_LOSS_TYPE
+        if self.distributed and self.uses_center:
+            # The centers live outside DDP: start every rank from rank 0's.
+            for param in self.center_criterion.parameters():
+                dist.broadcast(param.data, src=0)
         self.best_mAP = -1.0
         self.start_epoch = 1
 
@@ -158,12 +162,15 @@ class Trainer:
     def _path(self, name: str) -> str:
         return os.path.join(self.cfg.OUTPUT_DIR, name)
 
-    def save_checkpoint(self, epoch: int) -> None:
-        """Model-only weights (the reference's format) and the full state to resume from."""
-        model_state = unwrap(self.model).state_dict()
-        atomic_save(model_state, self._path(f"{self.cfg.MODEL.NAME}_{epoch}.pth"))
+    def save_weights(self, epoch: int) -> None:
+        """The model alone, in the reference's format (what test.py and PRETRAIN_PATH read)."""
+        atomic_save(unwrap(self.model).state_dict(),
+                    self._path(f"{self.cfg.MODEL.NAME}_{epoch}.pth"))
+
+    def save_training_state(self, epoch: int, rng: List[dict]) -> None:
+        """Everything needed to resume after `epoch`; `rng` holds each rank's random states."""
         atomic_save({
-            'model': model_state,
+            'model': unwrap(self.model).state_dict(),
             'optimizer': self.optimizer.state_dict(),
             'optimizer_center': self.optimizer_center.state_dict(),
             'center_criterion': self.center_criterion.state_dict(),
@@ -171,10 +178,19 @@ class Trainer:
             'scaler': self.scaler.state_dict(),
             'epoch': epoch,
             'best_mAP': self.best_mAP,
-            'rng': rng_states(),
+            'rng': rng,
             'config': self.cfg.dump(),
         }, self._path(LAST_CHECKPOINT))
         self.logger.info("Saved checkpoint of epoch %d to %s", epoch, self.cfg.OUTPUT_DIR)
+
+    def all_rng_states(self) -> List[dict]:
+        """Every rank's random states, in rank order (a collective under DDP)."""
+        states = rng_states(self.device)
+        if not self.distributed:
+            return [states]
+        gathered: List[Optional[dict]] = [None] * self.world_size
+        dist.all_gather_object(gathered, states)
+        return gathered
 
     def resume(self, path: str) -> None:
         state = load_checkpoint(path)
@@ -184,11 +200,22 @@ class Trainer:
         self.center_criterion.load_state_dict(state['center_criterion'])
         self.scheduler.load_state_dict(state['scheduler'])
         self.scaler.load_state_dict(state['scaler'])
-        restore_rng_states(state['rng'])
         self.best_mAP = state['best_mAP']
         self.start_epoch = state['epoch'] + 1
+        self._restore_rng(state['rng'], path)
         self.logger.info("Resumed from %s: continuing at epoch %d of %d", path, self.start_epoch,
                          self.cfg.SOLVER.MAX_EPOCHS)
+
+    def _restore_rng(self, saved, path: str) -> None:
+        per_rank = [saved] if isinstance(saved, dict) else saved
+        if len(per_rank) == self.world_size:
+            restore_rng_states(per_rank[self.rank], self.device)
+            return
+        self.logger.warning("%s was written by %d process(es), this run has %d: random "
+                            "augmentation restarts from SOLVER.SEED, so the run continues but "
+                            "not exactly as an uninterrupted one", path, len(per_rank),
+                            self.world_size)
+        set_seed(self.cfg.SOLVER.SEED + self.rank + self.start_epoch)
 
     # ---------------------------------------------------------------- training
     def _to_device(self, *tensors: torch.Tensor) -> List[torch.Tensor]:
@@ -214,12 +241,19 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         if self.uses_center:
-            # Undo the loss weight so that CENTER_LR alone sets how fast the centers move.
-            for param in self.center_criterion.parameters():
-                param.grad.mul_(1.0 / self.cfg.SOLVER.CENTER_LOSS_WEIGHT)
+            self._prepare_center_gradients()
             self.scaler.step(self.optimizer_center)
         self.scaler.update()
         return loss_value, acc_value
+
+    def _prepare_center_gradients(self) -> None:
+        # Undo the loss weight so that CENTER_LR alone sets how fast the centers move; under
+        # DDP average the gradients as DDP does for the model, so the centers stay equal.
+        scale = 1.0 / (self.cfg.SOLVER.CENTER_LOSS_WEIGHT * self.world_size)
+        for param in self.center_criterion.parameters():
+            if self.distributed:
+                dist.all_reduce(param.grad)
+            param.grad.mul_(scale)
 
     def train_epoch(self, epoch: int) -> None:
         self.scheduler.step(epoch)
@@ -266,13 +300,19 @@ class Trainer:
         for epoch in range(self.start_epoch, max_epochs + 1):
             self.train_epoch(epoch)
             last = epoch == max_epochs
+            evaluate_now = epoch % self.cfg.SOLVER.EVAL_PERIOD == 0 or last
+            checkpoint_now = epoch % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 or last
+            rng = self.all_rng_states() if checkpoint_now else None
             # Rank 0 alone evaluates and saves; the others wait at the barrier instead of
-            # entering the unwrapped model's forward (the reference hangs there).
+            # entering the unwrapped model's forward (the reference hangs there). The weights
+            # are on disk before evaluation starts, so a failing evaluation loses nothing.
             if self.is_main:
-                if epoch % self.cfg.SOLVER.EVAL_PERIOD == 0 or last:
+                if checkpoint_now:
+                    self.save_weights(epoch)
+                if evaluate_now:
                     result = self.validate(epoch)
-                if epoch % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 or last:
-                    self.save_checkpoint(epoch)
+                if checkpoint_now:
+                    self.save_training_state(epoch, rng)
             if self.distributed:
                 dist.barrier()
         return result

@@ -1,6 +1,7 @@
 """End to end on a tiny synthetic set, on the CPU: train, test, resume, NaN stop, two processes."""
 import itertools
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -8,10 +9,12 @@ import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from config import load_config
+import processor.processor as processor_module
 from processor import do_train, evaluate
-from processor.processor import LAST_CHECKPOINT, NonFiniteLossError
+from processor.processor import LAST_CHECKPOINT, NonFiniteLossError, Trainer
 from train import build_training
 from utils.cli import set_seed
 
@@ -64,8 +67,11 @@ def raise_stop(loss):
     raise StopAtEpoch()
 
 
-def test_interrupted_and_resumed_training_ends_with_the_same_weights(tiny_opts, tmp_path):
-    schedule = ["SOLVER.MAX_EPOCHS", "3", "SOLVER.EVAL_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD", "1"]
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interrupted_and_resumed_training_ends_with_the_same_weights(tiny_opts, tmp_path, workers):
+    # With workers, their augmentation seeds must come from the restored random state too.
+    schedule = ["SOLVER.MAX_EPOCHS", "3", "SOLVER.EVAL_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD", "1",
+                "DATALOADER.NUM_WORKERS", str(workers)]
     cfg, parts = build(tiny_opts + schedule + ["OUTPUT_DIR", str(tmp_path / "straight")])
     train(cfg, parts)
     uninterrupted = parts["model"].state_dict()
@@ -97,6 +103,39 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_opts)
     # (BatchNorm's running statistics did move in that step's forward pass).
     for name, tensor in parts["model"].named_parameters():
         assert torch.equal(tensor, state["model"][name]), name
+
+
+def test_a_failing_evaluation_keeps_the_weights_of_its_epoch(tiny_opts, monkeypatch):
+    cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "1"])
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(processor_module, "evaluate", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(cfg, parts)
+    weights = os.path.join(cfg.OUTPUT_DIR, "transformer_1.pth")
+    saved = torch.load(weights, weights_only=True)
+    for name, tensor in parts["model"].state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+
+
+def test_resuming_with_another_process_count_warns_and_goes_on(tiny_opts, caplog):
+    schedule = ["SOLVER.MAX_EPOCHS", "2", "SOLVER.EVAL_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD", "1"]
+    cfg, parts = build(tiny_opts + schedule)
+    parts["loss_fn"] = failing_loss(parts, 2, raise_stop)
+    with pytest.raises(StopAtEpoch):
+        train(cfg, parts)
+    path = os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)
+    state = torch.load(path, weights_only=True)
+    assert len(state["rng"]) == 1  # one entry per process
+    state["rng"] = state["rng"] * 2  # as if two processes had written it
+    torch.save(state, path)
+
+    cfg, parts = build(tiny_opts + schedule + ["MODEL.RESUME", path])
+    with caplog.at_level(logging.WARNING, logger="transreid.train"):
+        result = train(cfg, parts)
+    assert "written by 2 process(es), this run has 1" in caplog.text
+    assert 0.0 < result.mAP <= 1.0
 
 
 def run_script(args, timeout=300, extra_env=None):
@@ -143,6 +182,37 @@ def test_two_gloo_processes_train_an_epoch_and_save_a_loadable_checkpoint(tiny_o
 
     cfg, parts = build(tiny_opts)
     parts["model"].load_param(os.path.join(out_dir, "transformer_1.pth"))
+
+
+def center_step_on_rank(rank: int, world_size: int, port: int, opts, result_file: str) -> None:
+    """One training step of rank `rank`; rank 0 saves every rank's centers afterwards."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        cfg = load_config("", opts)
+        set_seed(cfg.SOLVER.SEED + rank)  # as train.py: each rank draws its own centers
+        parts = build_training(cfg)
+        initial = parts["center_criterion"].centers.detach().clone()
+        trainer = Trainer(cfg, **parts, local_rank=rank)
+        trainer.train_step(next(iter(parts["train_loader"])), epoch=1, n_iter=1)
+        centers = trainer.center_criterion.centers.detach()
+        gathered = [torch.zeros_like(centers) for _ in range(world_size)]
+        dist.all_gather(gathered, centers)
+        if rank == 0:
+            torch.save({"initial": initial, "after_step": gathered}, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_center_loss_centers_stay_equal_across_ddp_ranks(tiny_opts, tmp_path):
+    opts = tiny_opts + ["MODEL.DIST_TRAIN", "True", "MODEL.METRIC_LOSS_TYPE", "triplet_center"]
+    result_file = str(tmp_path / "centers.pth")
+    torch.multiprocessing.spawn(center_step_on_rank, args=(2, free_port(), opts, result_file),
+                                nprocs=2)
+    result = torch.load(result_file, weights_only=True)
+    rank0, rank1 = result["after_step"]
+    assert torch.equal(rank0, rank1)
+    assert not torch.equal(rank0, result["initial"])
 
 
 def test_sie_over_camera_and_view_trains_and_evaluates_on_synthetic_vehicles(synthetic_root, tmp_path):

@@ -12,7 +12,7 @@ from config import yes_no
 from processor.processor import amp_dtype
 from utils import checkpoint
 from utils.checkpoint import atomic_save, restore_rng_states, rng_states
-from utils.device import apply_visible_devices, select_device
+from utils.device import _gpu_index, apply_visible_devices, select_device
 from utils.progress import Progress
 
 
@@ -52,6 +52,22 @@ def test_cuda_request_falls_back_to_cpu_with_a_warning(caplog):
 def test_unknown_device_is_an_error():
     with pytest.raises(ValueError, match="MODEL.DEVICE 'tpu'"):
         select_device("tpu")
+
+
+def test_an_explicit_gpu_index_is_honoured_in_one_process_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _gpu_index(torch.device("cuda:1"), "cuda:1", local_rank=0) == 1
+    assert _gpu_index(torch.device("cuda"), "cuda", local_rank=3) == 1
+    with pytest.raises(ValueError, match="MODEL.DEVICE 'cuda:1' pins every process"):
+        _gpu_index(torch.device("cuda:1"), "cuda:1", local_rank=1)
+    with pytest.raises(ValueError, match="MODEL.DEVICE 'cuda:2' but only 2 GPU"):
+        _gpu_index(torch.device("cuda:2"), "cuda:2", local_rank=0)
+
+
+@pytest.mark.parametrize("text", ["cuda:x", "gpu", "mps"])
+def test_device_strings_other_than_cuda_and_cpu_are_refused(text):
+    with pytest.raises(ValueError, match=f"MODEL.DEVICE '{text}' is unknown"):
+        select_device(text)
 
 
 def test_device_id_does_not_override_an_explicit_environment(monkeypatch):

@@ -1,31 +1,38 @@
-"""Training checkpoints written atomically, with everything needed to resume exactly."""
+"""Files written atomically, and training checkpoints with everything needed to resume exactly."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
-from typing import Any, Dict
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash mid-write
-    leaves the previous file intact instead of a truncated one."""
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """A temporary path next to `path`, renamed to `path` only if the block succeeds: a crash
+    mid-write leaves the previous file intact instead of a truncated one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pth")
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
-        raise
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save through `atomic_output`, synced to disk before the rename."""
+    with atomic_output(path) as tmp_path, open(tmp_path, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -33,21 +40,23 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def rng_states() -> Dict[str, Any]:
-    """All random states, as plain tensors and lists so that weights_only loading accepts them."""
+def rng_states(device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """This process's random states, as plain tensors and lists so that weights_only loading
+    accepts them; the CUDA state is the one of `device` (each process drives one GPU)."""
     np_state = np.random.get_state()
+    on_gpu = device is not None and device.type == "cuda"
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if on_gpu else None,
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "python": random.getstate(),
     }
 
 
-def restore_rng_states(states: Dict[str, Any]) -> None:
+def restore_rng_states(states: Dict[str, Any], device: Optional[torch.device] = None) -> None:
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if isinstance(states["cuda"], torch.Tensor) and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
     name, keys, *rest = states["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     version, internal, gauss = states["python"]

@@ -20,20 +20,43 @@ def apply_visible_devices(device_id: str) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device_id
 
 
+def uses_gpu(requested: str) -> bool:
+    """Whether MODEL.DEVICE `requested` will run on a GPU here (select_device's choice)."""
+    return str(requested).strip().lower().startswith("cuda") and torch.cuda.is_available()
+
+
 def select_device(requested: str, local_rank: int = 0) -> torch.device:
-    """'cuda' (this process's GPU, `local_rank` under torch.distributed) or 'cpu'.
+    """'cuda' (this process's GPU: `local_rank` under torch.distributed), 'cuda:N' (GPU N of
+    one process) or 'cpu'.
 
     'cuda' without a usable GPU falls back to the CPU with a warning, so a config written for
     a GPU machine still runs (slowly) on a laptop.
     """
-    requested = str(requested).lower()
-    if requested.startswith("cuda"):
-        if torch.cuda.is_available():
-            index = local_rank % torch.cuda.device_count()
-            torch.cuda.set_device(index)
-            return torch.device("cuda", index)
-        logger.warning("MODEL.DEVICE is '%s' but no GPU is available: running on the CPU", requested)
+    text = str(requested).strip().lower()
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cuda", "cpu"):
+        raise ValueError(f"MODEL.DEVICE '{requested}' is unknown; use 'cuda', 'cuda:N' or 'cpu'")
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE is '%s' but no GPU is available: running on the CPU", text)
         return torch.device("cpu")
-    if requested == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"MODEL.DEVICE '{requested}' is unknown; use 'cuda' or 'cpu'")
+    index = _gpu_index(device, text, local_rank)
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def _gpu_index(device: torch.device, text: str, local_rank: int) -> int:
+    count = torch.cuda.device_count()
+    if device.index is None:
+        return local_rank % count
+    if local_rank != 0:
+        raise ValueError(f"MODEL.DEVICE '{text}' pins every process to one GPU; under "
+                         "torchrun use 'cuda' (process i takes GPU LOCAL_RANK i)")
+    if device.index >= count:
+        raise ValueError(f"MODEL.DEVICE '{text}' but only {count} GPU(s) are visible "
+                         f"(CUDA_VISIBLE_DEVICES / MODEL.DEVICE_ID renumber them from 0)")
+    return device.index
