@@ -13,9 +13,10 @@ from PIL import Image
 from config import load_config
 from datasets import make_dataloader
 from model import make_model
+from processor.processor import make_evaluator
 from tools import export_onnx, extract_features, search, visualize_ranks
 from tools.common import (AUTO, MEAN, ImageRecord, SideInfoCounts, ToolError, collect_images,
-                          label_options, sie_counts)
+                          label_options, query_gallery_distance, sie_counts)
 from tools.drawing import GREEN, GREY, RED, ChartLayout, RankListLayout, x_ticks
 from tools.visualize_ranks import protocol_ranking
 
@@ -276,6 +277,21 @@ def test_search_refuses_features_of_another_width(setup, tmp_path):
                                "--gallery", str(bad)))
 
 
+def test_search_in_saved_features_with_a_bad_label_names_the_csv_line(setup, gallery_features,
+                                                                      tmp_path):
+    shutil.copy(gallery_features, tmp_path / "bad.npy")
+    rows = read_index(gallery_features[:-4] + ".csv")
+    rows[1]["camid"] = "c2"
+    with open(tmp_path / "bad.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(SystemExit, match=r"bad.csv' line 3: pid, camid and viewid must be "
+                                         r"integers or empty, got \[.*'c2'"):
+        search.main(setup.args("--query", os.path.join(setup.query_dir, first_query(setup)),
+                               "--gallery", str(tmp_path / "bad.npy")))
+
+
 def test_search_in_saved_features_of_deleted_images_draws_nothing(setup, gallery_features, tmp_path):
     shutil.copy(gallery_features, tmp_path / "old.npy")
     rows = read_index(gallery_features[:-4] + ".csv")
@@ -309,6 +325,23 @@ def test_visualize_ranks_random_queries_are_seeded_and_indices_checked(setup, tm
     with pytest.raises(SystemExit, match=r"--query-index \[99\] out of range"):
         visualize_ranks.main(setup.args("--query-index", "99", "--output-dir", str(tmp_path)))
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("feat_norm, re_ranking, metric", [
+    ("yes", "False", "euclidean"), ("no", "False", "cosine"), ("no", "True", "euclidean"),
+    ("no", "True", "cosine"), ("yes", "True", "cosine")])
+def test_tool_distances_are_the_evaluators(feat_norm, re_ranking, metric):
+    cfg = load_config("", ["TEST.FEAT_NORM", feat_norm, "TEST.RE_RANKING", re_ranking,
+                           "TEST.DIST_METRIC", metric, "TEST.RE_RANKING_K1", "6",
+                           "TEST.RE_RANKING_K2", "3"])
+    generator = torch.Generator().manual_seed(0)
+    # Norms from 0.5 to 5, so that normalising (or not) changes the distances.
+    feats = torch.randn(40, 8, generator=generator) * torch.linspace(0.5, 5, 40)[:, None]
+    evaluator = make_evaluator(cfg, num_query=10)
+    evaluator.update((feats, [i % 10 for i in range(40)], [0] * 10 + [1] * 30))
+    expected = evaluator.compute()[2]
+    np.testing.assert_allclose(query_gallery_distance(cfg, feats[:10], feats[10:]), expected,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_protocol_ranking_drops_same_identity_same_camera_images():

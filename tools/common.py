@@ -19,16 +19,14 @@ Models without SIE ignore the labels, and every choice costs a single pass.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import functools
 import logging
 import os
 import sys
-import tempfile
 import textwrap
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,10 +39,11 @@ from datasets.transforms import build_test_transforms
 from model import CheckpointMismatchError, make_model
 from model.backbones.specs import feature_dim
 from model.weights import TRAINED_MISSING_HINT, read_state_dict
+from utils.checkpoint import atomic_output
 from utils.cli import base_parser, load_config_or_exit
-from utils.metrics import pairwise_distance
+from utils.device import apply_visible_devices
+from utils.metrics import distance_chunks
 from utils.progress import Progress
-from utils.reranking import re_ranking
 
 logger = logging.getLogger("transreid.tools")
 
@@ -129,6 +128,7 @@ def load_tool_config(args: argparse.Namespace, extra_opts: Sequence[str] = ()):
     cfg = load_config_or_exit(args.config_file, opts)
     if not cfg.TEST.WEIGHT:
         sys.exit("error: no trained model given; pass --weight PATH (or TEST.WEIGHT PATH)")
+    apply_visible_devices(cfg.MODEL.DEVICE_ID)
     return cfg
 
 
@@ -406,29 +406,14 @@ def query_gallery_distance(cfg, query_feats: torch.Tensor, gallery_feats: torch.
     query_feats, gallery_feats = query_feats.float(), gallery_feats.float()
     if yes_no(cfg.TEST.FEAT_NORM, "TEST.FEAT_NORM"):
         query_feats, gallery_feats = F.normalize(query_feats, dim=1), F.normalize(gallery_feats, dim=1)
-    if cfg.TEST.RE_RANKING:
-        return re_ranking(query_feats, gallery_feats, k1=cfg.TEST.RE_RANKING_K1,
-                          k2=cfg.TEST.RE_RANKING_K2, lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
-    return pairwise_distance(query_feats, gallery_feats, cfg.TEST.DIST_METRIC).cpu().numpy()
+    chunks = distance_chunks(query_feats, gallery_feats, cfg.TEST.DIST_METRIC,
+                             yes_no(cfg.TEST.RE_RANKING, "TEST.RE_RANKING"),
+                             cfg.TEST.RE_RANKING_K1, cfg.TEST.RE_RANKING_K2,
+                             cfg.TEST.RE_RANKING_LAMBDA)
+    return torch.cat([dist.cpu() for _, dist in chunks]).numpy()
 
 
 # ---------------------------------------------------------------------------------- outputs
-@contextlib.contextmanager
-def atomic_output(path: str) -> Iterator[str]:
-    """A temporary path next to `path`, renamed to `path` only if the block succeeds."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=suffix)
-    os.close(fd)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
 def index_csv_path(features_path: str) -> str:
     """The CSV index that goes with a feature matrix: same name, `.csv`."""
     return os.path.splitext(features_path)[0] + ".csv"
@@ -470,6 +455,14 @@ def load_feature_index(path: str) -> Tuple[np.ndarray, List[ImageRecord]]:
     if features.ndim != 2 or len(rows) != len(features):
         raise ToolError(f"'{path}' holds {features.shape} features but '{csv_path}' lists "
                         f"{len(rows)} images; re-run tools/extract_features.py")
-    records = [ImageRecord(row["path"], *(int(row[k]) if row[k] else None
-                                          for k in ("pid", "camid", "viewid"))) for row in rows]
-    return features, records
+    return features, [_record_of_row(row, csv_path, line)
+                      for line, row in enumerate(rows, start=2)]
+
+
+def _record_of_row(row: Dict[str, str], csv_path: str, line: int) -> ImageRecord:
+    try:
+        labels = [int(row[k]) if row[k] else None for k in ("pid", "camid", "viewid")]
+    except ValueError:
+        raise ToolError(f"'{csv_path}' line {line}: pid, camid and viewid must be integers or "
+                        f"empty, got {[row[k] for k in ('pid', 'camid', 'viewid')]}") from None
+    return ImageRecord(row["path"], *labels)

@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from datasets.bases import read_image
-from tools.common import ImageRecord, atomic_output
+from tools.common import ImageRecord
+from utils.checkpoint import atomic_output
 
 RGB = Tuple[int, int, int]
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (150, 150, 150)

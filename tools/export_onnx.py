@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.common import (SideInfoCounts, ToolError, add_sie_count_arguments, atomic_output,
+from tools.common import (SideInfoCounts, ToolError, add_sie_count_arguments,
                           build_trained_model, configure_logging, exit_on_user_error,
                           load_tool_config, tool_parser)
+from utils.checkpoint import atomic_output
 
 logger = logging.getLogger("transreid.tools")
 

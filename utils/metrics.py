@@ -79,6 +79,24 @@ class _GalleryDistance:
         return squared_euclidean_distance(qf, self.gallery, y_sq=self.gallery_sq)
 
 
+def distance_chunks(qf: torch.Tensor, gf: torch.Tensor, dist_metric: str = "euclidean",
+                    reranking: bool = False, k1: int = 50, k2: int = 15, lambda_value: float = 0.3,
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Tuple[slice, torch.Tensor]]:
+    """(query rows, their distances to every gallery image), chunk by chunk, as R1_mAP_eval
+    ranks them: `dist_metric`, or k-reciprocal re-ranking (TEST.RE_RANKING_K1/K2/LAMBDA)."""
+    if reranking:
+        if _check_dist_metric(dist_metric) == "cosine":
+            # re-ranking divides each row by its maximum, so squared Euclidean distances of
+            # unit vectors, 2 (1 − cos), give exactly the result of 1 − cos
+            qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+        yield from re_ranked_distance_chunks(qf, gf, k1, k2, lambda_value,
+                                             chunk_bytes=chunk_bytes)
+        return
+    distance = _GalleryDistance(gf, dist_metric)
+    for rows in row_chunks(len(qf), _rows_per_chunk(len(gf), chunk_bytes)):
+        yield rows, distance(qf[rows])
+
+
 def _stable_order_keys(dist: torch.Tensor) -> torch.Tensor:
     """int64 keys that order each row like a stable ascending sort: by (distance, column index).
 
@@ -244,17 +262,8 @@ class R1_mAP_eval:
 
     def _distance_chunks(self, qf: torch.Tensor, gf: torch.Tensor,
                          ) -> Iterator[Tuple[slice, torch.Tensor]]:
-        if self.reranking:
-            if self.dist_metric == "cosine":
-                # re-ranking divides each row by its maximum, so squared Euclidean distances of
-                # unit vectors, 2 (1 − cos), give exactly the result of 1 − cos
-                qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
-            yield from re_ranked_distance_chunks(qf, gf, self.k1, self.k2, self.lambda_value,
-                                                 chunk_bytes=self.chunk_bytes)
-            return
-        distance = _GalleryDistance(gf, self.dist_metric)
-        for rows in row_chunks(len(qf), _rows_per_chunk(len(gf), self.chunk_bytes)):
-            yield rows, distance(qf[rows])
+        return distance_chunks(qf, gf, self.dist_metric, self.reranking, self.k1, self.k2,
+                               self.lambda_value, self.chunk_bytes)
 
     def _keeps_distmat(self, num_gallery: int) -> bool:
         if self.return_distmat is not None:
