@@ -8,16 +8,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
+from config import check_choice
 from utils.device import uses_gpu
 
 from .bases import BaseImageDataset, ImageDataset
 from .registry import build_dataset
-from .samplers import RandomIdentitySampler, RandomIdentitySampler_DDP, ShuffleSampler
+from .samplers import SAMPLERS, RandomIdentitySampler, RandomIdentitySampler_DDP, ShuffleSampler
 from .transforms import build_test_transforms, build_train_transforms
 
 logger = logging.getLogger("transreid.datasets")
-
-SAMPLERS = ("softmax", "softmax_triplet")
 
 
 def train_collate_fn(batch):
@@ -71,9 +70,7 @@ def _train_loader(cfg, dataset: BaseImageDataset) -> DataLoader:
     # same augmentations as an uninterrupted one.
     options = _loader_options(cfg)
     batch_size, seed = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.SEED
-    sampler_name = cfg.DATALOADER.SAMPLER
-    if sampler_name not in SAMPLERS:
-        raise ValueError(f"DATALOADER.SAMPLER is '{sampler_name}'; choose one of {SAMPLERS}")
+    sampler_name = check_choice("DATALOADER.SAMPLER", cfg.DATALOADER.SAMPLER, SAMPLERS)
     distributed = cfg.MODEL.DIST_TRAIN and _distributed()
     world_size = dist.get_world_size() if distributed else 1
     if sampler_name == "softmax_triplet" and distributed:

@@ -19,6 +19,9 @@ from torch.utils.data import Sampler
 
 from .bases import Sample
 
+# DATALOADER.SAMPLER: 'softmax' shuffles images, 'softmax_triplet' draws P identities x K images.
+SAMPLERS = ("softmax", "softmax_triplet")
+
 
 class EpochSampler(Sampler[int]):
     """Base: a seed, an epoch counter and a random generator per (seed, epoch)."""

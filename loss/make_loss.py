@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from config import check_choice
+from datasets.samplers import SAMPLERS
 from model.backbones.specs import feature_dim
 
 from .center_loss import CenterLoss
@@ -17,7 +18,6 @@ from .triplet_loss import TripletLoss
 logger = logging.getLogger("transreid.loss")
 
 LABEL_SMOOTHING_EPSILON = 0.1
-SAMPLERS = ('softmax', 'softmax_triplet')
 METRIC_LOSS_TYPES = ('triplet', 'center', 'triplet_center')
 
 BranchOutputs = Union[torch.Tensor, Sequence[torch.Tensor]]

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from config import check_choice
 from datasets import set_train_epoch
 from utils.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states, unwrap
 from utils.cli import set_seed
@@ -43,10 +44,8 @@ class EvalResult:
 
 def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
     """Mixed-precision dtype on CUDA per SOLVER.AMP_DTYPE; None (full precision) elsewhere."""
-    if cfg.SOLVER.AMP_DTYPE not in AMP_DTYPES:
-        raise ValueError(f"SOLVER.AMP_DTYPE '{cfg.SOLVER.AMP_DTYPE}' is unknown; use one of "
-                         f"{sorted(AMP_DTYPES)}")
-    return AMP_DTYPES[cfg.SOLVER.AMP_DTYPE] if device.type == 'cuda' else None
+    name = check_choice('SOLVER.AMP_DTYPE', cfg.SOLVER.AMP_DTYPE, list(AMP_DTYPES))
+    return AMP_DTYPES[name] if device.type == 'cuda' else None
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):

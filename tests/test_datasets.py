@@ -293,7 +293,7 @@ def test_make_dataloader_end_to_end(tmp_path, sampler):
 
 def test_make_dataloader_config_errors(tmp_path):
     small_market(tmp_path)
-    with pytest.raises(ValueError, match="DATALOADER.SAMPLER is 'triplet_only'"):
+    with pytest.raises(ValueError, match="DATALOADER.SAMPLER 'triplet_only' is not supported"):
         make_dataloader(make_cfg(tmp_path, "market1501", **{"DATALOADER.SAMPLER": "triplet_only"}))
     with pytest.raises(ValueError, match="MODEL.SIE_VIEW is on but Market1501 has no view"):
         make_dataloader(make_cfg(tmp_path, "market1501", **{"MODEL.SIE_VIEW": True}))
