@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from config import yes_no
 from datasets import make_dataloader, make_val_loader
 from model import make_model
 from processor import EvalResult, evaluate
@@ -15,18 +16,15 @@ from utils.cli import base_parser, load_config_or_exit, start_run
 from utils.device import select_device
 
 
-def build_trained_model(cfg, num_classes: int, camera_num: int, view_num: int):
+# The trained weights replace every parameter: building the network skips the ImageNet
+# initialisation (and the need for its file), and the saved test_config.yaml says so.
+NO_IMAGENET_INIT = ["MODEL.PRETRAIN_CHOICE", "none"]
+
+
+def check_weight_given(cfg) -> None:
     if not cfg.TEST.WEIGHT:
         raise SystemExit("error: TEST.WEIGHT is empty; name the trained model to test, e.g. "
                          "TEST.WEIGHT logs/market_vit_transreid_stride/transformer_120.pth")
-    # The trained weights replace every parameter, so skip the ImageNet initialisation (and
-    # the need for its file) when building the network.
-    cfg.defrost()
-    cfg.MODEL.PRETRAIN_CHOICE = 'none'
-    cfg.freeze()
-    model = make_model(cfg, num_class=num_classes, camera_num=camera_num, view_num=view_num)
-    model.load_param(cfg.TEST.WEIGHT)
-    return model
 
 
 def average_trials(results) -> EvalResult:
@@ -50,11 +48,13 @@ def run_vehicleid_trials(cfg, model, device, logger) -> EvalResult:
 def main() -> None:
     parser = base_parser("Test a trained TransReID model")
     args = parser.parse_args()
-    cfg = load_config_or_exit(args.config_file, args.opts)
+    cfg = load_config_or_exit(args.config_file, list(args.opts or []) + NO_IMAGENET_INIT)
+    check_weight_given(cfg)
     logger = start_run(cfg, args.config_file, if_train=False)
 
     _, _, val_loader, num_query, num_classes, camera_num, view_num = make_dataloader(cfg)
-    model = build_trained_model(cfg, num_classes, camera_num, view_num)
+    model = make_model(cfg, num_class=num_classes, camera_num=camera_num, view_num=view_num)
+    model.load_param(cfg.TEST.WEIGHT)
     device = select_device(cfg.MODEL.DEVICE)
     model.to(device)
 
@@ -68,9 +68,11 @@ def main() -> None:
 
     if cfg.OUTPUT_DIR:
         path = os.path.join(cfg.OUTPUT_DIR, "test_results.json")
+        summary = {"weight": cfg.TEST.WEIGHT, "dataset": cfg.DATASETS.NAMES,
+                   "re_ranking": yes_no(cfg.TEST.RE_RANKING, "TEST.RE_RANKING"),
+                   **result.as_dict()}
         with open(path, "w") as handle:
-            json.dump({"weight": cfg.TEST.WEIGHT, "dataset": cfg.DATASETS.NAMES,
-                       "re_ranking": bool(cfg.TEST.RE_RANKING), **result.as_dict()}, handle, indent=2)
+            json.dump(summary, handle, indent=2)
         logger.info("Results written to %s", path)
 
 

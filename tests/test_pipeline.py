@@ -160,6 +160,9 @@ def test_test_py_scores_a_reference_format_state_dict(tiny_opts, tmp_path):
         scores = json.load(handle)
     assert scores["mAP"] == pytest.approx(expected.mAP, abs=1e-6)
     assert scores["rank1"] == pytest.approx(float(expected.cmc[0]), abs=1e-6)
+    # The saved config is the one that ran: no ImageNet initialisation under trained weights.
+    saved = load_config(os.path.join(out_dir, "test_config.yaml"))
+    assert saved.MODEL.PRETRAIN_CHOICE == "none" and saved.TEST.WEIGHT == weights
 
 
 def free_port() -> int:
