@@ -132,7 +132,9 @@ def load_tool_config(args: argparse.Namespace, extra_opts: Sequence[str] = ()):
     return cfg
 
 
-# Errors a user can cause; anything else is a bug and keeps its traceback.
+# Errors a user can cause. ValueError and OSError are among them because the config and weight
+# checks and file reads raise them; a library bug of those types is then reported in one line
+# too, and other exceptions keep their traceback.
 USER_ERRORS = (ToolError, DatasetError, ConfigError, OSError, ValueError)
 
 
