@@ -7,7 +7,7 @@ line of all three files has a view id, or none has.
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from .bases import JUNK_PID, NO_VIEW, BaseImageDataset, DatasetError, Sample
 
@@ -42,28 +42,39 @@ class ListDataset(BaseImageDataset):
     def _read(self, list_path: str) -> Tuple[List[Sample], Optional[bool]]:
         """Samples of one list file, and whether its lines carry a view id (None if empty)."""
         samples, has_view = [], None
-        with open(list_path) as f:
-            for line_no, line in enumerate(f, 1):
-                fields = line.split()
-                if not fields or fields[0].startswith("#"):
-                    continue
-                sample, line_has_view = self._parse_line(fields, f"{list_path}:{line_no}")
-                if has_view is not None and line_has_view != has_view:
-                    raise DatasetError(f"{list_path}:{line_no}: view column given on some "
-                                       "lines only; give it on every line or on none")
-                has_view = line_has_view
-                if sample[1] != JUNK_PID:
-                    samples.append(sample)
+        for where, fields in list_file_lines(list_path):
+            pid, camid, viewid = parse_list_labels(fields, where)
+            if pid < JUNK_PID or camid < 0 or (viewid is not None and viewid < 0):
+                raise DatasetError(f"{where}: pid must be >= -1, camid and viewid >= 0")
+            if has_view is not None and (viewid is not None) != has_view:
+                raise DatasetError(f"{where}: view column given on some lines only; give it "
+                                   "on every line or on none")
+            has_view = viewid is not None
+            if pid != JUNK_PID:
+                samples.append((os.path.join(self.root, fields[0]), pid, camid,
+                                NO_VIEW if viewid is None else viewid))
         return samples, has_view
 
-    def _parse_line(self, fields: List[str], where: str) -> Tuple[Sample, bool]:
-        try:
-            if len(fields) not in (3, 4):
-                raise ValueError
-            pid, camid = int(fields[1]), int(fields[2])
-            viewid = int(fields[3]) if len(fields) == 4 else NO_VIEW
-        except ValueError:
-            raise DatasetError(f"{where}: '{' '.join(fields)}' is not {LINE_FORMAT}") from None
-        if pid < JUNK_PID or camid < 0 or viewid < 0:
-            raise DatasetError(f"{where}: pid must be >= -1, camid and viewid >= 0")
-        return (os.path.join(self.root, fields[0]), pid, camid, viewid), len(fields) == 4
+
+def list_file_lines(list_path: str) -> Iterator[Tuple[str, List[str]]]:
+    """('file:line', fields) of every line that is neither blank nor a '#' comment."""
+    try:
+        with open(list_path) as handle:
+            lines = handle.readlines()
+    except UnicodeDecodeError:
+        raise DatasetError(f"'{list_path}' is not a text list file") from None
+    for line_no, line in enumerate(lines, 1):
+        fields = line.split()
+        if fields and not fields[0].startswith("#"):
+            yield f"{list_path}:{line_no}", fields
+
+
+def parse_list_labels(fields: List[str], where: str) -> Tuple[int, int, Optional[int]]:
+    """pid, camid and viewid (None when the line has no view column) of a list line."""
+    try:
+        if len(fields) not in (3, 4):
+            raise ValueError
+        viewid = int(fields[3]) if len(fields) == 4 else None
+        return int(fields[1]), int(fields[2]), viewid
+    except ValueError:
+        raise DatasetError(f"{where}: '{' '.join(fields)}' is not {LINE_FORMAT}") from None

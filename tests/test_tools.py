@@ -12,6 +12,7 @@ from PIL import Image
 
 from config import load_config
 from datasets import make_dataloader
+from datasets.bases import DatasetError
 from model import make_model
 from processor.processor import make_evaluator
 from tools import export_onnx, extract_features, search, visualize_ranks
@@ -161,6 +162,19 @@ def test_list_file_paths_are_relative_to_it_and_carry_labels(setup, tmp_path):
     records = collect_images(str(list_file))
     assert records[0] == ImageRecord(os.path.join(str(tmp_path), rel, names[0]), 7, 1, 0)
     assert (records[1].pid, records[1].camid, records[1].viewid) == (*market_pid_cam(names[1]), None)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{image} 7 one", r"list.txt:2: '.* 7 one' is not '<image path> <pid> <camid> \[<viewid>\]'"),
+    ("{image} 7", r"list.txt:2: '.* 7' is not"),
+    ("missing.jpg 7 1", r"list.txt:2: image '.*missing.jpg' does not exist"),
+])
+def test_bad_list_file_lines_are_named(setup, tmp_path, line, message):
+    image = os.path.join(setup.query_dir, sorted(os.listdir(setup.query_dir))[0])
+    list_file = tmp_path / "list.txt"
+    list_file.write_text("# my images\n" + line.format(image=image) + "\n")
+    with pytest.raises((ToolError, DatasetError), match=message):
+        collect_images(str(list_file))
 
 
 def missing_folder(tmp_path) -> str:

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from config import ConfigError, yes_no
 from datasets.bases import IMAGE_EXTENSIONS, MARKET_PATTERN, DatasetError, NameRule, read_image
+from datasets.list_file import list_file_lines, parse_list_labels
 from datasets.transforms import build_test_transforms
 from model import CheckpointMismatchError, make_model
 from model.backbones.specs import feature_dim
@@ -271,36 +272,15 @@ def images_in_list(list_path: str) -> List[ImageRecord]:
     """
     base = os.path.dirname(os.path.abspath(list_path))
     records = []
-    try:
-        with open(list_path) as handle:
-            lines = handle.readlines()
-    except UnicodeDecodeError:
-        raise ToolError(f"'{list_path}' is neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor "
-                        "a text list file") from None
-    for line_no, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        where = f"{list_path}:{line_no}"
+    for where, fields in list_file_lines(list_path):
         path = os.path.join(base, fields[0])
         if not os.path.isfile(path):
             raise ToolError(f"{where}: image '{path}' does not exist")
-        records.append(_list_record(path, fields[1:], where))
+        labels = parse_list_labels(fields, where) if len(fields) > 1 else None
+        records.append(record_from_name(path) if labels is None else ImageRecord(path, *labels))
     if not records:
         raise ToolError(f"list file '{list_path}' names no images")
     return records
-
-
-def _list_record(path: str, labels: Sequence[str], where: str) -> ImageRecord:
-    if not labels:
-        return record_from_name(path)
-    if len(labels) not in (2, 3):
-        raise ToolError(f"{where}: expected 'path [pid camid [viewid]]', got {len(labels) + 1} fields")
-    try:
-        values = [int(v) for v in labels]
-    except ValueError:
-        raise ToolError(f"{where}: pid, camid and viewid must be integers, got {list(labels)}") from None
-    return ImageRecord(path, *values)
 
 
 def collect_images(source: str) -> List[ImageRecord]:
