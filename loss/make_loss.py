@@ -70,15 +70,15 @@ class ReIDLoss(nn.Module):
 
 
 def _check_center_has_identity_batches(metric: str, sampler: str) -> None:
-    """The trainer steps the centres' optimizer whenever METRIC_LOSS_TYPE names the center
-    loss, but the 'softmax' sampler leaves the loss without it, so the centres would have no
+    """The trainer steps the centers' optimizer whenever METRIC_LOSS_TYPE names the center
+    loss, but the 'softmax' sampler leaves the loss without it, so the centers would have no
     gradient (the reference crashes there with an AttributeError on `grad`)."""
     if 'center' in metric and sampler != 'softmax_triplet':
         raise ValueError(
-            f"MODEL.METRIC_LOSS_TYPE '{metric}' needs DATALOADER.SAMPLER 'softmax_triplet' (identity-balanced "
-            f"batches); with '{sampler}' the metric losses are left out and the centres would get no gradient. "
-            "Set METRIC_LOSS_TYPE 'triplet' to train with the ID loss alone, or DATALOADER.SAMPLER "
-            "'softmax_triplet' to keep the center loss")
+            f"MODEL.METRIC_LOSS_TYPE '{metric}' needs DATALOADER.SAMPLER 'softmax_triplet' "
+            f"(identity-balanced batches); with '{sampler}' the metric losses are left out and "
+            "the centers would get no gradient. Set METRIC_LOSS_TYPE 'triplet' to train with "
+            "the ID loss alone, or DATALOADER.SAMPLER 'softmax_triplet' to keep the center loss")
 
 
 def make_loss(cfg, num_classes: int) -> Tuple[ReIDLoss, CenterLoss]:
