@@ -55,8 +55,8 @@ def _gpu_index(device: torch.device, text: str, local_rank: int) -> int:
         return local_rank % count
     if local_rank != 0:
         raise ValueError(f"MODEL.DEVICE '{text}' pins every process to one GPU; under "
-                         "torchrun use 'cuda' (process i takes GPU LOCAL_RANK i)")
+                         "torchrun use 'cuda': each process takes the GPU of its LOCAL_RANK")
     if device.index >= count:
         raise ValueError(f"MODEL.DEVICE '{text}' but only {count} GPU(s) are visible "
-                         f"(CUDA_VISIBLE_DEVICES / MODEL.DEVICE_ID renumber them from 0)")
+                         "(CUDA_VISIBLE_DEVICES / MODEL.DEVICE_ID renumber them from 0)")
     return device.index
