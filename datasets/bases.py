@@ -6,12 +6,15 @@ gallery ids match). Camera ids are 0-based; `viewid` is 1 where a dataset has no
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import re
 import time
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
@@ -227,3 +230,27 @@ class ImageDataset(Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return img, pid, camid, viewid, img_path
+
+
+class SeededImageDataset(ImageDataset):
+    """Training images indexed by `(index, seed)` (from `SeededIndices`): the random transform
+    of each runs under its own seed, leaving the process's random state as it was."""
+
+    def __getitem__(self, index_and_seed: Tuple[int, int]):
+        index, seed = index_and_seed
+        with seeded_random_state(seed):
+            return super().__getitem__(index)
+
+
+@contextlib.contextmanager
+def seeded_random_state(seed: int) -> Iterator[None]:
+    """torch's CPU generator (torchvision's transforms) and Python's `random` (timm's
+    RandomErasing) seeded with `seed` for the block, then restored."""
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    torch.random.default_generator.manual_seed(seed)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)

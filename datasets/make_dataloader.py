@@ -11,9 +11,10 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampl
 from config import check_choice
 from utils.device import uses_gpu
 
-from .bases import BaseImageDataset, ImageDataset
+from .bases import BaseImageDataset, ImageDataset, SeededImageDataset
 from .registry import build_dataset
-from .samplers import SAMPLERS, RandomIdentitySampler, RandomIdentitySampler_DDP, ShuffleSampler
+from .samplers import (SAMPLERS, RandomIdentitySampler, RandomIdentitySampler_DDP, SeededIndices,
+                       ShuffleSampler)
 from .transforms import build_test_transforms, build_train_transforms
 
 logger = logging.getLogger("transreid.datasets")
@@ -63,20 +64,22 @@ def _loader_options(cfg) -> dict:
 
 
 def _train_loader(cfg, dataset: BaseImageDataset) -> DataLoader:
-    train_set = ImageDataset(dataset.train, build_train_transforms(cfg),
-                             cfg.DATALOADER.READ_RETRIES)
-    # Workers start afresh each epoch (no persistent_workers): their seeds then come from the
-    # main process's random state, which a checkpoint restores, so a resumed run draws the
-    # same augmentations as an uninterrupted one.
-    options = _loader_options(cfg)
+    train_set = SeededImageDataset(dataset.train, build_train_transforms(cfg),
+                                   cfg.DATALOADER.READ_RETRIES)
     batch_size, seed = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.SEED
+    options = _loader_options(cfg)
+    # The augmentation seeds come with the indices, so the workers may live across epochs, and
+    # the loader's own generator keeps it from drawing on the training random state.
+    options.update(persistent_workers=options["num_workers"] > 0,
+                   generator=torch.Generator().manual_seed(seed))
     sampler_name = check_choice("DATALOADER.SAMPLER", cfg.DATALOADER.SAMPLER, SAMPLERS)
     distributed = cfg.MODEL.DIST_TRAIN and _distributed()
-    world_size = dist.get_world_size() if distributed else 1
+    world_size, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
     if sampler_name == "softmax_triplet" and distributed:
         sampler = RandomIdentitySampler_DDP(dataset.train, batch_size,
                                             cfg.DATALOADER.NUM_INSTANCE, seed)
-        batch_sampler = BatchSampler(sampler, batch_size // world_size, drop_last=True)
+        batch_sampler = BatchSampler(SeededIndices(sampler, seed, rank),
+                                     batch_size // world_size, drop_last=True)
         return DataLoader(train_set, batch_sampler=batch_sampler, collate_fn=train_collate_fn,
                           **options)
     sampler: Sampler[int]
@@ -88,8 +91,9 @@ def _train_loader(cfg, dataset: BaseImageDataset) -> DataLoader:
         sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
     else:
         sampler = ShuffleSampler(len(train_set), seed)
-    return DataLoader(train_set, batch_size=batch_size // world_size, sampler=sampler,
-                      collate_fn=train_collate_fn, **options)
+    return DataLoader(train_set, batch_size=batch_size // world_size,
+                      sampler=SeededIndices(sampler, seed, rank), collate_fn=train_collate_fn,
+                      **options)
 
 
 def _eval_loader(cfg, samples) -> DataLoader:

@@ -11,7 +11,7 @@ call it still gives every epoch a new order.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch.distributed as dist
@@ -51,6 +51,37 @@ class ShuffleSampler(EpochSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class SeededIndices(Sampler[Tuple[int, int]]):
+    """`(index, augmentation seed)` for each index of `sampler` (see `SeededImageDataset`).
+
+    The seed of the image at position i of an epoch depends on (seed, rank, epoch, i) alone,
+    so an image's random augmentation is the same whatever the number of loader workers and
+    whether or not they persist, and a resumed run draws what an uninterrupted one would have.
+    """
+
+    def __init__(self, sampler: Sampler[int], seed: int, rank: int = 0):
+        self.sampler = sampler
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        set_inner_epoch = getattr(self.sampler, "set_epoch", None)
+        if callable(set_inner_epoch):
+            set_inner_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        indices = list(self.sampler)
+        seeds = np.random.SeedSequence([self.seed, self.rank, self.epoch]).generate_state(
+            len(indices))
+        self.epoch += 1  # as the samplers: the next pass without set_epoch draws anew
+        return zip(indices, seeds.tolist())
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def indices_by_pid(data_source: Sequence[Sample]) -> Dict[int, List[int]]:

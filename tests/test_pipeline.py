@@ -91,6 +91,17 @@ def test_interrupted_and_resumed_training_ends_with_the_same_weights(tiny_opts, 
         assert torch.equal(tensor, resumed[name]), name
 
 
+def test_the_number_of_loader_workers_does_not_change_the_trained_weights(tiny_opts, tmp_path):
+    weights = []
+    for workers in (0, 2):
+        cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "2", "DATALOADER.NUM_WORKERS",
+                                        str(workers), "OUTPUT_DIR", str(tmp_path / str(workers))])
+        train(cfg, parts)
+        weights.append(parts["model"].state_dict())
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+
+
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_opts):
     cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "3", "SOLVER.EVAL_PERIOD", "10",
                                     "SOLVER.CHECKPOINT_PERIOD", "1"])

@@ -1,14 +1,18 @@
 """P x K structure, epoch length and determinism of the samplers; DDP at world size 2."""
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader
 
 from datasets import (RandomIdentitySampler, RandomIdentitySampler_DDP, ShuffleSampler,
                       set_train_epoch)
+from datasets.bases import SeededImageDataset
+from datasets.samplers import SeededIndices
 
 # pid -> number of images: some identities have fewer images than K = 4 (drawn with replacement)
 IMAGES_PER_PID = {0: 9, 1: 4, 2: 2, 3: 7, 4: 1, 5: 12, 6: 5, 7: 8, 8: 3, 9: 6, 10: 11, 11: 4}
@@ -142,3 +146,39 @@ def test_set_train_epoch_reaches_the_sampler(make_loader):
     assert [b.tolist() for b in loader] == first
     set_train_epoch(loader, 7)
     assert [b.tolist() for b in loader] != first
+
+
+def test_seeded_indices_pair_the_inner_order_with_seeds_of_rank_epoch_and_position():
+    def pairs(rank, epoch, seed=7):
+        sampler = SeededIndices(ShuffleSampler(len(DATA), seed=seed), seed, rank)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    inner = ShuffleSampler(len(DATA), seed=7)
+    inner.set_epoch(3)
+    first = pairs(rank=0, epoch=3)
+    assert [index for index, _ in first] == list(inner)
+    assert first == pairs(rank=0, epoch=3)  # a pure function of (seed, rank, epoch)
+    seeds = [seed for _, seed in first]
+    assert len(set(seeds)) == len(seeds)
+    for other in (pairs(rank=1, epoch=3), pairs(rank=0, epoch=4), pairs(rank=0, epoch=3, seed=8)):
+        assert not set(seeds) & {seed for _, seed in other}
+
+
+def test_seeded_image_dataset_transforms_under_its_seed_and_restores_the_random_state(tmp_path):
+    image = tmp_path / "0001_c1_000001.jpg"
+    Image.new("RGB", (8, 16), (10, 20, 30)).save(image)
+
+    def draws(img):
+        return torch.rand(3).tolist() + [random.random()]
+
+    dataset = SeededImageDataset([(str(image), 0, 0, 1)], transform=draws)
+    torch.manual_seed(0)
+    random.seed(0)
+    expected_next = (torch.rand(1).item(), random.random())
+    torch.manual_seed(0)
+    random.seed(0)
+    first = dataset[(0, 123)][0]
+    assert (torch.rand(1).item(), random.random()) == expected_next  # the state was restored
+    assert dataset[(0, 123)][0] == first
+    assert dataset[(0, 124)][0] != first
