@@ -180,7 +180,7 @@ class Trainer:
             'rng': rng,
             'config': self.cfg.dump(),
         }, self._path(LAST_CHECKPOINT))
-        self.logger.info("Saved checkpoint of epoch %d to %s", epoch, self.cfg.OUTPUT_DIR)
+        self.logger.info("Saved the training state of epoch %d to %s", epoch, self._path(LAST_CHECKPOINT))
 
     def all_rng_states(self) -> List[dict]:
         """Every rank's random states, in rank order (a collective under DDP)."""
@@ -301,17 +301,18 @@ class Trainer:
             last = epoch == max_epochs
             evaluate_now = epoch % self.cfg.SOLVER.EVAL_PERIOD == 0 or last
             checkpoint_now = epoch % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 or last
-            rng = self.all_rng_states() if checkpoint_now else None
+            rng = self.all_rng_states()
             # Rank 0 alone evaluates and saves; the others wait at the barrier instead of
             # entering the unwrapped model's forward (the reference hangs there). The weights
             # are on disk before evaluation starts, so a failing evaluation loses nothing.
+            # The resume state is written every epoch whatever CHECKPOINT_PERIOD says: the
+            # reference's configs set it to the epoch count, and a crash would lose the run.
             if self.is_main:
                 if checkpoint_now:
                     self.save_weights(epoch)
                 if evaluate_now:
                     result = self.validate(epoch)
-                if checkpoint_now:
-                    self.save_training_state(epoch, rng)
+                self.save_training_state(epoch, rng)
             if self.distributed:
                 dist.barrier()
         return result

@@ -70,7 +70,9 @@ def raise_stop(loss):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_interrupted_and_resumed_training_ends_with_the_same_weights(tiny_opts, tmp_path, workers):
     # With workers, their augmentation seeds must come from the restored random state too.
-    schedule = ["SOLVER.MAX_EPOCHS", "3", "SOLVER.EVAL_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD", "1",
+    # CHECKPOINT_PERIOD = MAX_EPOCHS as in the reference's configs: the resume state must
+    # still be written every epoch.
+    schedule = ["SOLVER.MAX_EPOCHS", "3", "SOLVER.EVAL_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD", "3",
                 "DATALOADER.NUM_WORKERS", str(workers)]
     cfg, parts = build(tiny_opts + schedule + ["OUTPUT_DIR", str(tmp_path / "straight")])
     train(cfg, parts)
@@ -82,6 +84,8 @@ def test_interrupted_and_resumed_training_ends_with_the_same_weights(tiny_opts, 
         train(cfg, parts)
 
     checkpoint = str(tmp_path / "interrupted" / LAST_CHECKPOINT)
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
+    assert not os.path.exists(tmp_path / "interrupted" / "transformer_2.pth")
     cfg, parts = build(tiny_opts + schedule + ["OUTPUT_DIR", str(tmp_path / "interrupted"),
                                                "MODEL.RESUME", checkpoint])
     train(cfg, parts)
