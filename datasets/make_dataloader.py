@@ -91,9 +91,10 @@ def _train_loader(cfg, dataset: BaseImageDataset) -> DataLoader:
         sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
     else:
         sampler = ShuffleSampler(len(train_set), seed)
+    # drop_last: a last batch of one image would stop training in the BN neck.
     return DataLoader(train_set, batch_size=batch_size // world_size,
                       sampler=SeededIndices(sampler, seed, rank), collate_fn=train_collate_fn,
-                      **options)
+                      drop_last=True, **options)
 
 
 def _eval_loader(cfg, samples) -> DataLoader:

@@ -291,6 +291,17 @@ def test_make_dataloader_end_to_end(tmp_path, sampler):
     assert n_query == 1 and len(val_only.dataset) == 3
 
 
+def test_softmax_sampler_drops_the_incomplete_last_batch(tmp_path):
+    # 16 images in batches of 5 would end with a batch of one, which the BN neck rejects.
+    small_market(tmp_path)
+    cfg = make_cfg(tmp_path, "market1501", **{
+        "DATALOADER.SAMPLER": "softmax", "SOLVER.IMS_PER_BATCH": 5,
+        "INPUT.SIZE_TRAIN": [32, 16], "INPUT.SIZE_TEST": [32, 16]})
+    train = make_dataloader(cfg)[0]
+    assert [len(pids) for _, pids, _, _ in train] == [5, 5, 5]
+    assert len(train) == 3
+
+
 def test_make_dataloader_config_errors(tmp_path):
     small_market(tmp_path)
     with pytest.raises(ValueError, match="DATALOADER.SAMPLER 'triplet_only' is not supported"):
