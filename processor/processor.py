@@ -259,7 +259,8 @@ class Trainer:
         set_train_epoch(self.train_loader, epoch)
         self.model.train()
         loss_meter, acc_meter = AverageMeter(), AverageMeter()
-        num_iters, num_images = len(self.train_loader), 0
+        # len() of the identity sampler is an estimate; the timing divides by the batches run.
+        num_iters, num_batches, num_images = len(self.train_loader), 0, 0
         start = time.perf_counter()
         # A bar on a terminal only: in log files the LOG_PERIOD lines already show progress.
         batches = Progress(self.train_loader, num_iters, f"epoch {epoch}", self.logger,
@@ -267,7 +268,7 @@ class Trainer:
         for n_iter, batch in enumerate(batches, start=1):
             loss, acc = self.train_step(batch, epoch, n_iter)
             batch_size = batch[0].shape[0]
-            num_images += batch_size
+            num_batches, num_images = n_iter, num_images + batch_size
             loss_meter.update(loss, batch_size)
             acc_meter.update(acc, 1)
             if n_iter % self.cfg.SOLVER.LOG_PERIOD == 0:
@@ -279,7 +280,7 @@ class Trainer:
         elapsed = time.perf_counter() - start
         self.logger.info("Epoch {} done. Loss: {:.3f}, Acc: {:.3f}, Time per batch: {:.3f}[s] "
                          "Speed: {:.1f}[samples/s]".format(
-                             epoch, loss_meter.avg, acc_meter.avg, elapsed / max(num_iters, 1),
+                             epoch, loss_meter.avg, acc_meter.avg, elapsed / max(num_batches, 1),
                              num_images * self.world_size / elapsed))
 
     def validate(self, epoch: int) -> EvalResult:
