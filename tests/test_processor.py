@@ -70,12 +70,14 @@ def test_device_strings_other_than_cuda_and_cpu_are_refused(text):
         select_device(text)
 
 
-def test_device_id_does_not_override_an_explicit_environment(monkeypatch):
+def test_device_id_does_not_override_an_explicit_environment(monkeypatch, caplog):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     apply_visible_devices("5")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
-    apply_visible_devices("3")
+    with caplog.at_level(logging.INFO, logger="transreid.device"):
+        apply_visible_devices("3")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    assert "CUDA_VISIBLE_DEVICES=5 from the environment wins over MODEL.DEVICE_ID '3'" in caplog.text
 
 
 def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkeypatch):

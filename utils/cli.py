@@ -48,11 +48,11 @@ def set_seed(seed: int) -> None:
 def start_run(cfg, config_file: str, if_train: bool, rank: int = 0,
               distributed: bool = False) -> logging.Logger:
     """Make OUTPUT_DIR, start logging there, save the merged config, pin the GPUs."""
+    output_dir = cfg.OUTPUT_DIR
+    logger = setup_logger("transreid", output_dir, if_train=if_train, distributed_rank=rank)
     if not distributed:
         # torchrun and dist_train.sh choose GPUs through CUDA_VISIBLE_DEVICES themselves.
         apply_visible_devices(cfg.MODEL.DEVICE_ID)
-    output_dir = cfg.OUTPUT_DIR
-    logger = setup_logger("transreid", output_dir, if_train=if_train, distributed_rank=rank)
     if config_file:
         logger.info("Loaded configuration file %s", config_file)
     logger.info("Running with config:\n%s", cfg)

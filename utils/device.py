@@ -16,8 +16,13 @@ def apply_visible_devices(device_id: str) -> None:
     user on the command line) wins over the config.
     """
     device_id = str(device_id).strip()
-    if device_id and "CUDA_VISIBLE_DEVICES" not in os.environ:
-        os.environ["CUDA_VISIBLE_DEVICES"] = device_id
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        if device_id:
+            os.environ["CUDA_VISIBLE_DEVICES"] = device_id
+    elif device_id and visible != device_id:
+        logger.info("CUDA_VISIBLE_DEVICES=%s from the environment wins over MODEL.DEVICE_ID '%s'",
+                    visible, device_id)
 
 
 def uses_gpu(requested: str) -> bool:
