@@ -59,6 +59,19 @@ def _check_views(cfg, dataset: BaseImageDataset) -> None:
                          "synthetic_vehicle and list datasets with a view column)")
 
 
+def _warn_untrained_sie_rows(cfg, dataset: BaseImageDataset) -> None:
+    """SIE rows of cameras or views absent from training stay at their random start."""
+    for key, column, name in (("SIE_CAMERA", 2, "camera"), ("SIE_VIEW", 3, "view")):
+        if not cfg.MODEL[key]:
+            continue
+        trained = {sample[column] for sample in dataset.train}
+        unseen = sorted({sample[column] for sample in dataset.query + dataset.gallery} - trained)
+        if unseen:
+            logger.warning("MODEL.%s is on but %s %s id(s) %s appear only in query/gallery: their "
+                           "SIE embeddings are never trained", key, dataset.display_name, name,
+                           unseen)
+
+
 def _loader_options(cfg) -> dict:
     return dict(num_workers=cfg.DATALOADER.NUM_WORKERS, pin_memory=uses_gpu(cfg.MODEL.DEVICE))
 
@@ -113,6 +126,7 @@ def make_dataloader(cfg, trial: int = 0) -> Tuple[DataLoader, DataLoader, DataLo
     """
     dataset = _load_dataset(cfg, trial)
     _check_views(cfg, dataset)
+    _warn_untrained_sie_rows(cfg, dataset)
     num_classes, camera_num, view_num = (dataset.num_train_pids, dataset.num_cameras,
                                          dataset.num_views)
     logger.info("Number of classes: %d, cameras: %d, views: %d", num_classes, camera_num,

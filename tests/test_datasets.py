@@ -236,6 +236,23 @@ def test_list_dataset_with_views_and_junk(tmp_path):
     assert (data.has_views, data.num_views, data.num_cameras) == (True, 4, 3)
 
 
+def test_sie_ids_seen_only_at_test_time_are_warned_about(tmp_path, caplog):
+    write_lines(tmp_path / "train.txt", ["a/x.jpg 10 0 2", "a/y.jpg 20 1 0"])
+    write_lines(tmp_path / "query.txt", ["q/1.jpg 30 0 1"])
+    write_lines(tmp_path / "gallery.txt", ["g/1.jpg 30 2 3", "g/2.jpg 30 1 2"])
+    cfg = make_cfg(tmp_path, "list", **{"MODEL.SIE_CAMERA": True, "MODEL.SIE_VIEW": True,
+                                        "SOLVER.IMS_PER_BATCH": 2, "DATALOADER.NUM_INSTANCE": 1})
+    with caplog.at_level(logging.WARNING, logger="transreid"):
+        make_dataloader(cfg)
+    assert "MODEL.SIE_CAMERA is on but" in caplog.text and "camera id(s) [2] appear only" in caplog.text
+    assert "MODEL.SIE_VIEW is on but" in caplog.text and "view id(s) [1, 3] appear only" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="transreid"):
+        make_dataloader(make_cfg(tmp_path, "list", **{"SOLVER.IMS_PER_BATCH": 2,
+                                                      "DATALOADER.NUM_INSTANCE": 1}))
+    assert "SIE" not in caplog.text
+
+
 def test_list_dataset_errors(tmp_path):
     write_lines(tmp_path / "train.txt", ["a/x.jpg 10 0", "a/y.jpg 20 1 0"])
     write_lines(tmp_path / "query.txt", ["q/1.jpg 30 0"])
