@@ -96,6 +96,18 @@ def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkey
     assert os.listdir(tmp_path) == ["last_checkpoint.pth"], "temporary file left behind"
 
 
+def test_atomic_save_gives_files_the_mode_of_an_ordinary_write(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        atomic_save({"epoch": 1}, str(tmp_path / "model.pth"))
+        with open(tmp_path / "plain.txt", "w"):
+            pass
+    finally:
+        os.umask(previous)
+    mode_of = {name: os.stat(tmp_path / name).st_mode & 0o777 for name in ("model.pth", "plain.txt")}
+    assert mode_of == {"model.pth": 0o644, "plain.txt": 0o644}
+
+
 def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     states = rng_states()
     expected = (torch.rand(3), np.random.rand(3), random.random())

@@ -11,6 +11,12 @@ import numpy as np
 import torch
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str) -> Iterator[str]:
     """A temporary path next to `path`, renamed to `path` only if the block succeeds: a crash
@@ -21,6 +27,8 @@ def atomic_output(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600); give it the mode open() would have.
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):
@@ -68,7 +76,7 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise FileNotFoundError(f"checkpoint '{path}' (MODEL.RESUME) does not exist; it is the "
                                 "'last_checkpoint.pth' that training writes to OUTPUT_DIR")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = {"model", "optimizer", "scheduler", "epoch"} - set(state)
+    missing = {"model", "optimizer", "epoch"} - set(state)
     if missing:
         raise ValueError(f"'{path}' is not a training checkpoint (no {sorted(missing)}); to start "
                          "from trained weights use MODEL.PRETRAIN_CHOICE 'self' with MODEL.PRETRAIN_PATH")
