@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from yacs.config import CfgNode
 
 from config import check_choice
 from datasets import set_train_epoch
@@ -25,6 +26,42 @@ from utils.progress import Progress
 
 AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': None}
 LAST_CHECKPOINT = 'last_checkpoint.pth'
+# Keys whose change on resume is expected and not worth reporting.
+RESUME_IGNORED_KEYS = ('MODEL.RESUME',)
+
+
+class ResumeError(ValueError):
+    """A training checkpoint that this run's config cannot continue."""
+
+
+def check_output_dir_is_free(cfg) -> None:
+    """Refuse to start a new run over the resume state of an earlier one in OUTPUT_DIR.
+
+    A restart that forgets MODEL.RESUME would replace that state after one epoch; with the
+    reference's configs (model files only at the last epoch) that loses the whole run.
+    """
+    path = os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)
+    if not cfg.MODEL.RESUME and os.path.isfile(path):
+        raise ResumeError(
+            f"OUTPUT_DIR '{cfg.OUTPUT_DIR}' holds the resume state of an earlier run ({path}); "
+            f"continue it with MODEL.RESUME {path}, or choose another OUTPUT_DIR, or delete that "
+            "file to start over there")
+
+
+def _flat_config(node, prefix: str = '') -> dict:
+    flat = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        flat.update(_flat_config(value, name + '.') if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def config_changes(saved_dump: str, cfg) -> List[str]:
+    """'KEY saved -> now' for every key whose value differs from the checkpoint's config."""
+    saved = _flat_config(CfgNode.load_cfg(saved_dump))
+    now = _flat_config(CfgNode.load_cfg(cfg.dump()))
+    return [f"{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in sorted(saved.keys() | now.keys())
+            if key not in RESUME_IGNORED_KEYS and saved.get(key) != now.get(key)]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -173,7 +210,6 @@ class Trainer:
             'optimizer': self.optimizer.state_dict(),
             'optimizer_center': self.optimizer_center.state_dict(),
             'center_criterion': self.center_criterion.state_dict(),
-            'scheduler': self.scheduler.state_dict(),
             'scaler': self.scaler.state_dict(),
             'epoch': epoch,
             'best_mAP': self.best_mAP,
@@ -192,18 +228,32 @@ class Trainer:
         return gathered
 
     def resume(self, path: str) -> None:
+        """Continue from a training checkpoint. The learning rate follows this run's config
+        (the schedule is a function of the epoch), so SOLVER.MAX_EPOCHS can be raised."""
         state = load_checkpoint(path)
-        unwrap(self.model).load_state_dict(state['model'])
-        self.optimizer.load_state_dict(state['optimizer'])
-        self.optimizer_center.load_state_dict(state['optimizer_center'])
-        self.center_criterion.load_state_dict(state['center_criterion'])
-        self.scheduler.load_state_dict(state['scheduler'])
-        self.scaler.load_state_dict(state['scaler'])
+        changes = config_changes(state['config'], self.cfg) if 'config' in state else []
+        if changes:
+            self.logger.warning("Resuming %s with settings that differ from its run's: %s", path,
+                                "; ".join(changes))
+        try:
+            self._load_training_state(state)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ResumeError(
+                f"{path} does not fit this run's model or optimizer ({err}); settings changed "
+                f"since it was written: {'; '.join(changes) or 'none recorded'}. Resume with the "
+                "config it was written with (config.yaml beside it)") from err
         self.best_mAP = state['best_mAP']
         self.start_epoch = state['epoch'] + 1
         self._restore_rng(state['rng'], path)
         self.logger.info("Resumed from %s: continuing at epoch %d of %d", path, self.start_epoch,
                          self.cfg.SOLVER.MAX_EPOCHS)
+
+    def _load_training_state(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.optimizer_center.load_state_dict(state['optimizer_center'])
+        self.center_criterion.load_state_dict(state['center_criterion'])
+        self.scaler.load_state_dict(state['scaler'])
 
     def _restore_rng(self, saved, path: str) -> None:
         per_rank = [saved] if isinstance(saved, dict) else saved
@@ -297,6 +347,10 @@ class Trainer:
         self.logger.info("start training: epochs %d to %d on %s%s", self.start_epoch, max_epochs,
                          self.device, f" x {self.world_size} processes" if self.distributed else "")
         result = None
+        if self.start_epoch > max_epochs:
+            self.logger.warning("Nothing to train: the run is at epoch %d and SOLVER.MAX_EPOCHS "
+                                "is %d; raise SOLVER.MAX_EPOCHS to train on", self.start_epoch - 1,
+                                max_epochs)
         for epoch in range(self.start_epoch, max_epochs + 1):
             self.train_epoch(epoch)
             last = epoch == max_epochs
@@ -304,16 +358,20 @@ class Trainer:
             checkpoint_now = epoch % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 or last
             rng = self.all_rng_states()
             # Rank 0 alone evaluates and saves; the others wait at the barrier instead of
-            # entering the unwrapped model's forward (the reference hangs there). The weights
-            # are on disk before evaluation starts, so a failing evaluation loses nothing.
-            # The resume state is written every epoch whatever CHECKPOINT_PERIOD says: the
-            # reference's configs set it to the epoch count, and a crash would lose the run.
+            # entering the unwrapped model's forward (the reference hangs there). Weights and
+            # resume state are on disk before evaluation starts, so a failing evaluation loses
+            # nothing; the state is written every epoch whatever CHECKPOINT_PERIOD says (the
+            # reference's configs set it to the epoch count, and a crash would lose the run),
+            # and again after an evaluation that raised the best mAP, which it records.
             if self.is_main:
                 if checkpoint_now:
                     self.save_weights(epoch)
-                if evaluate_now:
-                    result = self.validate(epoch)
                 self.save_training_state(epoch, rng)
+                if evaluate_now:
+                    best_before = self.best_mAP
+                    result = self.validate(epoch)
+                    if self.best_mAP != best_before:
+                        self.save_training_state(epoch, rng)
             if self.distributed:
                 dist.barrier()
         return result

@@ -14,7 +14,9 @@ import torch.distributed as dist
 from config import load_config
 import processor.processor as processor_module
 from processor import do_train, evaluate
-from processor.processor import LAST_CHECKPOINT, NonFiniteLossError, Trainer
+from processor.processor import (LAST_CHECKPOINT, NonFiniteLossError, ResumeError, Trainer,
+                                 check_output_dir_is_free)
+from solver.scheduler_factory import create_scheduler
 from train import build_training
 from utils.cli import set_seed
 
@@ -132,6 +134,92 @@ def test_a_failing_evaluation_keeps_the_weights_of_its_epoch(tiny_opts, monkeypa
     saved = torch.load(weights, weights_only=True)
     for name, tensor in parts["model"].state_dict().items():
         assert torch.equal(tensor, saved[name]), name
+
+
+def test_a_failing_evaluation_keeps_the_resume_state_of_its_epoch(tiny_opts, monkeypatch):
+    # Evaluation at epoch 1, model files only at epoch 2: the resume state must not wait.
+    cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "2", "SOLVER.EVAL_PERIOD", "1",
+                                    "SOLVER.CHECKPOINT_PERIOD", "2"])
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(processor_module, "evaluate", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(cfg, parts)
+    state = torch.load(os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT), weights_only=True)
+    assert state["epoch"] == 1
+    for name, tensor in parts["model"].state_dict().items():
+        assert torch.equal(tensor, state["model"][name]), name
+
+
+def test_the_resume_state_records_the_best_map_of_its_epoch(tiny_opts):
+    cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "1"])
+    result = train(cfg, parts)
+    state = torch.load(os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT), weights_only=True)
+    assert state["best_mAP"] == result.mAP > 0
+
+
+def learning_rates(parts):
+    """Wrap the loss to record the learning rate of every step."""
+    loss_fn, optimizer, seen = parts["loss_fn"], parts["optimizer"], []
+
+    def recording(*args):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return loss_fn(*args)
+    parts["loss_fn"] = recording
+    return seen
+
+
+def test_resuming_with_more_epochs_follows_the_new_schedule(tiny_opts, caplog):
+    cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "1"])
+    train(cfg, parts)
+    longer = tiny_opts + ["SOLVER.MAX_EPOCHS", "3", "MODEL.RESUME",
+                          os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)]
+    cfg, parts = build(longer)
+    seen = learning_rates(parts)
+    with caplog.at_level(logging.WARNING, logger="transreid.train"):
+        train(cfg, parts)
+    assert "SOLVER.MAX_EPOCHS 1 -> 3" in caplog.text
+    fresh = create_scheduler(cfg, parts["optimizer"])
+    per_epoch = len(seen) // 2
+    assert seen[0] == pytest.approx(fresh._get_lr(2)[0]) and seen[-1] == pytest.approx(fresh._get_lr(3)[0])
+    assert seen[0] > 10 * cfg.SOLVER.BASE_LR * 0.002  # not the floor of the 1-epoch schedule
+    assert len(set(seen[:per_epoch])) == 1
+
+
+def test_resuming_with_another_model_names_the_changed_key(tiny_opts):
+    cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "1"])
+    train(cfg, parts)
+    cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "2", "MODEL.JPM", "False", "MODEL.RESUME",
+                                    os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)])
+    with pytest.raises(ResumeError, match="MODEL.JPM True -> False") as raised:
+        train(cfg, parts)
+    assert "SOLVER.MAX_EPOCHS 1 -> 2" in str(raised.value)
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny_opts, caplog):
+    cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "1"])
+    train(cfg, parts)
+    cfg, parts = build(tiny_opts + ["SOLVER.MAX_EPOCHS", "1", "MODEL.RESUME",
+                                    os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)])
+    with caplog.at_level(logging.WARNING, logger="transreid.train"):
+        assert train(cfg, parts) is None
+    assert "Nothing to train: the run is at epoch 1 and SOLVER.MAX_EPOCHS is 1" in caplog.text
+
+
+def test_a_new_run_refuses_an_output_dir_holding_a_resume_state(tiny_opts, tmp_path):
+    cfg = load_config("", tiny_opts)
+    check_output_dir_is_free(cfg)  # nothing there yet
+    os.makedirs(cfg.OUTPUT_DIR)
+    path = os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)
+    torch.save({"epoch": 3}, path)
+    with pytest.raises(ResumeError, match=f"continue it with MODEL.RESUME {path}"):
+        check_output_dir_is_free(cfg)
+    check_output_dir_is_free(load_config("", tiny_opts + ["MODEL.RESUME", path]))
+    result = run_script(["train.py", *tiny_opts])
+    assert result.returncode != 0 and "holds the resume state of an earlier run" in result.stderr
+    assert torch.load(path, weights_only=True) == {"epoch": 3}
+    assert not os.path.exists(os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
 
 
 def test_resuming_with_another_process_count_warns_and_goes_on(tiny_opts, caplog):
