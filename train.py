@@ -1,12 +1,16 @@
 """Train a TransReID model: python train.py --config_file configs/... [KEY VALUE ...]"""
+import os
 from datetime import timedelta
 
 import torch.distributed as dist
 
-from datasets import make_dataloader
+from config import ConfigError
+from datasets import DatasetError, make_dataloader
 from loss import make_loss
 from model import make_model
+from model.weights import CheckpointMismatchError, WeightsNotFoundError
 from processor import do_train
+from processor.processor import LAST_CHECKPOINT, NonFiniteLossError, ResumeError, check_output_dir_is_free
 from solver import make_optimizer
 from solver.scheduler_factory import create_scheduler
 from utils.cli import base_parser, env_int, load_config_or_exit, set_seed, start_run
@@ -15,6 +19,10 @@ from utils.device import select_device, uses_gpu
 # Rank 0 evaluates while the others wait at a barrier; evaluating MSMT17 can outlast
 # NCCL's default 10-minute timeout.
 DIST_TIMEOUT = timedelta(hours=2)
+
+# Failures whose message says what to change: logged as one line instead of a traceback.
+USER_ERRORS = (ConfigError, DatasetError, WeightsNotFoundError, CheckpointMismatchError,
+               ResumeError, NonFiniteLossError)
 
 
 def init_distributed(cfg, local_rank: int) -> None:
@@ -39,6 +47,13 @@ def build_training(cfg) -> dict:
                 scheduler=scheduler, loss_fn=loss_fn, num_query=num_query)
 
 
+def resume_hint(cfg) -> str:
+    path = os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)
+    if not os.path.isfile(path):
+        return "No epoch had finished, so there is nothing to resume."
+    return f"Continue from the last finished epoch with MODEL.RESUME {path}"
+
+
 def main() -> None:
     parser = base_parser("Train TransReID")
     # torch.distributed.launch passes --local_rank (old) or --local-rank (new); torchrun sets LOCAL_RANK.
@@ -46,6 +61,10 @@ def main() -> None:
                         default=env_int("LOCAL_RANK", 0), help="set by the launcher")
     args = parser.parse_args()
     cfg = load_config_or_exit(args.config_file, args.opts)
+    try:
+        check_output_dir_is_free(cfg)
+    except ResumeError as err:
+        raise SystemExit(f"error: {err}")
 
     if cfg.MODEL.DIST_TRAIN:
         init_distributed(cfg, args.local_rank)
@@ -57,9 +76,12 @@ def main() -> None:
 
     try:
         do_train(cfg, **build_training(cfg), local_rank=args.local_rank)
-    except FloatingPointError as err:
+    except USER_ERRORS as err:
         logger.error("%s", err)
         raise SystemExit(1)
+    except KeyboardInterrupt:
+        logger.warning("Interrupted. %s", resume_hint(cfg))
+        raise SystemExit(130)
     finally:
         if cfg.MODEL.DIST_TRAIN and dist.is_initialized():
             dist.destroy_process_group()

@@ -53,6 +53,9 @@ def start_run(cfg, config_file: str, if_train: bool, rank: int = 0,
     if not distributed:
         # torchrun and dist_train.sh choose GPUs through CUDA_VISIBLE_DEVICES themselves.
         apply_visible_devices(cfg.MODEL.DEVICE_ID)
+    if not output_dir:
+        logger.warning("OUTPUT_DIR is empty: files go to the current folder and no log file is "
+                       "written; set OUTPUT_DIR to keep this run's output together")
     if config_file:
         logger.info("Loaded configuration file %s", config_file)
     logger.info("Running with config:\n%s", cfg)
