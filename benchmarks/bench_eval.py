@@ -20,6 +20,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
@@ -27,8 +28,11 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from benchmarks import reference_eval
-from utils.metrics import R1_mAP_eval, eval_func
+# Runs as `python benchmarks/bench_eval.py` too, not only with -m from the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import reference_eval  # noqa: E402
+from utils.metrics import R1_mAP_eval, eval_func  # noqa: E402
 
 FEAT_DIM = 3840
 SCALES = {  # (queries, gallery images, test identities)
@@ -83,6 +87,14 @@ def synthetic_split(num_query: int, num_gallery: int, num_ids: int,
     qf, q_pids, q_camids = images(num_query)
     gf, g_pids, g_camids = images(num_gallery)
     return Split(qf, gf, q_pids, g_pids, q_camids, g_camids)
+
+
+def benchmark_device(name: str) -> torch.device:
+    """The --device to time on; a GPU that is not there is a usage error, not a traceback."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name} but no GPU is available here; use --device cpu")
+    return device
 
 
 def median_time(run: Callable[[], float], repeats: int, device: torch.device,
@@ -214,7 +226,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    device = torch.device(args.device)
+    device = benchmark_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     shrink = 8 if args.quick else 1

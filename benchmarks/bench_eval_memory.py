@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_eval import RERANK_IDENTITY_STRENGTH, synthetic_split  # noqa: E402
+from benchmarks.bench_eval import (RERANK_IDENTITY_STRENGTH, benchmark_device,  # noqa: E402
+                                   synthetic_split)
 from utils.metrics import R1_mAP_eval  # noqa: E402
 
 GIB = 2 ** 30
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--rerank", action="store_true",
                         help="k-reciprocal re-ranking (k1=50, k2=15, lambda=0.3) before mAP/CMC")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = benchmark_device(args.device)
 
     make_features = clustered_features if args.rerank else random_features
     feats, pids, camids = make_features(args, device)

@@ -13,6 +13,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from processor import do_train, evaluate  # noqa: E402
+from processor.processor import ResumeError, check_output_dir_is_free  # noqa: E402
 from train import build_training  # noqa: E402
 from utils.cli import base_parser, load_config_or_exit, set_seed, start_run  # noqa: E402
 from utils.device import select_device  # noqa: E402
@@ -21,6 +22,10 @@ from utils.device import select_device  # noqa: E402
 def main() -> None:
     args = base_parser(__doc__.splitlines()[0]).parse_args()
     cfg = load_config_or_exit(args.config_file, args.opts)
+    try:
+        check_output_dir_is_free(cfg)
+    except ResumeError as err:
+        sys.exit(f"error: {err}")
     start_run(cfg, args.config_file, if_train=True)
     set_seed(cfg.SOLVER.SEED)
 
