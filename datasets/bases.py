@@ -3,6 +3,9 @@
 A parser turns a folder tree into three lists of samples `(img_path, pid, camid, viewid)`:
 `train` (pids relabelled to 0..N-1), `query` and `gallery` (original pids, so that query and
 gallery ids match). Camera ids are 0-based; `viewid` is 1 where a dataset has no view labels.
+
+Training needs all three splits. Evaluation needs only query and gallery
+(`require_train=False`): a tree without the training split is then read with `train` empty.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import os
 import random
 import re
 import time
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image, ImageFile
@@ -30,6 +33,8 @@ NO_VIEW = 1
 """View id given to every image of a dataset without view labels (as the reference)."""
 
 JUNK_PID = -1
+
+SPLITS = ("train", "query", "gallery")
 
 
 class DatasetError(RuntimeError):
@@ -54,17 +59,25 @@ class BaseImageDataset:
     has_views: bool = False
 
     def __init__(self, root: str, verbose: bool = True, dataset_dir: Optional[str] = None,
-                 display_name: Optional[str] = None):
-        """`dataset_dir` and `display_name` override the class's (to reuse a parser)."""
+                 display_name: Optional[str] = None, require_train: bool = True):
+        """`dataset_dir` and `display_name` override the class's (to reuse a parser);
+        `require_train=False` reads a tree without its training split (for evaluation)."""
         self.root = root
         self.folder = type(self).dataset_dir if dataset_dir is None else dataset_dir
         self.display_name = display_name or type(self).display_name
         self.dataset_dir = os.path.join(root, self.folder)
+        self.require_train = require_train
+        # Where each split comes from, to name it in errors; parsers set their own.
+        self.split_sources: Dict[str, str] = dict.fromkeys(SPLITS, self.dataset_dir)
         train, self.query, self.gallery = self._load_splits()
         self.train = relabel(train)
-        if not self.train:
+        if not self.train and require_train:
             raise DatasetError(f"{self.display_name}: no training images found under "
                                f"{self.dataset_dir}")
+        if not self.train:
+            logger.info("%s: no training split in '%s'; query and gallery suffice to evaluate",
+                        self.display_name, self.split_sources["train"])
+        self._check_test_splits()
         if verbose:
             logger.info("=> %s loaded", self.display_name)
             logger.info("Dataset statistics:\n%s", self.statistics_table())
@@ -77,6 +90,21 @@ class BaseImageDataset:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ checks
+    def training_paths(self, *paths: str) -> Tuple[str, ...]:
+        """`paths` (of the training split) when they must exist, i.e. unless only evaluating."""
+        return paths if self.require_train else ()
+
+    def _check_test_splits(self) -> None:
+        """Evaluation ranks every query against the gallery: stop now, before any model runs,
+        if either is empty."""
+        for split in ("query", "gallery"):
+            if not getattr(self, split):
+                raise DatasetError(
+                    f"{self.display_name}: no {split} images in '{self.split_sources[split]}' "
+                    f"(junk images, pid {JUNK_PID}, are skipped); evaluation needs at least one "
+                    "query and one gallery image. Add them there, or set DATASETS.ROOT_DIR to the "
+                    "dataset that has them.")
+
     def require(self, *paths: str) -> None:
         """Raise a DatasetNotFoundError naming the first missing path and the expected tree."""
         for path in paths:

@@ -19,9 +19,9 @@ class ListDataset(BaseImageDataset):
     display_name = "list dataset"
 
     def __init__(self, root: str, train_list: str, query_list: str, gallery_list: str,
-                 verbose: bool = True):
+                 verbose: bool = True, require_train: bool = True):
         self.list_paths = [os.path.join(root, p) for p in (train_list, query_list, gallery_list)]
-        super().__init__(root, verbose)
+        super().__init__(root, verbose, require_train=require_train)
 
     def expected_tree(self) -> str:
         names = ", ".join(os.path.relpath(p, self.root) for p in self.list_paths)
@@ -29,8 +29,12 @@ class ListDataset(BaseImageDataset):
                 f"{LINE_FORMAT}")
 
     def _load_splits(self) -> Tuple[List[Sample], List[Sample], List[Sample]]:
-        self.require(*self.list_paths)
-        parsed = [self._read(p) for p in self.list_paths]
+        train_list, query_list, gallery_list = self.list_paths
+        self.require(*self.training_paths(train_list), query_list, gallery_list)
+        self.split_sources = dict(train=train_list, query=query_list, gallery=gallery_list)
+        train_absent = not self.require_train and not os.path.isfile(train_list)
+        parsed = [([], None) if train_absent else self._read(train_list),
+                  self._read(query_list), self._read(gallery_list)]
         view_columns = {has_view for _, has_view in parsed if has_view is not None}
         if len(view_columns) > 1:
             raise DatasetError(f"list dataset: some of {self.list_paths} have a view column and "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -39,17 +39,17 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _load_dataset(cfg, trial: int) -> BaseImageDataset:
+def _load_dataset(cfg, trial: int, require_train: bool = True) -> BaseImageDataset:
     """Parse (and, for the synthetic data, render) the dataset; under torch.distributed rank 0
     goes first so that only one process renders."""
     if not _distributed():
-        return build_dataset(cfg, trial)
+        return build_dataset(cfg, trial, require_train)
     if dist.get_rank() == 0:
-        dataset = build_dataset(cfg, trial)
+        dataset = build_dataset(cfg, trial, require_train)
         dist.barrier()
         return dataset
     dist.barrier()
-    return build_dataset(cfg, trial)
+    return build_dataset(cfg, trial, require_train)
 
 
 def _check_views(cfg, dataset: BaseImageDataset) -> None:
@@ -138,13 +138,25 @@ def make_dataloader(cfg, trial: int = 0) -> Tuple[DataLoader, DataLoader, DataLo
             camera_num, view_num)
 
 
-def make_val_loader(cfg, trial: int = 0) -> Tuple[DataLoader, int]:
-    """-> (val_loader, num_query) of one evaluation trial, without building train loaders.
+def load_eval_dataset(cfg, trial: int = 0) -> BaseImageDataset:
+    """The dataset as evaluation needs it: query and gallery, and the training split only if
+    it is there (a test-only tree is enough). Its `num_cameras` / `num_views` count the ids of
+    the splits found."""
+    dataset = _load_dataset(cfg, trial, require_train=False)
+    _check_views(cfg, dataset)
+    return dataset
+
+
+def make_val_loader(cfg, trial: int = 0,
+                    dataset: Optional[BaseImageDataset] = None) -> Tuple[DataLoader, int]:
+    """-> (val_loader, num_query) of one evaluation trial, without building train loaders or
+    needing the training split; `dataset` reuses one from `load_eval_dataset`.
 
     For VehicleID, trial t draws the query/gallery split from (SOLVER.SEED, t); run trials
     0..TEST.VEHICLEID_TRIALS-1 and average. For other datasets every trial is the same.
     """
-    dataset = _load_dataset(cfg, trial)
+    if dataset is None:
+        dataset = load_eval_dataset(cfg, trial)
     return _eval_loader(cfg, dataset.query + dataset.gallery), len(dataset.query)
 
 

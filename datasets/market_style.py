@@ -14,9 +14,11 @@ from .bases import (IMAGE_EXTENSIONS, MARKET_PATTERN, BaseImageDataset, NameRule
 SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 
 
-def market_tree(top: str) -> str:
-    return "\n".join([f"  {top}/"] + [f"    {folder}/  (<pid>_c<cam>...jpg)"
-                                       for folder in SPLIT_FOLDERS])
+def market_tree(top: str, train_required: bool = True) -> str:
+    train_note = "" if train_required else ", needed only to train"
+    notes = [train_note, "", ""]
+    return "\n".join([f"  {top}/"] + [f"    {folder}/  (<pid>_c<cam>...jpg{note})"
+                                       for folder, note in zip(SPLIT_FOLDERS, notes)])
 
 
 class MarketStyleDataset(BaseImageDataset):
@@ -31,14 +33,18 @@ class MarketStyleDataset(BaseImageDataset):
         super().__init__(root, verbose, **overrides)
 
     def expected_tree(self) -> str:
-        return market_tree(self.folder or "<DATASETS.ROOT_DIR>")
+        return market_tree(self.folder or "<DATASETS.ROOT_DIR>", self.require_train)
 
     def _load_splits(self) -> Tuple[List[Sample], List[Sample], List[Sample]]:
-        folders = [os.path.join(self.dataset_dir, f) for f in SPLIT_FOLDERS]
-        self.require(self.dataset_dir, *folders)
-        train, query, gallery = (parse_folder(f, self.name_rule, extensions=self.extensions)
-                                 for f in folders)
-        return train, query, gallery
+        train_dir, query_dir, gallery_dir = (os.path.join(self.dataset_dir, f)
+                                             for f in SPLIT_FOLDERS)
+        self.require(self.dataset_dir, *self.training_paths(train_dir), query_dir, gallery_dir)
+        self.split_sources = dict(train=train_dir, query=query_dir, gallery=gallery_dir)
+        train = self._parse(train_dir) if os.path.isdir(train_dir) else []
+        return train, self._parse(query_dir), self._parse(gallery_dir)
+
+    def _parse(self, folder: str) -> List[Sample]:
+        return parse_folder(folder, self.name_rule, extensions=self.extensions)
 
 
 class Market1501(MarketStyleDataset):

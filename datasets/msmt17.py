@@ -28,25 +28,33 @@ class MSMT17(MarketStyleDataset):
         v1 = "\n".join([f"  {self.folder}/", "    train/  test/"]
                        + [f"    {f}" for f in LIST_FILES])
         return (f"either the V1 layout\n{v1}\n"
-                f"or the Market-style layout\n{market_tree(self.folder)}")
+                f"or the Market-style layout\n{market_tree(self.folder, self.require_train)}")
 
     def _load_splits(self) -> Tuple[List[Sample], List[Sample], List[Sample]]:
         self.require(self.dataset_dir)
-        if os.path.exists(os.path.join(self.dataset_dir, LIST_FILES[0])):
+        # The layout is told by its training split, or by its query split when only evaluating
+        # (a tree without the training split).
+        v1_marker, folder_marker = ((LIST_FILES[0], SPLIT_FOLDERS[0]) if self.require_train
+                                    else (LIST_FILES[2], SPLIT_FOLDERS[1]))
+        if os.path.exists(os.path.join(self.dataset_dir, v1_marker)):
             logger.info("MSMT17: V1 layout (list files) found in %s", self.dataset_dir)
             return self._load_v1()
-        if os.path.isdir(os.path.join(self.dataset_dir, SPLIT_FOLDERS[0])):
+        if os.path.isdir(os.path.join(self.dataset_dir, folder_marker)):
             logger.info("MSMT17: Market-style folder layout found in %s", self.dataset_dir)
             return super()._load_splits()
-        raise self.not_found(f"neither {LIST_FILES[0]} nor {SPLIT_FOLDERS[0]}/ is in "
+        raise self.not_found(f"neither {v1_marker} nor {folder_marker}/ is in "
                              f"'{self.dataset_dir}'")
 
     def _load_v1(self) -> Tuple[List[Sample], List[Sample], List[Sample]]:
         train_dir, test_dir = (os.path.join(self.dataset_dir, d) for d in ("train", "test"))
-        lists = [os.path.join(self.dataset_dir, f) for f in LIST_FILES]
-        self.require(train_dir, test_dir, *lists)
-        train_list, val_list, query_list, gallery_list = lists
-        train = read_v1_list(train_list, train_dir) + read_v1_list(val_list, train_dir)
+        train_list, val_list, query_list, gallery_list = (os.path.join(self.dataset_dir, f)
+                                                          for f in LIST_FILES)
+        self.require(*self.training_paths(train_dir), test_dir,
+                     *self.training_paths(train_list, val_list), query_list, gallery_list)
+        self.split_sources = dict(train=f"{train_list} + {val_list}", query=query_list,
+                                  gallery=gallery_list)
+        train = [sample for path in (train_list, val_list) if os.path.isfile(path)
+                 for sample in read_v1_list(path, train_dir)]
         return train, read_v1_list(query_list, test_dir), read_v1_list(gallery_list, test_dir)
 
 

@@ -1,7 +1,8 @@
 """Dataset names (`DATASETS.NAMES`) -> a parsed dataset built from the config.
 
-A factory takes `(cfg, trial)`; `trial` only matters for VehicleID, whose query/gallery split is
-drawn per trial. Add a dataset with `@register_dataset("name")`.
+A factory takes `(cfg, trial, require_train)`; `trial` only matters for VehicleID, whose
+query/gallery split is drawn per trial, and `require_train=False` lets a tree without its training
+split through (evaluation). Add a dataset with `@register_dataset("name")`.
 """
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
     return add
 
 
-def build_dataset(cfg, trial: int = 0) -> BaseImageDataset:
+def build_dataset(cfg, trial: int = 0, require_train: bool = True) -> BaseImageDataset:
+    """The parsed dataset of `cfg`; `require_train=False` for evaluation, which needs only query
+    and gallery."""
     name = cfg.DATASETS.NAMES
     if name not in FACTORY:
         raise DatasetError(f"DATASETS.NAMES is '{name}'; choose one of {sorted(FACTORY)}")
-    return FACTORY[name](cfg, trial)
+    return FACTORY[name](cfg, trial, require_train=require_train)
 
 
 def _root(cfg) -> str:
@@ -42,24 +45,26 @@ def _root(cfg) -> str:
 for _name, _cls in (("market1501", Market1501), ("dukemtmc", DukeMTMCreID),
                     ("msmt17", MSMT17), ("occ_duke", OccludedDukeMTMCreID),
                     ("folder", FolderDataset)):
-    register_dataset(_name)(lambda cfg, trial, cls=_cls: cls(_root(cfg)))
+    register_dataset(_name)(lambda cfg, trial, require_train, cls=_cls:
+                            cls(_root(cfg), require_train=require_train))
 
 
 @register_dataset("veri")
-def _veri(cfg, trial: int) -> BaseImageDataset:
-    return VeRi(_root(cfg), require_views=cfg.MODEL.SIE_VIEW)
+def _veri(cfg, trial: int, require_train: bool) -> BaseImageDataset:
+    return VeRi(_root(cfg), require_views=cfg.MODEL.SIE_VIEW, require_train=require_train)
 
 
 @register_dataset("VehicleID")
-def _vehicleid(cfg, trial: int) -> BaseImageDataset:
+def _vehicleid(cfg, trial: int, require_train: bool) -> BaseImageDataset:
     return VehicleID(_root(cfg), test_size=cfg.DATASETS.VEHICLEID_TEST_SIZE,
-                     seed=cfg.SOLVER.SEED, trial=trial)
+                     seed=cfg.SOLVER.SEED, trial=trial, require_train=require_train)
 
 
 @register_dataset("list")
-def _list(cfg, trial: int) -> BaseImageDataset:
+def _list(cfg, trial: int, require_train: bool) -> BaseImageDataset:
     d = cfg.DATASETS
-    return ListDataset(_root(cfg), d.TRAIN_LIST, d.QUERY_LIST, d.GALLERY_LIST)
+    return ListDataset(_root(cfg), d.TRAIN_LIST, d.QUERY_LIST, d.GALLERY_LIST,
+                       require_train=require_train)
 
 
 def _synthetic_rule(settings: SyntheticSettings, example: str) -> NameRule:
@@ -67,8 +72,9 @@ def _synthetic_rule(settings: SyntheticSettings, example: str) -> NameRule:
                     num_cams=settings.num_cameras)
 
 
+# The synthetic sets are rendered whole, so their training split is always there.
 @register_dataset("synthetic")
-def _synthetic(cfg, trial: int) -> BaseImageDataset:
+def _synthetic(cfg, trial: int, require_train: bool) -> BaseImageDataset:
     settings = SyntheticSettings.from_cfg(cfg)
     folder = ensure_synthetic_person(_root(cfg), settings)
     return MarketStyleDataset(_root(cfg), dataset_dir=os.path.basename(folder),
@@ -77,7 +83,7 @@ def _synthetic(cfg, trial: int) -> BaseImageDataset:
 
 
 @register_dataset("synthetic_vehicle")
-def _synthetic_vehicle(cfg, trial: int) -> BaseImageDataset:
+def _synthetic_vehicle(cfg, trial: int, require_train: bool) -> BaseImageDataset:
     settings = SyntheticSettings.from_cfg(cfg)
     folder = ensure_synthetic_vehicle(_root(cfg), settings)
     return VeRi(_root(cfg), require_views=True, dataset_dir=os.path.basename(folder),

@@ -29,12 +29,12 @@ class VehicleID(BaseImageDataset):
     display_name = "VehicleID"
 
     def __init__(self, root: str, test_size: int = 800, seed: int = 0, trial: int = 0,
-                 verbose: bool = True):
+                 verbose: bool = True, require_train: bool = True):
         if test_size not in TEST_SIZES:
             raise DatasetError(f"DATASETS.VEHICLEID_TEST_SIZE is {test_size}; choose one of "
                                f"{TEST_SIZES}")
         self.test_size, self.seed, self.trial = test_size, seed, trial
-        super().__init__(root, verbose)
+        super().__init__(root, verbose, require_train=require_train)
 
     def expected_tree(self) -> str:
         return "\n".join([f"  {self.folder}/", "    image/  (<name>.jpg)",
@@ -46,10 +46,12 @@ class VehicleID(BaseImageDataset):
         split_dir = os.path.join(self.dataset_dir, "train_test_split")
         train_list = os.path.join(split_dir, "train_list.txt")
         test_list = os.path.join(split_dir, f"test_list_{self.test_size}.txt")
-        self.require(self.dataset_dir, split_dir, train_list, test_list)
+        self.require(self.dataset_dir, split_dir, *self.training_paths(train_list), test_list)
+        self.split_sources = dict(train=train_list, query=test_list, gallery=test_list)
         logger.info("VehicleID: test list %s, query/gallery trial %d", test_list, self.trial)
 
-        train_images = self._read_list(train_list, expected_ids=NUM_TRAIN_IDS)
+        train_images = (self._read_list(train_list, expected_ids=NUM_TRAIN_IDS)
+                        if os.path.isfile(train_list) else {})
         test_images = self._read_list(test_list, expected_ids=self.test_size)
         train = [self._sample(name, pid, QUERY_CAM)
                  for pid in sorted(train_images) for name in train_images[pid]]

@@ -41,8 +41,10 @@ class VeRi(BaseImageDataset):
         return "\n".join(lines)
 
     def _load_splits(self) -> Tuple[List[Sample], List[Sample], List[Sample]]:
-        folders = [os.path.join(self.dataset_dir, f) for f in VERI_FOLDERS]
-        self.require(self.dataset_dir, *folders)
+        train_dir, query_dir, gallery_dir = folders = [os.path.join(self.dataset_dir, f)
+                                                       for f in VERI_FOLDERS]
+        self.require(self.dataset_dir, *self.training_paths(train_dir), query_dir, gallery_dir)
+        self.split_sources = dict(train=train_dir, query=query_dir, gallery=gallery_dir)
         view_of_name = self._read_views()
         self.has_views = view_of_name is not None
         unlabelled: List[str] = []
@@ -55,16 +57,20 @@ class VeRi(BaseImageDataset):
                 unlabelled.append(path)
             return view
 
-        splits = tuple(parse_folder(f, self.name_rule, view_of) for f in folders)
+        train, query, gallery = (parse_folder(f, self.name_rule, view_of) if os.path.isdir(f)
+                                 else [] for f in folders)
         if unlabelled:
             # As the reference: images without a view label are left out.
             logger.warning("%s: %d images have no view label and are skipped, e.g. %s",
                            self.display_name, len(unlabelled), unlabelled[0])
-        return splits  # type: ignore[return-value]
+        return train, query, gallery
 
     def _read_views(self) -> Optional[Dict[str, int]]:
         paths = [os.path.join(self.dataset_dir, f) for f in KEYPOINT_FILES]
-        missing = [p for p in paths if not os.path.isfile(p)]
+        # keypoint_test.txt labels the query and gallery images; the training file is needed
+        # only with the training split.
+        needed = paths if self.require_train else paths[1:]
+        missing = [p for p in needed if not os.path.isfile(p)]
         if missing and self.require_views:
             raise DatasetNotFoundError(
                 f"MODEL.SIE_VIEW needs VeRi view labels but '{missing[0]}' is missing: put "
@@ -76,7 +82,8 @@ class VeRi(BaseImageDataset):
             return None
         views: Dict[str, int] = {}
         for path in paths:
-            views.update(read_view_file(path))
+            if os.path.isfile(path):
+                views.update(read_view_file(path))
         return views
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from PIL import Image
 
 from config import cfg as default_cfg
 from datasets import DatasetError, DatasetNotFoundError, build_dataset, make_dataloader
-from datasets import make_val_loader, read_image
+from datasets import load_eval_dataset, make_val_loader, read_image
 
 
 def touch_jpg(path: str, colour=(128, 64, 32)) -> None:
@@ -325,3 +326,129 @@ def test_make_dataloader_config_errors(tmp_path):
         make_dataloader(make_cfg(tmp_path, "market1501", **{"DATALOADER.SAMPLER": "triplet_only"}))
     with pytest.raises(ValueError, match="MODEL.SIE_VIEW is on but Market1501 has no view"):
         make_dataloader(make_cfg(tmp_path, "market1501", **{"MODEL.SIE_VIEW": True}))
+
+
+# ------------------------------------------------------------------ evaluation without training
+def msmt17_v1_tree(base):
+    write_lines(base / "list_train.txt", ["0000/0000_000_01_0303morning_0015_0.jpg 0"])
+    write_lines(base / "list_val.txt", ["0000/0000_001_03_0303noon_0001_0.jpg 0"])
+    write_lines(base / "list_query.txt", ["0000/0000_000_02_0303morning_0001_0.jpg 0"])
+    write_lines(base / "list_gallery.txt", ["0000/0000_001_05_0303morning_0002_0.jpg 0"])
+    os.makedirs(base / "train"), os.makedirs(base / "test")
+
+
+def list_tree(base):
+    write_lines(base / "train.txt", ["a/x.jpg 10 0 2"])
+    write_lines(base / "query.txt", ["q/1.jpg 30 0 1"])
+    write_lines(base / "gallery.txt", ["g/1.jpg 30 2 3"])
+
+
+# (DATASETS.NAMES, extra config, tree builder, the training files that a test-only tree lacks,
+#  training's error on that tree)
+TEST_ONLY_TREES = [
+    ("market1501", {}, lambda root: market_tree(root / "market1501", MARKET_TRAIN, MARKET_QUERY,
+                                                MARKET_GALLERY),
+     ["market1501/bounding_box_train"], "market1501/bounding_box_train' does not exist"),
+    ("folder", {}, lambda root: market_tree(root, MARKET_TRAIN, MARKET_QUERY, MARKET_GALLERY),
+     ["bounding_box_train"], "bounding_box_train' does not exist"),
+    ("msmt17", {}, lambda root: msmt17_v1_tree(root / "MSMT17"),
+     ["MSMT17/train", "MSMT17/list_train.txt", "MSMT17/list_val.txt"],
+     "neither list_train.txt nor bounding_box_train/ is in"),
+    ("msmt17", {}, lambda root: market_tree(root / "MSMT17", ["0000_c1_0000.jpg"],
+                                            ["0002_c3_0000.jpg"], ["0002_c4_0001.jpg"]),
+     ["MSMT17/bounding_box_train"], "neither list_train.txt nor bounding_box_train/ is in"),
+    ("veri", {"MODEL.SIE_VIEW": True}, lambda root: veri_tree(root / "VeRi"),
+     ["VeRi/image_train", "VeRi/keypoint_train.txt"], "VeRi/image_train' does not exist"),
+    ("VehicleID", {}, lambda root: vehicleid_tree(root / "VehicleID_V1.0"),
+     ["VehicleID_V1.0/train_test_split/train_list.txt"], "train_list.txt' does not exist"),
+    ("list", {}, list_tree, ["train.txt"], "train.txt' does not exist"),
+]
+
+
+def remove(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+@pytest.mark.parametrize("name, opts, make_tree, train_files, training_error", TEST_ONLY_TREES)
+def test_a_tree_without_its_training_split_is_enough_to_evaluate(tmp_path, name, opts, make_tree,
+                                                                 train_files, training_error):
+    make_tree(tmp_path)
+    cfg = make_cfg(tmp_path, name, **opts)
+    full = build_dataset(cfg)
+    for path in train_files:
+        remove(tmp_path / path)
+    test_only = build_dataset(cfg, require_train=False)
+    assert test_only.train == []
+    assert test_only.query == full.query and test_only.gallery == full.gallery
+    assert test_only.has_views == full.has_views
+    # Training still needs the split, and says what is missing, as before.
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_dataset(cfg)
+    assert training_error in str(err.value)
+
+
+def test_evaluation_with_the_training_split_counts_its_cameras_too(tmp_path):
+    market_tree(tmp_path / "market1501", MARKET_TRAIN, MARKET_QUERY, MARKET_GALLERY)
+    cfg = make_cfg(tmp_path, "market1501")
+    # Camera 6 is only in the training split: SIE tables are sized as train.py sized them.
+    assert load_eval_dataset(cfg).num_cameras == 6
+    remove(tmp_path / "market1501" / "bounding_box_train")
+    assert load_eval_dataset(cfg).num_cameras == 4
+
+
+def test_an_empty_training_folder_is_refused_only_for_training(tmp_path):
+    market_tree(tmp_path, [], MARKET_QUERY, MARKET_GALLERY)
+    os.makedirs(tmp_path / "bounding_box_train")
+    with pytest.raises(DatasetError, match="folder dataset: no training images found under"):
+        build_dataset(make_cfg(tmp_path, "folder"))
+    assert build_dataset(make_cfg(tmp_path, "folder"), require_train=False).train == []
+
+
+def test_a_test_only_tree_lacking_query_names_the_query_folder(tmp_path):
+    market_tree(tmp_path, [], [], MARKET_GALLERY)
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_dataset(make_cfg(tmp_path, "folder"), require_train=False)
+    assert f"'{tmp_path / 'query'}' does not exist" in str(err.value)
+    assert "bounding_box_train/  (<pid>_c<cam>...jpg, needed only to train)" in str(err.value)
+
+
+@pytest.mark.parametrize("require_train", [True, False])
+@pytest.mark.parametrize("split, folder", [("query", "query"), ("gallery", "bounding_box_test")])
+def test_an_empty_query_or_gallery_is_named_before_any_model_runs(tmp_path, require_train, split,
+                                                                   folder):
+    splits = {"query": MARKET_QUERY, "gallery": MARKET_GALLERY}
+    splits[split] = ["-1_c1s1_000001_00.jpg"]  # junk only: nothing to rank
+    market_tree(tmp_path, MARKET_TRAIN, splits["query"], splits["gallery"])
+    with pytest.raises(DatasetError) as err:
+        build_dataset(make_cfg(tmp_path, "folder"), require_train=require_train)
+    assert f"no {split} images in '{tmp_path / folder}'" in str(err.value)
+
+
+def test_vehicleid_test_list_of_single_images_leaves_no_query_and_says_where(tmp_path):
+    split = tmp_path / "VehicleID_V1.0" / "train_test_split"
+    write_lines(split / "train_list.txt", ["0000001 5"])
+    write_lines(split / "test_list_800.txt", [f"{1000 + v:07d} {100 + v}" for v in range(800)])
+    with pytest.raises(DatasetError, match=r"no query images in '.*test_list_800.txt'"):
+        build_dataset(make_cfg(tmp_path, "VehicleID"), require_train=False)
+
+
+def test_the_val_loader_of_a_test_only_tree_ignores_training_batch_rules(tmp_path):
+    market_tree(tmp_path, [], MARKET_QUERY, MARKET_GALLERY)
+    # A batch of 64 identities could never be drawn from a training set; evaluation needs none.
+    cfg = make_cfg(tmp_path, "folder", **{"SOLVER.IMS_PER_BATCH": 256,
+                                          "INPUT.SIZE_TEST": [32, 16]})
+    dataset = load_eval_dataset(cfg)
+    val_loader, num_query = make_val_loader(cfg, dataset=dataset)
+    assert num_query == 2 and len(val_loader.dataset) == 4
+    assert [os.path.basename(path) for path in next(iter(val_loader))[5]] == [
+        *MARKET_QUERY, "0000_c1s1_000001_00.jpg", "0003_c2s1_000111_01.jpg"]
+    assert make_val_loader(cfg)[1] == 2
+
+
+def test_msmt17_test_only_tree_is_told_by_its_query_split(tmp_path):
+    os.makedirs(tmp_path / "MSMT17" / "bounding_box_train")
+    with pytest.raises(DatasetNotFoundError, match="neither list_query.txt nor query/ is in"):
+        build_dataset(make_cfg(tmp_path, "msmt17"), require_train=False)
