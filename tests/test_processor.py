@@ -2,6 +2,7 @@
 import logging
 import os
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from config import yes_no
 from processor.processor import amp_dtype
 from utils import checkpoint
 from utils.checkpoint import atomic_save, restore_rng_states, rng_states
+from utils.cli import load_config_or_exit
 from utils.device import _gpu_index, apply_visible_devices, select_device
 from utils.progress import Progress
 
@@ -94,6 +96,14 @@ def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkey
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert os.listdir(tmp_path) == ["last_checkpoint.pth"], "temporary file left behind"
+
+
+def test_an_option_after_the_overrides_is_named(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(SystemExit, match="--config_file came after the KEY VALUE overrides; put "
+                                         "options such as --config_file first: python train.py"):
+        load_config_or_exit("", ["SOLVER.MAX_EPOCHS", "1", "--config_file", "x.yml"])
+    assert load_config_or_exit("", ["SOLVER.MAX_EPOCHS", "1"]).SOLVER.MAX_EPOCHS == 1
 
 
 def test_atomic_save_gives_files_the_mode_of_an_ordinary_write(tmp_path):

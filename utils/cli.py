@@ -31,6 +31,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def load_config_or_exit(config_file: str, opts) -> CfgNode:
+    # argparse hands everything after the first KEY VALUE pair to `opts`, options included.
+    misplaced = [opt for opt in opts or [] if str(opt).startswith("--")]
+    if misplaced:
+        sys.exit(f"error: {misplaced[0]} came after the KEY VALUE overrides; put options such "
+                 f"as --config_file first: python {os.path.basename(sys.argv[0])} --config_file FILE "
+                 "KEY VALUE ...")
     try:
         return load_config(config_file, opts or [])
     except ConfigError as err:
