@@ -218,3 +218,74 @@ def test_check_choice_returns_the_value_or_names_key_value_and_choices():
     with pytest.raises(ValueError) as info:
         check_choice("MODEL.NECK", "bn", ("bnneck", "no"))
     assert str(info.value) == "MODEL.NECK 'bn' is not supported; choose one of ['bnneck', 'no']"
+
+
+# --------------------------------------------------------------------------------------------
+# Values that cannot work are refused at load time, naming the key, the value and the rule
+# --------------------------------------------------------------------------------------------
+# (key, bad value on the command line, how it is shown, part of the rule the error states)
+BAD_VALUES = [
+    ("MODEL.STRIDE_SIZE", "[12]", "[12]", "two positive integers"),
+    ("MODEL.STRIDE_SIZE", "[0, 12]", "[0, 12]", "two positive integers"),
+    ("INPUT.SIZE_TRAIN", "[96]", "[96]", "two positive integers [height, width]"),
+    ("INPUT.SIZE_TRAIN", "[95.5, 47]", "[95.5, 47]", "two positive integers [height, width]"),
+    ("INPUT.SIZE_TEST", "[96, 48, 3]", "[96, 48, 3]", "two positive integers [height, width]"),
+    ("INPUT.PADDING", "-1", "-1", "an integer >= 0"),
+    ("SOLVER.MAX_EPOCHS", "0", "0", "a positive integer"),
+    ("SOLVER.IMS_PER_BATCH", "0", "0", "a positive integer"),
+    ("TEST.IMS_PER_BATCH", "0", "0", "a positive integer"),
+    ("DATALOADER.NUM_INSTANCE", "0", "0", "a positive integer"),
+    ("SOLVER.EVAL_PERIOD", "0", "0", "set it to SOLVER.MAX_EPOCHS"),
+    ("SOLVER.CHECKPOINT_PERIOD", "0", "0", "set it to SOLVER.MAX_EPOCHS"),
+    ("SOLVER.LOG_PERIOD", "-5", "-5", "a positive integer"),
+    ("TEST.FEAT_NORM", "maybe", "'maybe'", "'yes' or 'no'"),
+    ("TEST.DIST_METRIC", "foo", "'foo'", "one of ['euclidean', 'cosine']"),
+]
+
+
+@pytest.mark.parametrize("key, value, shown, rule", BAD_VALUES, ids=lambda item: str(item))
+def test_value_that_cannot_work_is_refused_at_load(key, value, shown, rule):
+    with pytest.raises(ConfigError) as info:
+        load_config("", [key, value])
+    message = str(info.value)
+    assert message.startswith(f"{key} {shown} is not allowed; it must be ")
+    assert rule in message and "command-line override" in message
+
+
+def test_bad_value_in_a_yaml_names_the_file(tmp_path):
+    path = tmp_path / "zero_batch.yml"
+    path.write_text("SOLVER:\n  IMS_PER_BATCH: 0\n")
+    with pytest.raises(ConfigError, match=rf"SOLVER\.IMS_PER_BATCH 0 is not allowed.*{path.name}"):
+        load_config(str(path))
+
+
+def test_accepted_choices_are_the_evaluators():
+    from utils.metrics import DIST_METRICS, R1_mAP_eval
+
+    for metric in (*DIST_METRICS, "Cosine"):
+        cfg = load_config("", ["TEST.DIST_METRIC", metric])
+        R1_mAP_eval(1, dist_metric=cfg.TEST.DIST_METRIC)  # the evaluator takes what loads
+    for switch in ("yes", "no", "on", "off", "True"):
+        cfg = load_config("", ["TEST.FEAT_NORM", switch])
+        R1_mAP_eval(1, feat_norm=cfg.TEST.FEAT_NORM)
+
+
+VIT = ["MODEL.NAME", "transformer"]
+
+
+def test_vit_test_size_other_than_train_size_is_refused():
+    # The audit's case: SIZE_TRAIN changed, SIZE_TEST left at the config's value.
+    with pytest.raises(ConfigError) as info:
+        load_config(str(CONFIG_DIR / "Synthetic/vit_transreid_tiny.yml"), ["INPUT.SIZE_TRAIN", "[95, 47]"])
+    message = str(info.value)
+    assert message.startswith("INPUT.SIZE_TEST [96, 48] differs from INPUT.SIZE_TRAIN [95, 47]")
+    assert "set INPUT.SIZE_TEST [95, 47]" in message and "vit_transreid_tiny.yml" in message
+
+
+def test_sizes_that_work_today_still_load():
+    # Not a multiple of the stride: the patch grid drops the remainder, train and test alike.
+    load_config("", VIT + ["INPUT.SIZE_TRAIN", "[95, 47]", "INPUT.SIZE_TEST", "[95, 47]",
+                           "MODEL.STRIDE_SIZE", "[12, 12]", "INPUT.PADDING", "0"])
+    # ResNet-50 pools globally: any test size works.
+    load_config("", ["MODEL.NAME", "resnet50", "INPUT.SIZE_TRAIN", "[256, 128]",
+                     "INPUT.SIZE_TEST", "[384, 192]"])
