@@ -11,7 +11,10 @@ Two kinds of source:
   (`{'model': state_dict, 'optimizer': ..., 'epoch': ...}`).
 
 Unlike the reference, which prints and carries on, every mismatch raises a
-`CheckpointMismatchError` that lists each offending key with both shapes.
+`CheckpointMismatchError` that lists each offending key with both shapes. A path that is a
+directory (its newest .pth files are named) or an empty, truncated or non-PyTorch file raises an
+`UnreadableWeightsError` that names it and says which; a file that pickles Python objects besides
+tensors is not unpickled, for safety, and the error names their classes.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ import logging
 import math
 import os
 import pickle
-from typing import Collection, Dict, Iterable, List, Mapping, Sequence, Tuple
+import re
+import zipfile
+from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -72,6 +77,12 @@ class CheckpointMismatchError(RuntimeError):
     """Weights whose keys or shapes do not fit the model; the message lists every offending key."""
 
 
+class UnreadableWeightsError(WeightsNotFoundError):
+    """A weights path that exists but is no usable weights file: a directory, or an empty,
+    truncated or non-PyTorch file. A WeightsNotFoundError, so that every caller that reports a
+    missing weights file in one line (train.py, test.py, the tools) reports this one too."""
+
+
 def imagenet_download_hint(backbone_name: str) -> str:
     """Where to get ImageNet weights for `backbone_name` (a TRANSFORMER_TYPE or 'resnet50')."""
     url, timm_name = IMAGENET_SOURCES.get(backbone_name, (None, ''))
@@ -107,21 +118,128 @@ def unwrap_state_dict(checkpoint: object, source: str) -> StateDict:
     return strip_module_prefix(state)
 
 
-def _load_file(path: str, missing_hint: str) -> object:
+# --------------------------------------------------------------------------------------------
+# Reading a weights file
+# --------------------------------------------------------------------------------------------
+# torch.save writes a ZIP archive (PyTorch >= 1.6) ...
+ZIP_MAGIC = b'PK\x03\x04'
+# ... or, before 1.6 (or with _use_new_zipfile_serialization=False), a pickle stream that opens
+# with torch's magic number pickled at one of these protocols ...
+LEGACY_TORCH_MAGICS = tuple(pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=protocol)
+                            for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1))
+# ... or, in its first releases (early 2017, when the first ImageNet files were saved), a tar
+# archive, which torch.load still reads; tar marks its headers with 'ustar' at this offset.
+TAR_MAGIC, TAR_MAGIC_OFFSET = b'ustar', 257
+INTERRUPTED = "e.g. an interrupted copy or download; copy or download it again"
+SHOWN_DIRECTORY_FILES = 3
+EPOCH_FILE_NAME = re.compile(r'_(\d+)\.pth$')
+
+
+def _newest_epoch_first(name: str) -> Tuple[bool, int, str]:
+    # transformer_120.pth before transformer_60.pth: the last epoch is the usual choice.
+    match = EPOCH_FILE_NAME.search(name)
+    return match is None, -int(match.group(1)) if match else 0, name
+
+
+def _weights_files_in(folder: str) -> List[str]:
+    try:
+        names = [name for name in os.listdir(folder) if name.endswith('.pth')]
+    except OSError:
+        return []
+    return [os.path.join(folder, name) for name in sorted(names, key=_newest_epoch_first)]
+
+
+def _directory_error(path: str, missing_hint: str) -> UnreadableWeightsError:
+    found = _weights_files_in(path)
+    if not found:
+        return UnreadableWeightsError(f"'{path}' is a directory, not a weights file, and holds no .pth "
+                                      f"file; {missing_hint}")
+    shown = ', '.join(found[:SHOWN_DIRECTORY_FILES])
+    more = f" ({len(found)} .pth files in all)" if len(found) > SHOWN_DIRECTORY_FILES else ''
+    return UnreadableWeightsError(f"'{path}' is a directory, not a weights file; give one of the .pth "
+                                  f"files in it, e.g. {shown}{more}")
+
+
+def _check_path(path: str, missing_hint: str) -> None:
     if not path:
         raise WeightsNotFoundError(f"no weights file given (empty path); {missing_hint}")
+    if os.path.isdir(path):
+        raise _directory_error(path, missing_hint)
     if not os.path.isfile(path):
         raise WeightsNotFoundError(f"weights file '{path}' does not exist; {missing_hint}")
     if path.endswith('.npz'):
         raise WeightsNotFoundError(f"'{path}' is a JAX .npz checkpoint, which is not read here; use the "
                                    "PyTorch .pth port of the same weights or a 'timm:<model name>' source")
+
+
+def _file_format(path: str) -> str:
+    """'zip' or 'legacy' (the two formats of torch.save); any other file raises an
+    UnreadableWeightsError that says what it is."""
+    with open(path, 'rb') as handle:
+        head = handle.read(512)
+    if not head:
+        raise UnreadableWeightsError(f"weights file '{path}' is empty (0 bytes), {INTERRUPTED}")
+    if head.startswith(ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):  # the archive's directory, at its end, is missing
+            raise UnreadableWeightsError(f"weights file '{path}' is truncated (its ZIP archive has no end), "
+                                         f"{INTERRUPTED}")
+        return 'zip'
+    if head.startswith(LEGACY_TORCH_MAGICS) or head[TAR_MAGIC_OFFSET:].startswith(TAR_MAGIC):
+        return 'legacy'
+    if head.startswith(b'\x80'):  # the PROTO opcode that starts every pickle since protocol 2
+        raise UnreadableWeightsError(f"'{path}' is a plain Python pickle, not a file written by torch.save; "
+                                     "if you trust it, unpickle it and torch.save its state dict")
+    raise UnreadableWeightsError(f"'{path}' is not a PyTorch weights file (one written by torch.save): it "
+                                 f"starts with {head[:40]!r}; a text or HTML file in its place is often a failed "
+                                 "download or a Git LFS pointer (git lfs pull); copy or download it again")
+
+
+def _unsafe_globals(path: str, file_format: str) -> Optional[List[str]]:
+    """The Python classes and functions, other than torch's, that a ZIP-format file pickles;
+    None where that cannot be told (a legacy file, or PyTorch before 2.5)."""
+    lister = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
+    if file_format != 'zip' or lister is None:
+        return None
+    try:
+        return list(lister(path))
+    except Exception:  # a damaged pickle inside the archive: torch raises many kinds
+        return None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def _unpickling_error(path: str, file_format: str) -> Exception:
+    # weights_only loading refuses both pickled Python objects and damaged data with this one
+    # exception class; the pickle's list of classes tells the two apart where it can be read.
+    resave = ("If you trust the file, re-save only its state dict: "
+              "torch.save(torch.load(path, weights_only=False)['model'], new_path)")
+    unsafe = _unsafe_globals(path, file_format)
+    if unsafe:
+        return CheckpointMismatchError(f"'{path}' holds Python objects besides tensors ({', '.join(unsafe)}), "
+                                       f"which are not unpickled for safety. {resave}")
+    if unsafe == []:
+        return UnreadableWeightsError(f"weights file '{path}' is damaged (its pickled data cannot be read), "
+                                      f"{INTERRUPTED}")
+    return CheckpointMismatchError(f"'{path}' could not be read safely: either it holds Python objects besides "
+                                   f"tensors, which are not unpickled for safety, or it is damaged ({INTERRUPTED}). "
+                                   f"{resave}")
+
+
+def _load_file(path: str, missing_hint: str) -> object:
+    _check_path(path, missing_hint)
+    file_format = _file_format(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointMismatchError(
-            f"'{path}' holds Python objects besides tensors, which are not unpickled for safety ({err}). "
-            "If you trust the file, re-save only its state dict: "
-            "torch.save(torch.load(path, weights_only=False)['model'], new_path)") from None
+        raise _unpickling_error(path, file_format) from None
+    except MemoryError:
+        raise
+    except Exception as err:  # damaged data: torch raises RuntimeError, OSError, EOFError, IndexError...
+        raise UnreadableWeightsError(f"weights file '{path}' could not be read ({_first_line(err)}); it is "
+                                     f"probably truncated or damaged, {INTERRUPTED}") from err
 
 
 def read_state_dict(path: str, missing_hint: str) -> StateDict:

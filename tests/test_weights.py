@@ -3,6 +3,9 @@ give clear errors, and jx ViT / distilled DeiT / torchvision ImageNet weights in
 from __future__ import annotations
 
 import argparse
+import io
+import pickle
+import tarfile
 
 import pytest
 import torch
@@ -130,6 +133,108 @@ def test_files_with_python_objects_are_not_unpickled(tiny_vits, tmp_path):
     torch.save({'model': trained_tiny_model().state_dict(), 'args': argparse.Namespace(lr=0.1)}, path)
     with pytest.raises(CheckpointMismatchError, match='re-save only its state dict'):
         trained_tiny_model().load_param(str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Paths that are no usable weights file: each error names the file and says what it is
+# --------------------------------------------------------------------------------------------
+def read_error(path) -> str:
+    """The message read_state_dict (what TEST.WEIGHT and MODEL.PRETRAIN_PATH go through) raises."""
+    with pytest.raises((weights.WeightsNotFoundError, CheckpointMismatchError)) as error:
+        weights.read_state_dict(str(path), weights.TRAINED_MISSING_HINT)
+    return str(error.value)
+
+
+def small_checkpoint(path, **save_options):
+    torch.save({'weight': torch.randn(64, 64)}, path, **save_options)
+    return path
+
+
+def test_directory_given_as_weights_lists_its_newest_checkpoints(tiny_vits, tmp_path):
+    for name in ('transformer_8.pth', 'transformer_120.pth', 'transformer_60.pth', 'transformer_best.pth',
+                 'last_checkpoint.pth', 'train_log.txt'):
+        (tmp_path / name).write_bytes(b'')
+    with pytest.raises(weights.UnreadableWeightsError) as error:
+        trained_tiny_model().load_param(str(tmp_path))
+    assert isinstance(error.value, WeightsNotFoundError)  # reported in one line like a missing file
+    message = str(error.value)
+    assert 'does not exist' not in message
+    assert message == (f"'{tmp_path}' is a directory, not a weights file; give one of the .pth files in it, "
+                       f"e.g. {tmp_path / 'transformer_120.pth'}, {tmp_path / 'transformer_60.pth'}, "
+                       f"{tmp_path / 'transformer_8.pth'} (5 .pth files in all)")
+
+
+def test_directory_without_weights_says_so_and_which_key_to_set(tmp_path):
+    message = read_error(tmp_path)
+    assert f"'{tmp_path}' is a directory, not a weights file, and holds no .pth file" in message
+    assert 'TEST.WEIGHT' in message
+
+
+@pytest.mark.parametrize('kept', [0.5, 0.02], ids=['half', 'head only'])
+def test_truncated_file_is_named_and_called_truncated(tmp_path, kept):
+    whole = small_checkpoint(tmp_path / 'whole.pth').read_bytes()
+    path = tmp_path / 'transformer_120.pth'
+    path.write_bytes(whole[:int(len(whole) * kept)])
+    message = read_error(path)
+    assert message.startswith(f"weights file '{path}' is truncated")
+    assert 'interrupted copy or download' in message
+
+
+def test_truncated_old_format_file_is_named_and_called_truncated(tmp_path):
+    whole = small_checkpoint(tmp_path / 'whole.pth', _use_new_zipfile_serialization=False).read_bytes()
+    path = tmp_path / 'old.pth'
+    path.write_bytes(whole[:len(whole) // 2])
+    message = read_error(path)
+    assert message.startswith(f"weights file '{path}' could not be read")
+    assert 'truncated or damaged' in message and 'interrupted copy or download' in message
+
+
+@pytest.mark.parametrize('content', [b'this is not a checkpoint\n', b'<html><body>404 Not Found</body></html>',
+                                     b'version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n'])
+def test_text_file_is_not_taken_for_a_pickle_with_objects(tmp_path, content):
+    path = tmp_path / 'transformer_120.pth'
+    path.write_bytes(content)
+    message = read_error(path)
+    assert message.startswith(f"'{path}' is not a PyTorch weights file (one written by torch.save): "
+                              f"it starts with {content[:40]!r}")
+    assert 'Python objects' not in message and 'weights_only=False' not in message
+
+
+def test_empty_file_and_plain_pickle_are_told_apart(tmp_path):
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    assert read_error(empty).startswith(f"weights file '{empty}' is empty (0 bytes)")
+    plain = tmp_path / 'plain.pkl'
+    plain.write_bytes(pickle.dumps({'weight': [1.0, 2.0]}, protocol=4))
+    assert read_error(plain).startswith(f"'{plain}' is a plain Python pickle, not a file written by torch.save")
+
+
+@pytest.mark.skipif(not hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'),
+                    reason='PyTorch < 2.5 cannot list the classes a checkpoint pickles')
+def test_python_objects_are_named(tmp_path):
+    path = tmp_path / 'pickled.pth'
+    torch.save({'model': {'weight': torch.ones(2)}, 'args': argparse.Namespace(lr=0.1)}, path)
+    message = read_error(path)
+    assert message.startswith(f"'{path}' holds Python objects besides tensors (argparse.Namespace)")
+    assert 're-save only its state dict' in message
+
+
+def test_tar_archive_is_left_to_torch_load(tmp_path):
+    # PyTorch's first releases saved tar archives, which torch.load still reads: not refused as
+    # "not a PyTorch weights file" (this one holds junk, so torch.load then fails on it).
+    path = tmp_path / 'tar_format.pth'
+    with tarfile.open(path, 'w', format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo('sys_info')
+        info.size = 4
+        archive.addfile(info, io.BytesIO(b'junk'))
+    message = read_error(path)
+    assert message.startswith(f"weights file '{path}' could not be read")
+
+
+def test_old_format_checkpoint_still_loads(tmp_path):
+    path = small_checkpoint(tmp_path / 'old.pth', _use_new_zipfile_serialization=False)
+    state = weights.read_state_dict(str(path), weights.TRAINED_MISSING_HINT)
+    assert list(state) == ['weight'] and state['weight'].shape == (64, 64)
 
 
 # --------------------------------------------------------------------------------------------
