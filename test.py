@@ -1,17 +1,20 @@
 """Evaluate a trained model: python test.py --config_file configs/... TEST.WEIGHT <file> [KEY VALUE ...]
 
-Prints mAP and CMC and writes them to OUTPUT_DIR/test_results.json.
+Prints mAP and CMC and writes them to OUTPUT_DIR/test_results.json. Only query and gallery are
+read (a tree without the training split will do), and the model takes its class count from the
+checkpoint, so a model trained on another dataset can be tested (cross-dataset evaluation).
 """
 import json
 import os
 
 import numpy as np
 
-from config import yes_no
-from datasets import make_dataloader, make_val_loader
-from model import make_model
+from config import ConfigError, yes_no
+from datasets import DatasetError, load_eval_dataset, make_val_loader
+from model.weights import CheckpointMismatchError, WeightsNotFoundError
 from processor import EvalResult, evaluate
 from processor.processor import log_result
+from tools.common import ToolError, build_eval_model
 from utils.cli import base_parser, load_config_or_exit, start_run
 from utils.device import select_device
 
@@ -19,6 +22,10 @@ from utils.device import select_device
 # The trained weights replace every parameter: building the network skips the ImageNet
 # initialisation (and the need for its file), and the saved test_config.yaml says so.
 NO_IMAGENET_INIT = ["MODEL.PRETRAIN_CHOICE", "none"]
+
+# Failures whose message says what to change: logged as one line instead of a traceback.
+USER_ERRORS = (ConfigError, DatasetError, WeightsNotFoundError, CheckpointMismatchError,
+               ToolError)
 
 
 def check_weight_given(cfg) -> None:
@@ -45,35 +52,44 @@ def run_vehicleid_trials(cfg, model, device, logger) -> EvalResult:
     return average_trials(results)
 
 
+def run_evaluation(cfg, logger):
+    """-> (result, title) of TEST.WEIGHT on the query and gallery of DATASETS.NAMES."""
+    # Loaded (and checked: an empty query or gallery is named here) before any model runs.
+    dataset = load_eval_dataset(cfg)
+    model = build_eval_model(cfg, dataset)
+    device = select_device(cfg.MODEL.DEVICE)
+    model.to(device)
+    if cfg.DATASETS.NAMES == 'VehicleID':
+        title = f"Validation Results (mean of {cfg.TEST.VEHICLEID_TRIALS} trials)"
+        return run_vehicleid_trials(cfg, model, device, logger), title
+    val_loader, num_query = make_val_loader(cfg, dataset=dataset)
+    return evaluate(cfg, model, val_loader, num_query, device), "Validation Results"
+
+
+def write_results(cfg, result: EvalResult, logger) -> None:
+    path = os.path.join(cfg.OUTPUT_DIR, "test_results.json")
+    summary = {"weight": cfg.TEST.WEIGHT, "dataset": cfg.DATASETS.NAMES,
+               "re_ranking": yes_no(cfg.TEST.RE_RANKING, "TEST.RE_RANKING"),
+               **result.as_dict()}
+    with open(path, "w") as handle:
+        json.dump(summary, handle, indent=2)
+    logger.info("Results written to %s", path)
+
+
 def main() -> None:
     parser = base_parser("Test a trained TransReID model")
     args = parser.parse_args()
     cfg = load_config_or_exit(args.config_file, list(args.opts or []) + NO_IMAGENET_INIT)
     check_weight_given(cfg)
     logger = start_run(cfg, args.config_file, if_train=False)
-
-    _, _, val_loader, num_query, num_classes, camera_num, view_num = make_dataloader(cfg)
-    model = make_model(cfg, num_class=num_classes, camera_num=camera_num, view_num=view_num)
-    model.load_param(cfg.TEST.WEIGHT)
-    device = select_device(cfg.MODEL.DEVICE)
-    model.to(device)
-
-    if cfg.DATASETS.NAMES == 'VehicleID':
-        result = run_vehicleid_trials(cfg, model, device, logger)
-        title = f"Validation Results (mean of {cfg.TEST.VEHICLEID_TRIALS} trials)"
-    else:
-        result = evaluate(cfg, model, val_loader, num_query, device)
-        title = "Validation Results"
+    try:
+        result, title = run_evaluation(cfg, logger)
+    except USER_ERRORS as err:
+        logger.error("%s", err)
+        raise SystemExit(1)
     log_result(logger, result, title)
-
     if cfg.OUTPUT_DIR:
-        path = os.path.join(cfg.OUTPUT_DIR, "test_results.json")
-        summary = {"weight": cfg.TEST.WEIGHT, "dataset": cfg.DATASETS.NAMES,
-                   "re_ranking": yes_no(cfg.TEST.RE_RANKING, "TEST.RE_RANKING"),
-                   **result.as_dict()}
-        with open(path, "w") as handle:
-            json.dump(summary, handle, indent=2)
-        logger.info("Results written to %s", path)
+        write_results(cfg, result, logger)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from config import ConfigError, yes_no
-from datasets.bases import IMAGE_EXTENSIONS, MARKET_PATTERN, DatasetError, NameRule, read_image
+from datasets.bases import (IMAGE_EXTENSIONS, MARKET_PATTERN, BaseImageDataset, DatasetError,
+                            NameRule, read_image)
 from datasets.list_file import list_file_lines, parse_list_labels
 from datasets.transforms import build_test_transforms
 from model import CheckpointMismatchError, make_model
 from model.backbones.specs import feature_dim
-from model.weights import TRAINED_MISSING_HINT, read_state_dict
+from model.weights import TRAINED_FIX_HINT, TRAINED_MISSING_HINT, read_state_dict
 from utils.checkpoint import atomic_output
 from utils.cli import base_parser, load_config_or_exit
 from utils.device import apply_visible_devices
@@ -221,16 +222,80 @@ def build_trained_model(cfg, num_cameras: Optional[int] = None,
     return model.eval(), counts
 
 
-def load_weights(model: torch.nn.Module, cfg) -> None:
-    """model.load_param(TEST.WEIGHT), its mismatch error turned into one naming the config."""
+def load_weights(model: torch.nn.Module, cfg, cause: str = "") -> None:
+    """model.load_param(TEST.WEIGHT), its mismatch error turned into one naming the config, or
+    `cause` where the caller knows what does not fit."""
     try:
         model.load_param(cfg.TEST.WEIGHT)
     except CheckpointMismatchError as err:
-        raise ToolError(f"TEST.WEIGHT '{cfg.TEST.WEIGHT}' was not trained with this config "
-                        f"(MODEL.NAME {cfg.MODEL.NAME}, TRANSFORMER_TYPE {cfg.MODEL.TRANSFORMER_TYPE}, "
-                        f"JPM {cfg.MODEL.JPM}, SIE_CAMERA {cfg.MODEL.SIE_CAMERA}, SIE_VIEW "
-                        f"{cfg.MODEL.SIE_VIEW}); pass the --config_file it was trained with.\n{err}"
-                        ) from None
+        cause = cause or (
+            f"TEST.WEIGHT '{cfg.TEST.WEIGHT}' was not trained with this config (MODEL.NAME "
+            f"{cfg.MODEL.NAME}, TRANSFORMER_TYPE {cfg.MODEL.TRANSFORMER_TYPE}, JPM "
+            f"{cfg.MODEL.JPM}, SIE_CAMERA {cfg.MODEL.SIE_CAMERA}, SIE_VIEW {cfg.MODEL.SIE_VIEW}); "
+            "pass the --config_file it was trained with.")
+        # The loader's own advice is for training (sizes from the dataset, PRETRAIN_CHOICE
+        # finetune); these scripts size the model from the checkpoint and load no other weights.
+        listing = str(err).replace(TRAINED_FIX_HINT, "").rstrip()
+        raise ToolError(f"{cause}\n{listing}") from None
+
+
+# ------------------------------------------------------------------------ evaluation model
+def build_eval_model(cfg, dataset: BaseImageDataset) -> torch.nn.Module:
+    """The model of `cfg` with the weights of TEST.WEIGHT, to evaluate on `dataset`.
+
+    Its class count is the checkpoint's: evaluation never uses the classifiers, so a model
+    trained on another dataset (with another number of identities) can be tested here, as
+    cross-dataset evaluation does. The SIE embeddings are used: see `eval_sie_sizes`.
+    """
+    # Read here only to size the model; load_param then loads it strictly.
+    state = read_state_dict(cfg.TEST.WEIGHT, TRAINED_MISSING_HINT)
+    num_classes, checkpoint_rows = num_classes_of(state, cfg), sie_rows_of(state)
+    cameras, views = eval_sie_sizes(cfg, dataset, checkpoint_rows)
+    logger.info("Model of %d classes, as the checkpoint's classifier", num_classes)
+    model = make_model(cfg, num_class=num_classes, camera_num=cameras, view_num=views)
+    load_weights(model, cfg, sie_mismatch(cfg, dataset, checkpoint_rows,
+                                          sie_rows_of(model.state_dict()), cameras, views))
+    return model.eval()
+
+
+def eval_sie_sizes(cfg, dataset: BaseImageDataset, checkpoint_rows: int) -> Tuple[int, int]:
+    """Camera and view counts of a model that evaluates on `dataset`; `checkpoint_rows` is the
+    size of the checkpoint's SIE table.
+
+    With the training split present they are the dataset's, as train.py sized the table: a
+    checkpoint with another table was trained on other cameras (views), which its embeddings
+    cannot describe, and loading stops. Without it, query and gallery may lack the highest ids of
+    training, so a table of one row per camera (or per view) is taken at its size when it has a
+    row for every query/gallery id. A joint camera-view table cannot be split without the
+    training counts: query and gallery's are used.
+    """
+    cameras, views = dataset.num_cameras, dataset.num_views
+    if dataset.train or (cfg.MODEL.SIE_CAMERA and cfg.MODEL.SIE_VIEW):
+        return cameras, views
+    table = sie_counts(cfg, checkpoint_rows, None, None)
+    return max(cameras, table.cameras), max(views, table.views)
+
+
+def sie_mismatch(cfg, dataset: BaseImageDataset, checkpoint_rows: int, model_rows: int,
+                 cameras: int, views: int) -> str:
+    """Why a checkpoint's SIE table does not fit `dataset`, or '' when it does (or when only one
+    side has SIE, which is a config mismatch)."""
+    if checkpoint_rows == model_rows or not checkpoint_rows or not model_rows:
+        return ""
+    unit, labels, needed, switch = {
+        (True, False): ("camera", "cameras", f"{cameras} cameras", "MODEL.SIE_CAMERA False"),
+        (False, True): ("view", "views", f"{views} views", "MODEL.SIE_VIEW False"),
+        (True, True): ("camera-view pair", "cameras and views",
+                       f"{cameras} cameras x {views} views = {model_rows}",
+                       "MODEL.SIE_CAMERA and SIE_VIEW False"),
+    }[(bool(cfg.MODEL.SIE_CAMERA), bool(cfg.MODEL.SIE_VIEW))]
+    splits = "train, query and gallery" if dataset.train else "query and gallery"
+    return (f"TEST.WEIGHT '{cfg.TEST.WEIGHT}' was trained with SIE for other {labels} than those "
+            f"of {dataset.display_name}: its SIE table has {checkpoint_rows} rows, one per {unit} "
+            f"of its training data, but {dataset.display_name} has {needed} (largest id + 1 over "
+            f"its {splits} splits). SIE embeddings belong to the {labels} they were learned for: "
+            "test this model on the dataset it was trained on, or test a model trained without "
+            f"SIE ({switch}) here.")
 
 
 # ------------------------------------------------------------------------------ image lists

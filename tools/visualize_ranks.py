@@ -16,11 +16,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
-from datasets import make_dataloader
-from model import make_model
+from datasets import load_eval_dataset, make_val_loader
 from processor.processor import extract_features, make_evaluator
-from tools.common import (ImageRecord, ToolError, configure_logging, exit_on_user_error,
-                          load_tool_config, load_weights, query_gallery_distance, tool_parser)
+from tools.common import (ImageRecord, ToolError, build_eval_model, configure_logging,
+                          exit_on_user_error, load_tool_config, query_gallery_distance,
+                          tool_parser)
 from tools.drawing import draw_cmc_summary, draw_rank_list, save_png
 from utils.device import select_device
 
@@ -92,10 +92,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = load_tool_config(args)
     output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR or ".", "rank_lists")
-    _, _, val_loader, num_query, num_classes, camera_num, view_num = make_dataloader(cfg)
+    # As test.py: query and gallery only, and the model sized by its checkpoint.
+    dataset = load_eval_dataset(cfg)
+    val_loader, num_query = make_val_loader(cfg, dataset=dataset)
     chosen = choose_queries(args, num_query)
-    model = make_model(cfg, num_class=num_classes, camera_num=camera_num, view_num=view_num)
-    load_weights(model, cfg)
+    model = build_eval_model(cfg, dataset)
     device = select_device(cfg.MODEL.DEVICE)
     feats, pids, camids, paths = extract_features(model.to(device), val_loader, device)
     evaluator = make_evaluator(cfg, num_query)
