@@ -1,5 +1,7 @@
 """The user tools on a tiny synthetic dataset with a tiny (untrained) TransReID, on the CPU."""
 import csv
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -280,6 +282,44 @@ def test_search_with_re_ranking_and_unknown_identities(setup, duplicate_gallery,
     picture = Image.open(tmp_path / "o" / "000_someone.png").convert("RGB")
     assert border_at(picture, RankListLayout(), 1) == GREY
     assert (tmp_path / "o" / f"001_{os.path.splitext(os.path.basename(query))[0]}.png").is_file()
+
+
+def test_extraction_records_the_weights_and_settings_behind_the_features(setup, gallery_features):
+    with open(gallery_features[:-4] + ".json") as handle:
+        record = json.load(handle)
+    with open(setup.weight, "rb") as handle:
+        assert record["weight_sha256"] == hashlib.sha256(handle.read()).hexdigest()
+    assert record["weight"] == os.path.abspath(setup.weight)
+    assert record["TEST.NECK_FEAT"] == setup.cfg.TEST.NECK_FEAT
+    assert record["INPUT.SIZE_TEST"] == [HEIGHT, WIDTH]
+
+
+def test_search_refuses_saved_features_of_other_weights_or_settings(setup, gallery_features,
+                                                                     tmp_path):
+    query = os.path.join(setup.query_dir, first_query(setup))
+    other = tmp_path / "other.pth"
+    torch.save({k: v + 1e-3 if v.is_floating_point() else v
+                for k, v in setup.model.state_dict().items()}, other)
+    args = setup.args("--query", query, "--gallery", gallery_features)
+    args[args.index("--weight") + 1] = str(other)
+    with pytest.raises(SystemExit, match="was extracted with other weights or settings .*"
+                                         "weight_sha256"):
+        search.main(args)
+    flipped = "after" if setup.cfg.TEST.NECK_FEAT == "before" else "before"
+    with pytest.raises(SystemExit, match=f"TEST.NECK_FEAT '{setup.cfg.TEST.NECK_FEAT}' there, "
+                                         f"'{flipped}' here"):
+        search.main(setup.args("--query", query, "--gallery", gallery_features,
+                               "TEST.NECK_FEAT", flipped))
+
+
+def test_extraction_to_a_folder_that_cannot_exist_fails_before_extracting(setup, tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(extract_features, "extract_image_features",
+                        lambda *a, **k: pytest.fail("extracted before checking the output"))
+    with pytest.raises(SystemExit, match="cannot write '.*a_file/x.npy'.*choose another --output"):
+        extract_features.main(setup.args("--images", setup.gallery_dir, "--output",
+                                         str(tmp_path / "a_file" / "x.npy")))
 
 
 def test_search_refuses_features_of_another_width(setup, tmp_path):

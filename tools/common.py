@@ -21,9 +21,12 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import hashlib
+import json
 import logging
 import os
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -55,6 +58,9 @@ LabelChoice = Union[str, int]
 
 HELP_WIDTH = 88
 CSV_COLUMNS = ("index", "path", "pid", "camid", "viewid")
+# Settings besides the weights that change the features of an image.
+FEATURE_SETTINGS = ("MODEL.TRANSFORMER_TYPE", "MODEL.JPM", "TEST.NECK_FEAT", "INPUT.SIZE_TEST",
+                    "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD")
 MARKET_NAME = NameRule(MARKET_PATTERN, "0002_c1s1_000451_03.jpg")
 
 
@@ -466,20 +472,78 @@ def index_csv_path(features_path: str) -> str:
     return os.path.splitext(features_path)[0] + ".csv"
 
 
+def provenance_path(features_path: str) -> str:
+    """The record of the model behind a feature matrix: same name, `.json`."""
+    return os.path.splitext(features_path)[0] + ".json"
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def feature_provenance(cfg) -> Dict[str, object]:
+    """What features depend on besides the images: the weights file (by content) and settings."""
+    settings = {key: functools.reduce(getattr, key.split("."), cfg) for key in FEATURE_SETTINGS}
+    # Through JSON and back, so that tuples compare equal to the lists a saved record holds.
+    return json.loads(json.dumps({"weight": os.path.abspath(cfg.TEST.WEIGHT),
+                                  "weight_sha256": file_sha256(cfg.TEST.WEIGHT), **settings}))
+
+
+def check_same_model(saved: Optional[Dict[str, object]], current: Dict[str, object],
+                     features_path: str) -> None:
+    """Refuse to compare features that another model or other settings produced."""
+    if saved is None:
+        logger.warning("'%s' has no record of the model that extracted it (written by an older "
+                       "version): cannot check that it matches --weight", features_path)
+        return
+    differences = [f"{key} {saved.get(key)!r} there, {value!r} here" for key, value in current.items()
+                   if key != "weight" and saved.get(key) != value]
+    if differences:
+        raise ToolError(f"'{features_path}' was extracted with other weights or settings "
+                        f"(weights '{saved.get('weight')}'): {'; '.join(differences)}. Extract "
+                        "it again with tools/extract_features.py and this --weight and config")
+
+
+def check_writable_folder(path: str) -> None:
+    """Fail before a long extraction, not after it, when the output cannot be written; creates
+    nothing (the folder is made only when the output is saved)."""
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ToolError(f"cannot write '{path}': '{existing}' is a file, not a folder; choose "
+                        "another --output")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ToolError(f"cannot write '{path}': creating a file in '{existing}' failed "
+                        f"({err.strerror}); choose another --output") from None
+
+
 def _cell(value: Optional[int]) -> str:
     return "" if value is None else str(value)
 
 
-def save_feature_index(features: np.ndarray, records: Sequence[ImageRecord], path: str) -> str:
-    """Write `path` (.npy, float32 N x D) and its CSV index; returns the CSV path.
+def save_feature_index(features: np.ndarray, records: Sequence[ImageRecord], path: str,
+                       provenance: Dict[str, object]) -> str:
+    """Write `path` (.npy, float32 N x D), its CSV index and the JSON record of the model that
+    made it (`feature_provenance`); returns the CSV path.
 
-    Both files are written to temporary names first, so an error leaves neither half written.
+    The files are written to temporary names first, so an error leaves none half written.
     """
     if not path.endswith(".npy"):
         raise ToolError(f"features file '{path}' must end in .npy")
     csv_path = index_csv_path(path)
-    with atomic_output(path) as tmp_npy, atomic_output(csv_path) as tmp_csv:
+    with atomic_output(path) as tmp_npy, atomic_output(csv_path) as tmp_csv, \
+            atomic_output(provenance_path(path)) as tmp_json:
         np.save(tmp_npy, features.astype(np.float32))
+        with open(tmp_json, "w") as handle:
+            json.dump(provenance, handle, indent=2)
         with open(tmp_csv, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(CSV_COLUMNS)
@@ -488,8 +552,9 @@ def save_feature_index(features: np.ndarray, records: Sequence[ImageRecord], pat
     return csv_path
 
 
-def load_feature_index(path: str) -> Tuple[np.ndarray, List[ImageRecord]]:
-    """A feature matrix written by extract_features.py and the records of its CSV index."""
+def load_feature_index(path: str) -> Tuple[np.ndarray, List[ImageRecord], Optional[Dict[str, object]]]:
+    """A feature matrix written by extract_features.py, the records of its CSV index and the
+    record of the model that made it (None for files written before there was one)."""
     csv_path = index_csv_path(path)
     for needed in (path, csv_path):
         if not os.path.isfile(needed):
@@ -502,8 +567,12 @@ def load_feature_index(path: str) -> Tuple[np.ndarray, List[ImageRecord]]:
     if features.ndim != 2 or len(rows) != len(features):
         raise ToolError(f"'{path}' holds {features.shape} features but '{csv_path}' lists "
                         f"{len(rows)} images; re-run tools/extract_features.py")
-    return features, [_record_of_row(row, csv_path, line)
-                      for line, row in enumerate(rows, start=2)]
+    records = [_record_of_row(row, csv_path, line) for line, row in enumerate(rows, start=2)]
+    provenance = None
+    if os.path.isfile(provenance_path(path)):
+        with open(provenance_path(path)) as handle:
+            provenance = json.load(handle)
+    return features, records, provenance
 
 
 def _record_of_row(row: Dict[str, str], csv_path: str, line: int) -> ImageRecord:

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from tools.common import (ImageRecord, ToolError, add_label_arguments, add_sie_count_arguments,
-                          build_trained_model, collect_images, configure_logging,
-                          exit_on_user_error, extract_image_features, load_feature_index,
-                          load_tool_config, query_gallery_distance, tool_parser)
+                          build_trained_model, check_same_model, collect_images,
+                          configure_logging, exit_on_user_error, extract_image_features,
+                          feature_provenance, load_feature_index, load_tool_config,
+                          query_gallery_distance, tool_parser)
 from tools.drawing import draw_rank_list, save_png
 from utils.device import select_device
 
@@ -67,7 +68,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def gallery_features(cfg, args: argparse.Namespace, model: torch.nn.Module, counts,
                      device: torch.device) -> Tuple[torch.Tensor, List[ImageRecord]]:
     if args.gallery.endswith(".npy"):
-        features, records = load_feature_index(args.gallery)
+        features, records, provenance = load_feature_index(args.gallery)
+        check_same_model(provenance, feature_provenance(cfg), args.gallery)
         return torch.from_numpy(features), records
     records = collect_images(args.gallery)
     return extract_image_features(cfg, model, records, counts, args.camera, args.view, device,
