@@ -23,14 +23,14 @@ def yes_no(value: Any, key: str) -> bool:
         return True
     if text in ('no', 'false', 'off'):
         return False
-    raise ValueError(f"{key} must be 'yes' or 'no', got '{value}'")
+    raise ConfigError(f"{key} must be 'yes' or 'no', got '{value}'")
 
 
 def check_choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
-    """`value` when it is one of `choices`; otherwise a ValueError that names the config `key`
-    and lists what it accepts."""
+    """`value` when it is one of `choices`; otherwise a ConfigError (a ValueError) that names
+    the config `key` and lists what it accepts."""
     if value not in choices:
-        raise ValueError(f"{key} '{value}' is not supported; choose one of {list(choices)}")
+        raise ConfigError(f"{key} '{value}' is not supported; choose one of {list(choices)}")
     return value
 
 

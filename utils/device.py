@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from config import ConfigError
+
 logger = logging.getLogger("transreid.device")
 
 
@@ -43,7 +45,7 @@ def select_device(requested: str, local_rank: int = 0) -> torch.device:
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cuda", "cpu"):
-        raise ValueError(f"MODEL.DEVICE '{requested}' is unknown; use 'cuda', 'cuda:N' or 'cpu'")
+        raise ConfigError(f"MODEL.DEVICE '{requested}' is unknown; use 'cuda', 'cuda:N' or 'cpu'")
     if device.type == "cpu":
         return device
     if not torch.cuda.is_available():
@@ -59,9 +61,9 @@ def _gpu_index(device: torch.device, text: str, local_rank: int) -> int:
     if device.index is None:
         return local_rank % count
     if local_rank != 0:
-        raise ValueError(f"MODEL.DEVICE '{text}' pins every process to one GPU; under "
+        raise ConfigError(f"MODEL.DEVICE '{text}' pins every process to one GPU; under "
                          "torchrun use 'cuda': each process takes the GPU of its LOCAL_RANK")
     if device.index >= count:
-        raise ValueError(f"MODEL.DEVICE '{text}' but only {count} GPU(s) are visible "
+        raise ConfigError(f"MODEL.DEVICE '{text}' but only {count} GPU(s) are visible "
                          "(CUDA_VISIBLE_DEVICES / MODEL.DEVICE_ID renumber them from 0)")
     return device.index
