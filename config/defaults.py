@@ -179,6 +179,8 @@ _C.TEST.WEIGHT = ""
 _C.TEST.NECK_FEAT = 'after'
 # L2-normalise features before matching: 'yes' or 'no'
 _C.TEST.FEAT_NORM = 'yes'
+# New: the feature of an image is the mean of its and its mirror image's (before normalising)
+_C.TEST.FLIP_FEATS = False
 # New: distance between features: 'euclidean' (the reference) or 'cosine'
 _C.TEST.DIST_METRIC = 'euclidean'
 # New: number of random query/gallery trials averaged on VehicleID (the reference uses 10)

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import ast
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Tuple
 
 import yaml
 from yacs.config import CfgNode
 
+from utils.errors import UserError
+
+from . import choices
 from .defaults import _C
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message says which and why."""
 
 
@@ -24,6 +28,31 @@ def yes_no(value: Any, key: str) -> bool:
     if text in ('no', 'false', 'off'):
         return False
     raise ConfigError(f"{key} must be 'yes' or 'no', got '{value}'")
+
+
+@dataclass(frozen=True)
+class Switches:
+    """The config's yes/no keys as booleans. The config keeps the reference's 'yes'/'no' (or
+    'on'/'off') strings, which yacs and saved configs expect; code reads these instead."""
+    feat_norm: bool
+    re_ranking: bool
+    label_smooth: bool
+    flip_feats: bool
+
+
+SWITCH_KEYS = ('TEST.FEAT_NORM', 'TEST.RE_RANKING', 'MODEL.IF_LABELSMOOTH', 'TEST.FLIP_FEATS')
+
+
+def switches(cfg: CfgNode) -> Switches:
+    """`cfg`'s switches, parsed once (when `load_config` builds it) and kept with it; parsed
+    again only if a key was changed since (a defrosted clone)."""
+    raw = tuple(_lookup(cfg, key) for key in SWITCH_KEYS)
+    cached = cfg.__dict__.get('_switches')
+    if cached is None or cached[0] != raw:
+        # Beside the keys, not among them: dump() and the saved config.yaml stay the reference's.
+        cached = (raw, Switches(*(yes_no(value, key) for value, key in zip(raw, SWITCH_KEYS))))
+        cfg.__dict__['_switches'] = cached
+    return cached[1]
 
 
 def check_choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
@@ -133,28 +162,70 @@ PERIOD_RULE = "a positive number of epochs; to {do} only after the last epoch, s
 ValueRule = Tuple[str, Callable[[Any], bool], str]
 
 
-def _value_rules() -> Tuple[ValueRule, ...]:
-    # Imported here, not at the top: utils.metrics imports config (yes_no), so a module-level
-    # import would be circular; the one tuple of metrics stays where the evaluator uses it.
-    from utils.metrics import DIST_METRICS
+def _number_at_least(low: float) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and value >= low
 
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _nonzero_triple(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0 for v in value)
+
+
+def _size_holds_a_patch(value: Any) -> bool:
+    # A ViT cuts 16 x 16 patches; a smaller side leaves no patch (ResNet takes any size >= 1).
+    return _positive_int_pair(value) and min(value) >= 16
+
+
+def _one_of(options: Sequence[Any]) -> Tuple[Callable[[Any], bool], str]:
+    return (lambda value: value in options), f"one of {list(options)}"
+
+
+def _choice_rule(key: str, options: Sequence[Any]) -> ValueRule:
+    test, allowed = _one_of(options)
+    return key, test, allowed
+
+
+def _value_rules() -> Tuple[ValueRule, ...]:
     return (
         ('MODEL.STRIDE_SIZE', _positive_int_pair,
          "two positive integers [vertical, horizontal], e.g. [16, 16] or [12, 12]"),
         ('INPUT.SIZE_TRAIN', _positive_int_pair, "two positive integers [height, width], e.g. [256, 128]"),
         ('INPUT.SIZE_TEST', _positive_int_pair, "two positive integers [height, width], e.g. [256, 128]"),
         ('INPUT.PADDING', _non_negative_int, "an integer >= 0 (pixels padded before the random crop)"),
+        ('INPUT.PIXEL_STD', _nonzero_triple, "three non-zero numbers (images are divided by them)"),
         ('SOLVER.MAX_EPOCHS', _positive_int, "a positive integer"),
         ('SOLVER.IMS_PER_BATCH', _positive_int, "a positive integer (training images per batch)"),
         ('TEST.IMS_PER_BATCH', _positive_int, "a positive integer (test images per batch)"),
         ('DATALOADER.NUM_INSTANCE', _positive_int, "a positive integer (images per identity in a batch)"),
+        ('DATALOADER.NUM_WORKERS', _non_negative_int, "an integer >= 0 (0 loads in the main process)"),
+        ('SOLVER.BASE_LR', _positive_number, "a positive number"),
+        ('SOLVER.WARMUP_EPOCHS', _number_at_least(0), "a number >= 0 (0: no warm-up)"),
         ('SOLVER.EVAL_PERIOD', _positive_int, PERIOD_RULE.format(do="evaluate")),
         ('SOLVER.CHECKPOINT_PERIOD', _positive_int, PERIOD_RULE.format(do="save transformer_<epoch>.pth")),
         ('SOLVER.LOG_PERIOD', _positive_int, "a positive integer (iterations between log lines)"),
         ('TEST.FEAT_NORM', _is_yes_no, "'yes' or 'no'"),
+        ('TEST.RE_RANKING', _is_yes_no, "'yes' or 'no' (True or False)"),
+        ('MODEL.IF_WITH_CENTER', _is_yes_no, "'yes' or 'no'"),
+        ('TEST.FLIP_FEATS', _is_yes_no, "'yes' or 'no' (True or False)"),
         # The evaluator lower-cases the metric name, so 'Cosine' works there and here.
-        ('TEST.DIST_METRIC', lambda value: str(value).lower() in DIST_METRICS,
-         f"one of {list(DIST_METRICS)}"),
+        ('TEST.DIST_METRIC', lambda value: str(value).lower() in choices.DIST_METRICS,
+         f"one of {list(choices.DIST_METRICS)}"),
+        _choice_rule('MODEL.NAME', choices.MODEL_NAMES),
+        _choice_rule('MODEL.PRETRAIN_CHOICE', choices.PRETRAIN_CHOICES),
+        _choice_rule('MODEL.NECK', choices.NECK_TYPES),
+        _choice_rule('TEST.NECK_FEAT', choices.NECK_FEATS),
+        _choice_rule('MODEL.ID_LOSS_TYPE', choices.ID_LOSS_TYPES),
+        _choice_rule('MODEL.METRIC_LOSS_TYPE', choices.METRIC_LOSS_TYPES),
+        _choice_rule('MODEL.IF_LABELSMOOTH', choices.LABEL_SMOOTH),
+        _choice_rule('DATALOADER.SAMPLER', choices.SAMPLERS),
+        _choice_rule('SOLVER.OPTIMIZER_NAME', choices.OPTIMIZERS),
+        _choice_rule('SOLVER.WARMUP_METHOD', choices.WARMUP_METHODS),
+        _choice_rule('SOLVER.AMP_DTYPE', choices.AMP_DTYPES),
     )
 
 
@@ -174,15 +245,50 @@ def _check_vit_test_size(cfg: CfgNode, config_file: str) -> None:
                           f"was built for; set INPUT.SIZE_TEST {size_train} ({_where_to_fix(config_file)})")
 
 
-def _check_values(cfg: CfgNode, config_file: str = "") -> None:
-    """Raise a ConfigError naming the key, its value and what it allows for the first value of
-    `cfg` that cannot work; `config_file` is named as the place to fix it."""
-    for key, is_allowed, allowed in _value_rules():
+def _check_transformer(cfg: CfgNode, config_file: str) -> None:
+    if cfg.MODEL.NAME != 'transformer':
+        return
+    rules: Tuple[ValueRule, ...] = (
+        _choice_rule('MODEL.TRANSFORMER_TYPE', choices.TRANSFORMER_TYPES),
+        ('INPUT.SIZE_TRAIN', _size_holds_a_patch,
+         "at least [16, 16] for a transformer, whose patches are 16 x 16 pixels"),
+    )
+    _apply_rules(cfg, rules, config_file)
+    _check_vit_test_size(cfg, config_file)
+
+
+def _check_identity_batches(cfg: CfgNode, config_file: str) -> None:
+    # P identities x K images: the batch must split into whole identities.
+    batch, instances = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
+    if cfg.DATALOADER.SAMPLER == 'softmax_triplet' and batch % instances:
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH {batch} is not a multiple of "
+                          f"DATALOADER.NUM_INSTANCE {instances}; identity batches hold whole "
+                          f"identities of NUM_INSTANCE images ({_where_to_fix(config_file)})")
+    if 'center' in cfg.MODEL.METRIC_LOSS_TYPE and cfg.DATALOADER.SAMPLER != 'softmax_triplet':
+        # The 'softmax' sampler leaves the loss without its metric terms, so the centers would
+        # get no gradient (the reference crashes there with an AttributeError on `grad`).
+        raise ConfigError(
+            f"MODEL.METRIC_LOSS_TYPE '{cfg.MODEL.METRIC_LOSS_TYPE}' needs DATALOADER.SAMPLER "
+            f"'softmax_triplet' (identity-balanced batches); with '{cfg.DATALOADER.SAMPLER}' the "
+            "metric losses are left out and the centers would get no gradient. Set "
+            "METRIC_LOSS_TYPE 'triplet' to train with the ID loss alone, or DATALOADER.SAMPLER "
+            f"'softmax_triplet' to keep the center loss ({_where_to_fix(config_file)})")
+
+
+def _apply_rules(cfg: CfgNode, rules: Sequence[ValueRule], config_file: str) -> None:
+    for key, is_allowed, allowed in rules:
         value = _lookup(cfg, key)
         if not is_allowed(value):
             raise ConfigError(f"{key} {value!r} is not allowed; it must be {allowed} "
                               f"({_where_to_fix(config_file)})")
-    _check_vit_test_size(cfg, config_file)
+
+
+def _check_values(cfg: CfgNode, config_file: str = "") -> None:
+    """Raise a ConfigError naming the key, its value and what it allows for the first value of
+    `cfg` that cannot work; `config_file` is named as the place to fix it."""
+    _apply_rules(cfg, _value_rules(), config_file)
+    _check_transformer(cfg, config_file)
+    _check_identity_batches(cfg, config_file)
 
 
 def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
@@ -193,5 +299,6 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
         _merge_file(cfg, config_file)
     _merge_opts(cfg, opts)
     _check_values(cfg, config_file)
+    switches(cfg)
     cfg.freeze()
     return cfg

@@ -22,6 +22,8 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
+from utils.errors import UserError
+
 logger = logging.getLogger("transreid.datasets")
 
 # Some benchmark images are truncated JPEGs that PIL refuses by default (as the reference allows).
@@ -38,7 +40,7 @@ JUNK_PID = -1
 SPLITS = ("train", "query", "gallery")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset that cannot be read as configured; the message names the file and the fix."""
 
 
@@ -220,13 +222,12 @@ def parse_folder(folder: str, rule: NameRule,
 
 
 # ------------------------------------------------------------------------------ image reading
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """An image file that cannot be read; the one-line message names the file and the fault.
 
     Raised in a DataLoader worker, torch re-raises it in the main process as
     `ImageReadError("Caught ImageReadError in DataLoader worker process N.\nOriginal
     Traceback...")`; the constructor keeps only the original line, so that a user sees one.
-    (To be based on the project's UserError.)
     """
 
     def __init__(self, message: str):
@@ -335,7 +336,8 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int):
         img_path, pid, camid, viewid = self.samples[index]
-        img = read_image(img_path, self.read_retries)
+        # The inference API also hands in images already in memory.
+        img = img_path if isinstance(img_path, Image.Image) else read_image(img_path, self.read_retries)
         if self.transform is not None:
             img = self.transform(img)
         return img, pid, camid, viewid, img_path

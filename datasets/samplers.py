@@ -17,10 +17,11 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from config import ConfigError
+
 from .bases import Sample
 
 # DATALOADER.SAMPLER: 'softmax' shuffles images, 'softmax_triplet' draws P identities x K images.
-SAMPLERS = ("softmax", "softmax_triplet")
 
 
 class EpochSampler(Sampler[int]):
@@ -136,11 +137,11 @@ def reference_epoch_length(index_of_pid: Dict[int, List[int]], num_instances: in
 
 def _check_batch(batch_size: int, num_instances: int, num_pids: int) -> int:
     if num_instances < 1 or batch_size % num_instances:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of "
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of "
                          f"DATALOADER.NUM_INSTANCE ({num_instances})")
     num_pids_per_batch = batch_size // num_instances
     if num_pids < num_pids_per_batch:
-        raise ValueError(f"a batch needs {num_pids_per_batch} identities "
+        raise ConfigError(f"a batch needs {num_pids_per_batch} identities "
                          f"(SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE) but the training set "
                          f"has only {num_pids}; lower SOLVER.IMS_PER_BATCH")
     return num_pids_per_batch
@@ -179,7 +180,7 @@ class RandomIdentitySampler_DDP(EpochSampler):  # noqa: N801 (reference name)
         self.world_size = dist.get_world_size() if world_size is None else world_size
         self.rank = dist.get_rank() if rank is None else rank
         if batch_size % (self.world_size * num_instances):
-            raise ValueError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of the "
+            raise ConfigError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of the "
                              f"world size ({self.world_size}) x DATALOADER.NUM_INSTANCE "
                              f"({num_instances}) so that every rank holds whole identities")
         self.index_of_pid = indices_by_pid(data_source)

@@ -7,8 +7,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from config import check_choice
-from datasets.samplers import SAMPLERS
+from config import switches
 from model.backbones.specs import feature_dim
 
 from .center_loss import CenterLoss
@@ -18,7 +17,6 @@ from .triplet_loss import TripletLoss
 logger = logging.getLogger("transreid.loss")
 
 LABEL_SMOOTHING_EPSILON = 0.1
-METRIC_LOSS_TYPES = ('triplet', 'center', 'triplet_center')
 
 BranchOutputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -69,28 +67,14 @@ class ReIDLoss(nn.Module):
         return loss
 
 
-def _check_center_has_identity_batches(metric: str, sampler: str) -> None:
-    """The trainer steps the centers' optimizer whenever METRIC_LOSS_TYPE names the center
-    loss, but the 'softmax' sampler leaves the loss without it, so the centers would have no
-    gradient (the reference crashes there with an AttributeError on `grad`)."""
-    if 'center' in metric and sampler != 'softmax_triplet':
-        raise ValueError(
-            f"MODEL.METRIC_LOSS_TYPE '{metric}' needs DATALOADER.SAMPLER 'softmax_triplet' "
-            f"(identity-balanced batches); with '{sampler}' the metric losses are left out and "
-            "the centers would get no gradient. Set METRIC_LOSS_TYPE 'triplet' to train with "
-            "the ID loss alone, or DATALOADER.SAMPLER 'softmax_triplet' to keep the center loss")
-
-
 def make_loss(cfg, num_classes: int) -> Tuple[ReIDLoss, CenterLoss]:
     """`(loss_func, center_criterion)` for `cfg`; center_criterion is created in every case
     (its optimizer is built regardless, as the reference) and is on the CPU."""
-    sampler = check_choice('DATALOADER.SAMPLER', cfg.DATALOADER.SAMPLER, SAMPLERS)
-    metric = check_choice('MODEL.METRIC_LOSS_TYPE', cfg.MODEL.METRIC_LOSS_TYPE, METRIC_LOSS_TYPES)
-    _check_center_has_identity_batches(metric, sampler)
+    # Choices checked by load_config (config.choices), the center loss's sampler too.
+    sampler, metric = cfg.DATALOADER.SAMPLER, cfg.MODEL.METRIC_LOSS_TYPE
     center_criterion = CenterLoss(num_classes=num_classes, feat_dim=feature_dim(cfg))
 
-    label_smooth = check_choice('MODEL.IF_LABELSMOOTH', cfg.MODEL.IF_LABELSMOOTH, ('on', 'off'))
-    smoothing = LABEL_SMOOTHING_EPSILON if label_smooth == 'on' else 0.0
+    smoothing = LABEL_SMOOTHING_EPSILON if switches(cfg).label_smooth else 0.0
     id_loss = CrossEntropyLabelSmooth(epsilon=smoothing)
     logger.info("ID loss: cross-entropy with label smoothing %.1f", smoothing)
 

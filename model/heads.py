@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import check_choice
+from config.choices import ID_LOSS_TYPES
 
 
 class MarginHead(nn.Module):
@@ -113,7 +114,7 @@ MARGIN_HEADS: Dict[str, Type[MarginHead]] = {
     'amsoftmax': AMSoftmax,
     'circle': CircleLoss,
 }
-ID_LOSS_TYPES = ('softmax',) + tuple(MARGIN_HEADS)
+assert ID_LOSS_TYPES == ('softmax',) + tuple(MARGIN_HEADS), "config/choices.py ID_LOSS_TYPES is stale"
 
 
 def linear_classifier(in_features: int, num_classes: int) -> nn.Linear:

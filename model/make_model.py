@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from config import check_choice
+from config.choices import NECK_FEATS, NECK_TYPES, PRETRAIN_CHOICES
 
 from . import weights
 from .backbones import ResNet, TransReID, create_vit, feature_dim, model_name
@@ -27,9 +28,6 @@ from .heads import MarginHead, make_bn_neck, make_classifier
 
 logger = logging.getLogger("transreid.model")
 
-PRETRAIN_CHOICES = ('imagenet', 'self', 'finetune', 'none')
-NECK_TYPES = ('bnneck', 'no')
-NECK_FEATS = ('after', 'before')
 
 TrainOutput = Tuple[torch.Tensor, torch.Tensor]
 JPMTrainOutput = Tuple[List[torch.Tensor], List[torch.Tensor]]

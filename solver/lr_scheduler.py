@@ -8,8 +8,8 @@ import torch
 from timm.scheduler.scheduler import Scheduler
 
 from config import check_choice
+from config.choices import WARMUP_METHODS
 
-WARMUP_METHODS = ('constant', 'linear')
 
 
 class WarmupMultiStepLR(Scheduler):

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from config import check_choice
+from config.choices import OPTIMIZERS
 
 logger = logging.getLogger("transreid.solver")
 
-OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
 # Every identity classifier of the models: `classifier` and JPM's `classifier_1..P`.
 CLASSIFIER_NAME = 'classifier'
 

@@ -270,7 +270,7 @@ def test_accepted_choices_are_the_evaluators():
         R1_mAP_eval(1, feat_norm=cfg.TEST.FEAT_NORM)
 
 
-VIT = ["MODEL.NAME", "transformer"]
+VIT = ["MODEL.NAME", "transformer", "MODEL.TRANSFORMER_TYPE", "deit_tiny_patch16_224_TransReID"]
 
 
 def test_vit_test_size_other_than_train_size_is_refused():

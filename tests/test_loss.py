@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from config import ConfigError, load_config
 from config import cfg as default_cfg
 from loss import (CenterLoss, CrossEntropyLabelSmooth, TripletLoss, euclidean_dist,
                   hard_example_mining, make_loss)
@@ -27,6 +28,13 @@ def _cfg(**changes):
         section, key = dotted.split('__')
         setattr(cfg[section], key, value)
     return cfg
+
+
+def _opts(**changes):
+    """KEY VALUE overrides of `_cfg`'s settings plus `changes`, for load_config."""
+    base = {'MODEL__NAME': 'transformer', 'MODEL__TRANSFORMER_TYPE': 'deit_tiny_patch16_224_TransReID',
+            'DATALOADER__SAMPLER': 'softmax_triplet', **changes}
+    return [item for key, value in base.items() for item in (key.replace('__', '.'), str(value))]
 
 
 def _smoothed_ce(logits, target, epsilon):
@@ -206,8 +214,9 @@ def test_softmax_sampler_uses_the_id_loss_only():
 def test_center_loss_with_the_softmax_sampler_is_a_clear_error(metric):
     # The 'softmax' sampler drops the metric losses, so the centres would get no gradient and
     # the trainer's centre step would crash.
-    with pytest.raises(ValueError) as info:
-        make_loss(_cfg(DATALOADER__SAMPLER='softmax', MODEL__METRIC_LOSS_TYPE=metric), num_classes=3)
+    # Refused when the config loads, before any data or model is built.
+    with pytest.raises(ConfigError) as info:
+        load_config(opts=_opts(DATALOADER__SAMPLER='softmax', MODEL__METRIC_LOSS_TYPE=metric))
     message = str(info.value)
     for expected in (f"MODEL.METRIC_LOSS_TYPE '{metric}'", "DATALOADER.SAMPLER 'softmax_triplet'",
                      "with 'softmax'", "METRIC_LOSS_TYPE 'triplet'"):
@@ -220,7 +229,7 @@ def test_center_loss_with_the_softmax_sampler_is_a_clear_error(metric):
     ('MODEL__IF_LABELSMOOTH', 'yes', 'off'),
 ])
 def test_unknown_choice_names_the_key_and_its_choices(key, value, choice):
-    with pytest.raises(ValueError) as info:
-        make_loss(_cfg(**{key: value}), num_classes=3)
+    with pytest.raises(ConfigError) as info:
+        load_config(opts=_opts(**{key: value}))
     message = str(info.value)
     assert key.replace('__', '.') in message and value in message and choice in message

@@ -14,6 +14,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from config import ConfigError
+
 from . import person, vehicle
 from .camera import Camera, make_camera
 from .protocol import DISTRACTOR_PID, GALLERY, JUNK_PID, QUERY, TRAIN, Shot, plan_shots
@@ -52,7 +54,7 @@ class SyntheticSettings:
         ]
         for ok, key, value, rule in checks:
             if not ok:
-                raise ValueError(f"DATASETS.SYNTHETIC.{key} is {value}; it must be {rule}")
+                raise ConfigError(f"DATASETS.SYNTHETIC.{key} is {value}; it must be {rule}")
 
     def manifest(self, generator: str) -> Dict[str, object]:
         settings = asdict(self)

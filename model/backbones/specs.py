@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from config import check_choice
+from config.choices import MODEL_NAMES, TRANSFORMER_TYPES
 
 VIT_SPECS: Dict[str, Dict[str, Any]] = {
     'vit_base_patch16_224_TransReID': dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
@@ -25,7 +26,8 @@ VIT_SPECS: Dict[str, Dict[str, Any]] = {
 }
 
 RESNET50_FEATURE_DIM = 2048
-MODEL_NAMES = ('resnet50', 'transformer')
+# load_config checks MODEL.TRANSFORMER_TYPE against config.choices without importing torch.
+assert set(VIT_SPECS) == set(TRANSFORMER_TYPES), "config/choices.py TRANSFORMER_TYPES is stale"
 
 
 def model_name(cfg) -> str:

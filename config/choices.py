@@ -1,0 +1,22 @@
+"""The values that each choice key of the config accepts.
+
+Kept here, free of torch imports, so that `load_config` checks every choice before any data
+or model is built; the modules that act on a choice import its tuple from here.
+"""
+
+MODEL_NAMES = ('resnet50', 'transformer')
+# The keys of model/backbones/specs.py VIT_SPECS (checked equal there).
+TRANSFORMER_TYPES = ('vit_base_patch16_224_TransReID', 'deit_base_patch16_224_TransReID',
+                     'vit_small_patch16_224_TransReID', 'deit_small_patch16_224_TransReID',
+                     'deit_tiny_patch16_224_TransReID')
+PRETRAIN_CHOICES = ('imagenet', 'self', 'finetune', 'none')
+NECK_TYPES = ('bnneck', 'no')
+NECK_FEATS = ('after', 'before')
+ID_LOSS_TYPES = ('softmax', 'arcface', 'cosface', 'amsoftmax', 'circle')
+METRIC_LOSS_TYPES = ('triplet', 'center', 'triplet_center')
+LABEL_SMOOTH = ('on', 'off')
+SAMPLERS = ('softmax', 'softmax_triplet')
+OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
+WARMUP_METHODS = ('constant', 'linear')
+AMP_DTYPES = ('fp16', 'bf16', 'fp32')
+DIST_METRICS = ('euclidean', 'cosine')

@@ -1,0 +1,19 @@
+"""The one error type for mistakes a user can fix.
+
+Every check of user input (config values, dataset trees, weight files, resume state, tool
+arguments) raises a subclass of `UserError` whose message names the file, key or value at
+fault and says how to fix it. The subclasses keep the built-in base they always had
+(`ConfigError` is a `ValueError`, `WeightsNotFoundError` a `FileNotFoundError`, ...), so
+existing `except` clauses keep working.
+
+Command-line entry points (`utils.cli.run_main`) print a `UserError` as one `error:` line and
+exit with status 1; any other exception is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake in what the user gave; the message names it and the fix."""
+
+
+class ToolError(UserError, RuntimeError):
+    """Input that a tool or the inference API cannot use: images, feature files, arguments."""
