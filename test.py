@@ -9,13 +9,12 @@ import os
 
 import numpy as np
 
-from config import ConfigError, yes_no
-from datasets import DatasetError, load_eval_dataset, make_val_loader
-from model.weights import CheckpointMismatchError, WeightsNotFoundError
+from config import ConfigError, switches
+from datasets import load_eval_dataset, make_val_loader
+from model.trained import load_trained
 from processor import EvalResult, evaluate
-from processor.processor import log_result
-from tools.common import ToolError, build_eval_model
-from utils.cli import base_parser, load_config_or_exit, start_run
+from processor.inference import log_result
+from utils.cli import base_parser, exits_on_user_error, load_cli_config, start_run
 from utils.device import select_device
 
 
@@ -23,20 +22,19 @@ from utils.device import select_device
 # initialisation (and the need for its file), and the saved test_config.yaml says so.
 NO_IMAGENET_INIT = ["MODEL.PRETRAIN_CHOICE", "none"]
 
-# Failures whose message says what to change: logged as one line instead of a traceback.
-USER_ERRORS = (ConfigError, DatasetError, WeightsNotFoundError, CheckpointMismatchError,
-               ToolError)
-
 
 def check_weight_given(cfg) -> None:
     if not cfg.TEST.WEIGHT:
-        raise SystemExit("error: TEST.WEIGHT is empty; name the trained model to test, e.g. "
-                         "TEST.WEIGHT logs/market_vit_transreid_stride/transformer_120.pth")
+        raise ConfigError("TEST.WEIGHT is empty; name the trained model to test, e.g. "
+                          "TEST.WEIGHT logs/market_vit_transreid_stride/transformer_120.pth")
 
 
 def average_trials(results) -> EvalResult:
     cmc = np.mean([r.cmc for r in results], axis=0)
     return EvalResult(mAP=float(np.mean([r.mAP for r in results])), cmc=cmc,
+                      mINP=float(np.mean([r.mINP for r in results])),
+                      num_valid_queries=sum(r.num_valid_queries for r in results),
+                      num_queries=sum(r.num_queries for r in results),
                       extra={"trials": [r.as_dict() for r in results]})
 
 
@@ -56,7 +54,7 @@ def run_evaluation(cfg, logger):
     """-> (result, title) of TEST.WEIGHT on the query and gallery of DATASETS.NAMES."""
     # Loaded (and checked: an empty query or gallery is named here) before any model runs.
     dataset = load_eval_dataset(cfg)
-    model = build_eval_model(cfg, dataset)
+    model = load_trained(cfg, dataset).model
     device = select_device(cfg.MODEL.DEVICE)
     model.to(device)
     if cfg.DATASETS.NAMES == 'VehicleID':
@@ -69,24 +67,21 @@ def run_evaluation(cfg, logger):
 def write_results(cfg, result: EvalResult, logger) -> None:
     path = os.path.join(cfg.OUTPUT_DIR, "test_results.json")
     summary = {"weight": cfg.TEST.WEIGHT, "dataset": cfg.DATASETS.NAMES,
-               "re_ranking": yes_no(cfg.TEST.RE_RANKING, "TEST.RE_RANKING"),
+               "re_ranking": switches(cfg).re_ranking, "flip_feats": switches(cfg).flip_feats,
                **result.as_dict()}
     with open(path, "w") as handle:
         json.dump(summary, handle, indent=2)
     logger.info("Results written to %s", path)
 
 
+@exits_on_user_error
 def main() -> None:
     parser = base_parser("Test a trained TransReID model")
     args = parser.parse_args()
-    cfg = load_config_or_exit(args.config_file, list(args.opts or []) + NO_IMAGENET_INIT)
+    cfg = load_cli_config(args.config_file, list(args.opts or []) + NO_IMAGENET_INIT)
     check_weight_given(cfg)
     logger = start_run(cfg, args.config_file, if_train=False)
-    try:
-        result, title = run_evaluation(cfg, logger)
-    except USER_ERRORS as err:
-        logger.error("%s", err)
-        raise SystemExit(1)
+    result, title = run_evaluation(cfg, logger)
     log_result(logger, result, title)
     if cfg.OUTPUT_DIR:
         write_results(cfg, result, logger)

@@ -4,26 +4,20 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from config import ConfigError
-from datasets import DatasetError, make_dataloader
+from datasets import make_dataloader
 from loss import make_loss
 from model import make_model
-from model.weights import CheckpointMismatchError, WeightsNotFoundError
 from processor import do_train
-from processor.processor import LAST_CHECKPOINT, NonFiniteLossError, ResumeError, check_output_dir_is_free
+from processor.processor import check_output_dir_is_free
 from solver import make_optimizer
 from solver.scheduler_factory import create_scheduler
-from utils.cli import base_parser, env_int, load_config_or_exit, set_seed, start_run
+from utils.checkpoint import LAST_CHECKPOINT, load_checkpoint
+from utils.cli import base_parser, env_int, exits_on_user_error, load_cli_config, set_seed, start_run
 from utils.device import select_device, uses_gpu
 
 # Rank 0 evaluates while the others wait at a barrier; evaluating MSMT17 can outlast
 # NCCL's default 10-minute timeout.
 DIST_TIMEOUT = timedelta(hours=2)
-
-# Failures whose message says what to change: logged as one line instead of a traceback.
-USER_ERRORS = (ConfigError, DatasetError, WeightsNotFoundError, CheckpointMismatchError,
-               ResumeError, NonFiniteLossError)
-
 
 def init_distributed(cfg, local_rank: int) -> None:
     on_gpu = uses_gpu(cfg.MODEL.DEVICE)
@@ -54,17 +48,17 @@ def resume_hint(cfg) -> str:
     return f"Continue from the last finished epoch with MODEL.RESUME {path}"
 
 
+@exits_on_user_error
 def main() -> None:
     parser = base_parser("Train TransReID")
     # torch.distributed.launch passes --local_rank (old) or --local-rank (new); torchrun sets LOCAL_RANK.
     parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,
                         default=env_int("LOCAL_RANK", 0), help="set by the launcher")
     args = parser.parse_args()
-    cfg = load_config_or_exit(args.config_file, args.opts)
-    try:
-        check_output_dir_is_free(cfg)
-    except ResumeError as err:
-        raise SystemExit(f"error: {err}")
+    cfg = load_cli_config(args.config_file, args.opts)
+    check_output_dir_is_free(cfg)
+    if cfg.MODEL.RESUME:
+        load_checkpoint(cfg.MODEL.RESUME, mmap=True)  # named now if bad, before anything is built
 
     if cfg.MODEL.DIST_TRAIN:
         init_distributed(cfg, args.local_rank)
@@ -76,9 +70,6 @@ def main() -> None:
 
     try:
         do_train(cfg, **build_training(cfg), local_rank=args.local_rank)
-    except USER_ERRORS as err:
-        logger.error("%s", err)
-        raise SystemExit(1)
     except KeyboardInterrupt:
         logger.warning("Interrupted. %s", resume_hint(cfg))
         raise SystemExit(130)

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
-from config import check_choice
+from config import ConfigError
 from utils.device import uses_gpu
 
 from .bases import BaseImageDataset, ImageDataset, SeededImageDataset
 from .registry import build_dataset
-from .samplers import (SAMPLERS, RandomIdentitySampler, RandomIdentitySampler_DDP, SeededIndices,
+from .samplers import (RandomIdentitySampler, RandomIdentitySampler_DDP, SeededIndices,
                        ShuffleSampler)
 from .transforms import build_test_transforms, build_train_transforms
 
@@ -54,7 +54,7 @@ def _load_dataset(cfg, trial: int, require_train: bool = True) -> BaseImageDatas
 
 def _check_views(cfg, dataset: BaseImageDataset) -> None:
     if cfg.MODEL.SIE_VIEW and not dataset.has_views:
-        raise ValueError(f"MODEL.SIE_VIEW is on but {dataset.display_name} has no view labels; "
+        raise ConfigError(f"MODEL.SIE_VIEW is on but {dataset.display_name} has no view labels; "
                          "set MODEL.SIE_VIEW False (view labels exist for veri, "
                          "synthetic_vehicle and list datasets with a view column)")
 
@@ -85,7 +85,7 @@ def _train_loader(cfg, dataset: BaseImageDataset) -> DataLoader:
     # the loader's own generator keeps it from drawing on the training random state.
     options.update(persistent_workers=options["num_workers"] > 0,
                    generator=torch.Generator().manual_seed(seed))
-    sampler_name = check_choice("DATALOADER.SAMPLER", cfg.DATALOADER.SAMPLER, SAMPLERS)
+    sampler_name = cfg.DATALOADER.SAMPLER  # one of config.choices.SAMPLERS (load_config)
     distributed = cfg.MODEL.DIST_TRAIN and _distributed()
     world_size, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
     if sampler_name == "softmax_triplet" and distributed:
@@ -116,6 +116,33 @@ def _eval_loader(cfg, samples) -> DataLoader:
                       collate_fn=val_collate_fn, **_loader_options(cfg))
 
 
+class LazyLoader:
+    """A loader built when first used. The reference's `make_dataloader` returns
+    `train_loader_normal` (the training images in test mode), which training never iterates;
+    its workers need not start unless someone does."""
+
+    def __init__(self, build: Callable[[], DataLoader]) -> None:
+        self._build = build
+        self._loader: Optional[DataLoader] = None
+
+    @property
+    def loader(self) -> DataLoader:
+        if self._loader is None:
+            self._loader = self._build()
+        return self._loader
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # not built yet, or being copied: no loader to ask
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
 def make_dataloader(cfg, trial: int = 0) -> Tuple[DataLoader, DataLoader, DataLoader, int, int,
                                                   int, int]:
     """-> (train_loader, train_loader_normal, val_loader, num_query, num_classes, camera_num,
@@ -132,7 +159,7 @@ def make_dataloader(cfg, trial: int = 0) -> Tuple[DataLoader, DataLoader, DataLo
     logger.info("Number of classes: %d, cameras: %d, views: %d", num_classes, camera_num,
                 view_num)
     train_loader = _train_loader(cfg, dataset)
-    train_loader_normal = _eval_loader(cfg, dataset.train)
+    train_loader_normal = LazyLoader(lambda: _eval_loader(cfg, dataset.train))
     val_loader = _eval_loader(cfg, dataset.query + dataset.gallery)
     return (train_loader, train_loader_normal, val_loader, len(dataset.query), num_classes,
             camera_num, view_num)

@@ -30,6 +30,8 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from utils.errors import UserError
+
 logger = logging.getLogger("transreid.model")
 
 StateDict = Dict[str, torch.Tensor]
@@ -69,11 +71,11 @@ IMAGENET_SOURCES: Dict[str, Tuple[str, str]] = {
 FROM_SCRATCH_HINT = "or set MODEL.PRETRAIN_CHOICE none to train from scratch"
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     """A weights file (or timm download) that cannot be had; the message says where to get it."""
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """Weights whose keys or shapes do not fit the model; the message lists every offending key."""
 
 
@@ -228,11 +230,15 @@ def _unpickling_error(path: str, file_format: str) -> Exception:
                                    f"{resave}")
 
 
-def _load_file(path: str, missing_hint: str) -> object:
+def load_file(path: str, missing_hint: str, mmap: bool = False) -> object:
+    """What `path` holds, loaded with weights_only; a missing, empty, truncated, text or
+    object-pickling file raises a WeightsNotFoundError (a UserError) that names it. `mmap`
+    maps a ZIP-format file's tensors instead of reading them: a cheap check of the file."""
     _check_path(path, missing_hint)
     file_format = _file_format(path)
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True,
+                          mmap=mmap and file_format == 'zip')
     except pickle.UnpicklingError as err:
         raise _unpickling_error(path, file_format) from None
     except MemoryError:
@@ -244,7 +250,7 @@ def _load_file(path: str, missing_hint: str) -> object:
 
 def read_state_dict(path: str, missing_hint: str) -> StateDict:
     """State dict stored in `path`; a missing file raises `WeightsNotFoundError` with `missing_hint`."""
-    return unwrap_state_dict(_load_file(path, missing_hint), path)
+    return unwrap_state_dict(load_file(path, missing_hint), path)
 
 
 def _timm_state_dict(model_name: str, missing_hint: str) -> StateDict:
@@ -386,7 +392,14 @@ def _classifier_keys(keys: Iterable[str]) -> List[str]:
 def load_trained_model(model: nn.Module, path: str, new_classifiers_on_mismatch: bool = False) -> None:
     """Load a whole trained model; with `new_classifiers_on_mismatch`, classifiers of another
     class count are left at their fresh initialisation (fine-tuning on a new dataset)."""
-    state = drop_prefixed(read_state_dict(path, TRAINED_MISSING_HINT), UNUSED_TRAINED_PREFIXES)
+    load_trained_state(model, read_state_dict(path, TRAINED_MISSING_HINT), path,
+                       new_classifiers_on_mismatch)
+
+
+def load_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str,
+                       new_classifiers_on_mismatch: bool = False) -> None:
+    """`load_trained_model` of a state dict already read from `path`."""
+    state = drop_prefixed(state, UNUSED_TRAINED_PREFIXES)
     allowed_missing: List[str] = []
     if new_classifiers_on_mismatch:
         model_state = model.state_dict()

@@ -1,3 +1,7 @@
-from .processor import EvalResult, do_inference, do_train, evaluate, extract_features
+from utils.metrics import EvalResult
 
-__all__ = ["do_train", "do_inference", "evaluate", "extract_features", "EvalResult"]
+from .inference import FeatureExtractor, distance_matrix, evaluate, make_evaluator
+from .processor import do_inference, do_train
+
+__all__ = ["do_train", "do_inference", "evaluate", "make_evaluator", "distance_matrix", "FeatureExtractor",
+           "EvalResult"]

@@ -6,32 +6,25 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from yacs.config import CfgNode
 
-from config import check_choice
 from datasets import set_train_epoch
-from utils.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states, unwrap
+from utils.checkpoint import (LAST_CHECKPOINT, Checkpointer, ResumeError, TrainingObjects,
+                              restore_rng_states, rng_states, unwrap)
 from utils.cli import set_seed
 from utils.device import select_device
+from utils.errors import UserError
 from utils.meter import AverageMeter
-from utils.metrics import R1_mAP_eval
+from utils.metrics import EvalResult
 from utils.progress import Progress
 
+from .inference import evaluate, log_result
+
 AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': None}
-LAST_CHECKPOINT = 'last_checkpoint.pth'
-# Keys whose change on resume is expected and not worth reporting.
-RESUME_IGNORED_KEYS = ('MODEL.RESUME',)
-
-
-class ResumeError(ValueError):
-    """A training checkpoint that this run's config cannot continue."""
 
 
 def check_output_dir_is_free(cfg) -> None:
@@ -48,97 +41,20 @@ def check_output_dir_is_free(cfg) -> None:
             "file to start over there")
 
 
-def _flat_config(node, prefix: str = '') -> dict:
-    flat = {}
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        flat.update(_flat_config(value, name + '.') if isinstance(value, dict) else {name: value})
-    return flat
-
-
-def config_changes(saved_dump: str, cfg) -> List[str]:
-    """'KEY saved -> now' for every key whose value differs from the checkpoint's config."""
-    saved = _flat_config(CfgNode.load_cfg(saved_dump))
-    now = _flat_config(CfgNode.load_cfg(cfg.dump()))
-    return [f"{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in sorted(saved.keys() | now.keys())
-            if key not in RESUME_IGNORED_KEYS and saved.get(key) != now.get(key)]
-
-
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN or infinite; training stops before the weights are touched."""
 
 
-@dataclass
-class EvalResult:
-    mAP: float
-    cmc: np.ndarray
-    extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        ranks = {f"rank{r}": float(self.cmc[r - 1]) for r in (1, 5, 10) if r <= len(self.cmc)}
-        return {"mAP": float(self.mAP), **ranks, "cmc": [float(v) for v in self.cmc], **self.extra}
-
-
 def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
-    """Mixed-precision dtype on CUDA per SOLVER.AMP_DTYPE; None (full precision) elsewhere."""
-    name = check_choice('SOLVER.AMP_DTYPE', cfg.SOLVER.AMP_DTYPE, list(AMP_DTYPES))
-    return AMP_DTYPES[name] if device.type == 'cuda' else None
+    """Mixed-precision dtype on CUDA per SOLVER.AMP_DTYPE (checked by load_config); None (full
+    precision) elsewhere."""
+    return AMP_DTYPES[cfg.SOLVER.AMP_DTYPE] if device.type == 'cuda' else None
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def make_evaluator(cfg, num_query: int) -> R1_mAP_eval:
-    return R1_mAP_eval(num_query, max_rank=50, feat_norm=cfg.TEST.FEAT_NORM,
-                       reranking=cfg.TEST.RE_RANKING,
-                       dist_metric=cfg.TEST.DIST_METRIC,
-                       k1=cfg.TEST.RE_RANKING_K1, k2=cfg.TEST.RE_RANKING_K2,
-                       lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
-
-
-@torch.no_grad()
-def extract_features(model: torch.nn.Module, loader, device: torch.device, desc: str = "features",
-                     show_progress: bool = True) -> Tuple[torch.Tensor, List, List, List[str]]:
-    """Eval-mode features of every image of a val-style loader, in loader order, on `device`."""
-    model.eval()
-    feats, pids, camids, paths = [], [], [], []
-    for img, pid, camid, camids_batch, viewids, img_paths in Progress(loader, None, desc,
-                                                                      enabled=show_progress):
-        feat = model(img.to(device, non_blocking=True), cam_label=camids_batch.to(device),
-                     view_label=viewids.to(device))
-        feats.append(feat.float())
-        pids.extend(pid)
-        camids.extend(camid)
-        paths.extend(img_paths)
-    return torch.cat(feats), pids, camids, paths
-
-
-def evaluate(cfg, model: torch.nn.Module, val_loader, num_query: int,
-             device: torch.device) -> EvalResult:
-    """mAP and CMC of `model` on a query-then-gallery loader.
-
-    The loader draws its seed from the global RNG; forking it keeps training randomness
-    independent of when and how often evaluation runs (so a resumed run matches an
-    uninterrupted one).
-    """
-    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-        feats, pids, camids, _ = extract_features(model, val_loader, device,
-                                                  desc="extracting features")
-    evaluator = make_evaluator(cfg, num_query)
-    evaluator.update((feats, pids, camids))
-    cmc, mAP, *_ = evaluator.compute()
-    return EvalResult(mAP=float(mAP), cmc=np.asarray(cmc))
-
-
-def log_result(logger: logging.Logger, result: EvalResult, title: str) -> None:
-    logger.info(title)
-    logger.info("mAP: {:.1%}".format(result.mAP))
-    for r in (1, 5, 10):
-        if r <= len(result.cmc):
-            logger.info("CMC curve, Rank-{:<3}:{:.1%}".format(r, result.cmc[r - 1]))
 
 
 def do_inference(cfg, model: torch.nn.Module, val_loader, num_query: int):
@@ -179,6 +95,8 @@ class Trainer:
             # The centers live outside DDP: start every rank from rank 0's.
             for param in self.center_criterion.parameters():
                 dist.broadcast(param.data, src=0)
+        self.checkpointer = Checkpointer(cfg, TrainingObjects(
+            self.model, optimizer, optimizer_center, self.center_criterion, self.scaler))
         self.best_mAP = -1.0
         self.start_epoch = 1
 
@@ -195,29 +113,6 @@ class Trainer:
         return self.rank == 0
 
     # ---------------------------------------------------------------- checkpoints
-    def _path(self, name: str) -> str:
-        return os.path.join(self.cfg.OUTPUT_DIR, name)
-
-    def save_weights(self, epoch: int) -> None:
-        """The model alone, in the reference's format (what test.py and PRETRAIN_PATH read)."""
-        atomic_save(unwrap(self.model).state_dict(),
-                    self._path(f"{self.cfg.MODEL.NAME}_{epoch}.pth"))
-
-    def save_training_state(self, epoch: int, rng: List[dict]) -> None:
-        """Everything needed to resume after `epoch`; `rng` holds each rank's random states."""
-        atomic_save({
-            'model': unwrap(self.model).state_dict(),
-            'optimizer': self.optimizer.state_dict(),
-            'optimizer_center': self.optimizer_center.state_dict(),
-            'center_criterion': self.center_criterion.state_dict(),
-            'scaler': self.scaler.state_dict(),
-            'epoch': epoch,
-            'best_mAP': self.best_mAP,
-            'rng': rng,
-            'config': self.cfg.dump(),
-        }, self._path(LAST_CHECKPOINT))
-        self.logger.info("Saved the training state of epoch %d to %s", epoch, self._path(LAST_CHECKPOINT))
-
     def all_rng_states(self) -> List[dict]:
         """Every rank's random states, in rank order (a collective under DDP)."""
         states = rng_states(self.device)
@@ -228,32 +123,13 @@ class Trainer:
         return gathered
 
     def resume(self, path: str) -> None:
-        """Continue from a training checkpoint. The learning rate follows this run's config
-        (the schedule is a function of the epoch), so SOLVER.MAX_EPOCHS can be raised."""
-        state = load_checkpoint(path)
-        changes = config_changes(state['config'], self.cfg) if 'config' in state else []
-        if changes:
-            self.logger.warning("Resuming %s with settings that differ from its run's: %s", path,
-                                "; ".join(changes))
-        try:
-            self._load_training_state(state)
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise ResumeError(
-                f"{path} does not fit this run's model or optimizer ({err}); settings changed "
-                f"since it was written: {'; '.join(changes) or 'none recorded'}. Resume with the "
-                "config it was written with (config.yaml beside it)") from err
+        """Continue from a training checkpoint (see `Checkpointer.restore`)."""
+        state = self.checkpointer.restore(path)
         self.best_mAP = state['best_mAP']
         self.start_epoch = state['epoch'] + 1
         self._restore_rng(state['rng'], path)
         self.logger.info("Resumed from %s: continuing at epoch %d of %d", path, self.start_epoch,
                          self.cfg.SOLVER.MAX_EPOCHS)
-
-    def _load_training_state(self, state: dict) -> None:
-        unwrap(self.model).load_state_dict(state['model'])
-        self.optimizer.load_state_dict(state['optimizer'])
-        self.optimizer_center.load_state_dict(state['optimizer_center'])
-        self.center_criterion.load_state_dict(state['center_criterion'])
-        self.scaler.load_state_dict(state['scaler'])
 
     def _restore_rng(self, saved, path: str) -> None:
         per_rank = [saved] if isinstance(saved, dict) else saved
@@ -285,7 +161,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"loss is {loss_value} at epoch {epoch}, iteration {n_iter}; training stopped "
                 f"before updating the weights. The last good checkpoint is "
-                f"{self._path(LAST_CHECKPOINT)} (if one was written): lower SOLVER.BASE_LR or "
+                f"{self.checkpointer.last_path} (if one was written): lower SOLVER.BASE_LR or "
                 f"resume from it with MODEL.RESUME")
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -333,13 +209,16 @@ class Trainer:
                              epoch, loss_meter.avg, acc_meter.avg, elapsed / max(num_batches, 1),
                              num_images * self.world_size / elapsed))
 
-    def validate(self, epoch: int) -> EvalResult:
+    def validate(self, epoch: int, rng: List[dict]) -> EvalResult:
+        """Evaluate; a new best mAP is recorded in the resume state before its weights are
+        written, so a crash between the two can never let a worse model replace the best."""
         result = evaluate(self.cfg, unwrap(self.model), self.val_loader, self.num_query,
                           self.device)
         log_result(self.logger, result, f"Validation Results - Epoch: {epoch}")
         if result.mAP > self.best_mAP:
             self.best_mAP = result.mAP
-            atomic_save(unwrap(self.model).state_dict(), self._path(f"{self.cfg.MODEL.NAME}_best.pth"))
+            self.checkpointer.save_state(epoch, self.best_mAP, rng)
+            self.checkpointer.save_weights('best')
         return result
 
     def run(self) -> Optional[EvalResult]:
@@ -365,13 +244,10 @@ class Trainer:
             # and again after an evaluation that raised the best mAP, which it records.
             if self.is_main:
                 if checkpoint_now:
-                    self.save_weights(epoch)
-                self.save_training_state(epoch, rng)
+                    self.checkpointer.save_weights(epoch)
+                self.checkpointer.save_state(epoch, self.best_mAP, rng)
                 if evaluate_now:
-                    best_before = self.best_mAP
-                    result = self.validate(epoch)
-                    if self.best_mAP != best_before:
-                        self.save_training_state(epoch, rng)
+                    result = self.validate(epoch, rng)
             if self.distributed:
                 dist.barrier()
         return result

@@ -110,8 +110,10 @@ def test_an_empty_query_folder_stops_before_feature_extraction(setup, tmp_path):
     result = run_test_py([*setup.opts, "TEST.WEIGHT", setup.weight, "DATASETS.NAMES", "folder",
                           "DATASETS.ROOT_DIR", root], tmp_path / "out")
     assert result.returncode == 1
-    assert f"ERROR: folder dataset: no query images in '{os.path.join(root, 'query')}'" in (
-        result.stdout)
+    message = f"folder dataset: no query images in '{os.path.join(root, 'query')}'"
+    assert result.stderr.startswith(f"error: {message}")
+    with open(tmp_path / "out" / "test_log.txt") as log:
+        assert f"ERROR: {message}" in log.read()  # the log file keeps the reason too
     assert "extracting features" not in result.stdout and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "test_results.json").exists()
 
@@ -124,10 +126,10 @@ def test_an_sie_table_of_other_cameras_is_refused_with_the_reason(setup, tmp_pat
     assert (f"TEST.WEIGHT '{weight}' was trained with SIE for other cameras than those of "
             "synthetic persons (Market-1501 layout): its SIE table has 5 rows, one per camera of "
             "its training data, but synthetic persons (Market-1501 layout) has 3 cameras"
-            ) in result.stdout
-    assert "base.sie_embed: checkpoint (5, 1, 192) vs model (3, 1, 192)" in result.stdout
+            ) in result.stderr
+    assert "base.sie_embed: checkpoint (5, 1, 192) vs model (3, 1, 192)" in result.stderr
     # test.py sets PRETRAIN_CHOICE itself: the loader's advice for training would mislead.
-    assert "finetune" not in result.stdout and "Traceback" not in result.stderr
+    assert "finetune" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_test_only_tree_with_fewer_cameras_uses_the_checkpoint_table(setup, tmp_path):

@@ -15,11 +15,13 @@ from PIL import Image
 from config import load_config
 from datasets import make_dataloader
 from datasets.bases import DatasetError
+from datasets.image_list import ImageRecord, collect_images
 from model import make_model
-from processor.processor import make_evaluator
+from model.trained import SideInfoCounts, sie_counts
+from processor import distance_matrix, make_evaluator
+from processor.inference import AUTO, MEAN, FeatureExtractor, label_options
 from tools import export_onnx, extract_features, search, visualize_ranks
-from tools.common import (AUTO, MEAN, ImageRecord, SideInfoCounts, ToolError, collect_images,
-                          label_options, query_gallery_distance, sie_counts)
+from utils.errors import ToolError
 from tools.drawing import GREEN, GREY, RED, ChartLayout, RankListLayout, x_ticks
 from tools.visualize_ranks import protocol_ranking
 
@@ -315,7 +317,7 @@ def test_search_refuses_saved_features_of_other_weights_or_settings(setup, galle
 def test_extraction_to_a_folder_that_cannot_exist_fails_before_extracting(setup, tmp_path,
                                                                           monkeypatch):
     (tmp_path / "a_file").write_text("")
-    monkeypatch.setattr(extract_features, "extract_image_features",
+    monkeypatch.setattr(FeatureExtractor, "extract_records",
                         lambda *a, **k: pytest.fail("extracted before checking the output"))
     with pytest.raises(SystemExit, match="cannot write '.*a_file/x.npy'.*choose another --output"):
         extract_features.main(setup.args("--images", setup.gallery_dir, "--output",
@@ -394,7 +396,7 @@ def test_tool_distances_are_the_evaluators(feat_norm, re_ranking, metric):
     evaluator = make_evaluator(cfg, num_query=10)
     evaluator.update((feats, [i % 10 for i in range(40)], [0] * 10 + [1] * 30))
     expected = evaluator.compute()[2]
-    np.testing.assert_allclose(query_gallery_distance(cfg, feats[:10], feats[10:]), expected,
+    np.testing.assert_allclose(distance_matrix(cfg, feats[:10], feats[10:]), expected,
                                rtol=1e-5, atol=1e-6)
 
 

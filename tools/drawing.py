@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from datasets.bases import read_image
-from tools.common import ImageRecord
+from datasets.image_list import ImageRecord
 from utils.checkpoint import atomic_output
 
 RGB = Tuple[int, int, int]

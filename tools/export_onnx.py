@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.common import (SideInfoCounts, ToolError, add_sie_count_arguments,
-                          build_trained_model, configure_logging, exit_on_user_error,
+from model.trained import SideInfoCounts, load_trained
+from tools.common import (ToolError, add_sie_count_arguments, configure_logging,
                           load_tool_config, tool_parser)
 from utils.checkpoint import atomic_output
+from utils.cli import exits_on_user_error
 
 logger = logging.getLogger("transreid.tools")
 
@@ -131,14 +132,14 @@ def compare_with_pytorch(onnxruntime, path: str, graph: InferenceGraph,
     return float(np.abs(onnx_feats - torch_feats).max()), float(np.abs(torch_feats).max())
 
 
-@exit_on_user_error
+@exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_tool_config(args, ["MODEL.DEVICE", "cpu"])  # exported and checked on the CPU
     modules = require_optional_packages()
     output = args.output or os.path.splitext(cfg.TEST.WEIGHT)[0] + ".onnx"
-    model, counts = build_trained_model(cfg, args.num_cameras, args.num_views)
-    graph = InferenceGraph(model)
+    trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
+    graph, counts = InferenceGraph(trained.model), trained.counts
     with atomic_output(output) as tmp_path:
         export(graph, random_inputs(cfg, counts, EXPORT_BATCH, seed=0), tmp_path, args.opset)
         modules["onnx"].checker.check_model(tmp_path)

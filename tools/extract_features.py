@@ -14,11 +14,13 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.common import (add_label_arguments, add_sie_count_arguments, build_trained_model,
-                          check_writable_folder, collect_images, configure_logging,
-                          exit_on_user_error, extract_image_features, feature_provenance,
-                          load_tool_config, save_feature_index, tool_parser)
-from utils.device import select_device
+from datasets.image_list import collect_images
+from model.trained import load_trained
+from processor import FeatureExtractor
+from tools.common import (add_label_arguments, add_sie_count_arguments, configure_logging,
+                          load_tool_config, tool_parser)
+from utils.cli import exits_on_user_error
+from utils.feature_files import check_writable_folder, save_feature_index
 
 logger = logging.getLogger("transreid.tools")
 
@@ -44,16 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@exit_on_user_error
+@exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_tool_config(args)
     check_writable_folder(args.output)
     records = collect_images(args.images)
-    device = select_device(cfg.MODEL.DEVICE)
-    model, counts = build_trained_model(cfg, args.num_cameras, args.num_views)
-    features = extract_image_features(cfg, model, records, counts, args.camera, args.view, device)
-    csv_path = save_feature_index(features.numpy(), records, args.output, feature_provenance(cfg))
+    trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
+    extractor = FeatureExtractor.from_trained(cfg, trained, camera=args.camera, view=args.view)
+    features = extractor.extract_records(records)
+    csv_path = save_feature_index(features.numpy(), records, args.output, trained.provenance)
     logger.info("Wrote %d x %d features to %s and their index to %s", *features.shape,
                 args.output, csv_path)
     return 0

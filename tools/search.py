@@ -17,13 +17,14 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import torch
 
-from tools.common import (ImageRecord, ToolError, add_label_arguments, add_sie_count_arguments,
-                          build_trained_model, check_same_model, collect_images,
-                          configure_logging, exit_on_user_error, extract_image_features,
-                          feature_provenance, load_feature_index, load_tool_config,
-                          query_gallery_distance, tool_parser)
+from datasets.image_list import ImageRecord, collect_images
+from model.trained import load_trained
+from processor import FeatureExtractor, distance_matrix
+from tools.common import (ToolError, add_label_arguments, add_sie_count_arguments,
+                          configure_logging, load_tool_config, tool_parser)
 from tools.drawing import draw_rank_list, save_png
-from utils.device import select_device
+from utils.cli import exits_on_user_error
+from utils.feature_files import check_same_model, load_feature_index
 
 logger = logging.getLogger("transreid.tools")
 
@@ -65,15 +66,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def gallery_features(cfg, args: argparse.Namespace, model: torch.nn.Module, counts,
-                     device: torch.device) -> Tuple[torch.Tensor, List[ImageRecord]]:
+def gallery_features(args: argparse.Namespace, extractor: FeatureExtractor,
+                     ) -> Tuple[torch.Tensor, List[ImageRecord]]:
     if args.gallery.endswith(".npy"):
         features, records, provenance = load_feature_index(args.gallery)
-        check_same_model(provenance, feature_provenance(cfg), args.gallery)
+        check_same_model(provenance, extractor.trained.provenance, args.gallery)
         return torch.from_numpy(features), records
     records = collect_images(args.gallery)
-    return extract_image_features(cfg, model, records, counts, args.camera, args.view, device,
-                                  desc="gallery features"), records
+    return extractor.extract_records(records, desc="gallery features"), records
+
 
 
 def format_matches(query: ImageRecord, matches: Sequence[ImageRecord],
@@ -102,21 +103,20 @@ def picture_name(index: int, query: ImageRecord) -> str:
     return f"{index:03d}_{os.path.splitext(os.path.basename(query.path))[0]}.png"
 
 
-@exit_on_user_error
+@exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = load_tool_config(args, ["TEST.RE_RANKING", "True"] if args.rerank else [])
     queries = [record for source in args.query for record in collect_images(source)]
-    device = select_device(cfg.MODEL.DEVICE)
-    model, counts = build_trained_model(cfg, args.num_cameras, args.num_views)
-    gallery_feats, gallery = gallery_features(cfg, args, model, counts, device)
-    query_feats = extract_image_features(cfg, model, queries, counts, args.camera, args.view,
-                                         device, desc="query features")
+    trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
+    extractor = FeatureExtractor.from_trained(cfg, trained, camera=args.camera, view=args.view)
+    gallery_feats, gallery = gallery_features(args, extractor)
+    query_feats = extractor.extract_records(queries, desc="query features")
     if gallery_feats.shape[1] != query_feats.shape[1]:
         raise ToolError(f"the gallery '{args.gallery}' holds {gallery_feats.shape[1]}-d features "
                         f"but this model gives {query_feats.shape[1]}-d ones; extract the gallery "
                         "with the same config and weights")
-    distmat = query_gallery_distance(cfg, query_feats, gallery_feats)
+    distmat = distance_matrix(cfg, query_feats, gallery_feats)
     orders = np.argsort(distmat, axis=1, kind="stable")[:, :args.topk]
     require_pictures(gallery, orders, args.gallery)
     for index, (query, distances, order) in enumerate(zip(queries, distmat, orders)):

@@ -17,12 +17,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from datasets import load_eval_dataset, make_val_loader
-from processor.processor import extract_features, make_evaluator
-from tools.common import (ImageRecord, ToolError, build_eval_model, configure_logging,
-                          exit_on_user_error, load_tool_config, query_gallery_distance,
-                          tool_parser)
+from datasets.image_list import ImageRecord
+from model.trained import load_trained
+from processor import FeatureExtractor, distance_matrix, make_evaluator
+from tools.common import ToolError, configure_logging, load_tool_config, tool_parser
 from tools.drawing import draw_cmc_summary, draw_rank_list, save_png
-from utils.device import select_device
+from utils.cli import exits_on_user_error
 
 logger = logging.getLogger("transreid.tools")
 
@@ -87,7 +87,7 @@ def protocol_ranking(distances: np.ndarray, q_pid: int, q_camid: int, g_pids: np
     return order[~junk]
 
 
-@exit_on_user_error
+@exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = load_tool_config(args)
@@ -96,9 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dataset = load_eval_dataset(cfg)
     val_loader, num_query = make_val_loader(cfg, dataset=dataset)
     chosen = choose_queries(args, num_query)
-    model = build_eval_model(cfg, dataset)
-    device = select_device(cfg.MODEL.DEVICE)
-    feats, pids, camids, paths = extract_features(model.to(device), val_loader, device)
+    extractor = FeatureExtractor.from_trained(cfg, load_trained(cfg, dataset))
+    feats, pids, camids, paths = extractor.extract_loader(val_loader)
     evaluator = make_evaluator(cfg, num_query)
     evaluator.update((feats, pids, camids))
     cmc, mAP, distmat, *_ = evaluator.compute()
@@ -106,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     queries, gallery = records[:num_query], records[num_query:]
     if distmat is None:
         # The whole matrix was too large to keep; re-ranking then sees only the chosen queries.
-        distmat = query_gallery_distance(cfg, feats[chosen], feats[num_query:])
+        distmat = distance_matrix(cfg, feats[chosen], feats[num_query:])
     else:
         distmat = distmat[chosen]
     g_pids, g_camids = np.asarray(pids[num_query:]), np.asarray(camids[num_query:])

@@ -3,11 +3,12 @@ the merged config, the output folder and the logger."""
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import random
 import sys
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -15,7 +16,10 @@ from yacs.config import CfgNode
 
 from config import ConfigError, load_config
 from utils.device import apply_visible_devices
+from utils.errors import UserError
 from utils.logger import setup_logger
+
+T = TypeVar("T")
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -30,17 +34,43 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_config_or_exit(config_file: str, opts) -> CfgNode:
+def load_cli_config(config_file: str, opts) -> CfgNode:
+    """`load_config` of a command line's --config_file and KEY VALUE overrides."""
     # argparse hands everything after the first KEY VALUE pair to `opts`, options included.
     misplaced = [opt for opt in opts or [] if str(opt).startswith("--")]
     if misplaced:
-        sys.exit(f"error: {misplaced[0]} came after the KEY VALUE overrides; put options such "
-                 f"as --config_file first: python {os.path.basename(sys.argv[0])} --config_file FILE "
-                 "KEY VALUE ...")
-    try:
-        return load_config(config_file, opts or [])
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
+        raise ConfigError(f"{misplaced[0]} came after the KEY VALUE overrides; put options such "
+                          f"as --config_file first: python {os.path.basename(sys.argv[0])} "
+                          "--config_file FILE KEY VALUE ...")
+    return load_config(config_file, opts or [])
+
+
+def load_config_or_exit(config_file: str, opts) -> CfgNode:
+    """`load_cli_config` for scripts without `exits_on_user_error`."""
+    return exits_on_user_error(load_cli_config)(config_file, opts)
+
+
+def exits_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a command-line entry point: a `UserError` becomes one `error: <message>` line on
+    stderr (and in the run's log file, when one is open) and exit status 1. Any other exception
+    is a bug and keeps its traceback."""
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> T:
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            _log_to_files(err)
+            sys.exit(f"error: {err}")
+    return wrapper
+
+
+def _log_to_files(err: UserError) -> None:
+    """The error in the log files of `setup_logger` (the console gets the `error:` line)."""
+    logger = logging.getLogger("transreid")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (err,), None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def set_seed(seed: int) -> None:

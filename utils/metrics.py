@@ -16,13 +16,16 @@ the memory O(chunk × G).
 from __future__ import annotations
 
 import logging
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from config import yes_no
+from config import ConfigError, yes_no
+from config.choices import DIST_METRICS
+from utils.errors import UserError
 from utils.reranking import DEFAULT_CHUNK_BYTES, re_ranked_distance_chunks, row_chunks, \
     squared_euclidean_distance
 
@@ -30,13 +33,39 @@ logger = logging.getLogger("transreid.metrics")
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[int]]
 
-DIST_METRICS = ("euclidean", "cosine")
 # Distance, sort key, searchsorted slot, masks and temporaries of one query × gallery entry.
 _BYTES_PER_ENTRY = 40
 _INT64_MAX = torch.iinfo(torch.int64).max
 # Above this size compute() leaves out the query × gallery matrix unless asked for it
 # (MSMT17: 11,659 × 82,161 float32 is 3.8 GB).
 _AUTO_DISTMAT_LIMIT_BYTES = 2 * 1024 ** 3
+
+
+class NoValidQueryError(UserError, ValueError):
+    """No query of a test set has a gallery image of its identity from another camera."""
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation gives: mAP, CMC (float32, length max_rank), mINP (Ye et al., TPAMI
+    2021: the mean over queries of matches / rank of the hardest match), and over how many
+    queries: those without a valid match in the gallery are skipped, as the protocol says."""
+    mAP: float
+    cmc: np.ndarray
+    mINP: float
+    num_valid_queries: int
+    num_queries: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_skipped_queries(self) -> int:
+        return self.num_queries - self.num_valid_queries
+
+    def as_dict(self) -> dict:
+        ranks = {f"rank{r}": float(self.cmc[r - 1]) for r in (1, 5, 10) if r <= len(self.cmc)}
+        return {"mAP": float(self.mAP), **ranks, "mINP": float(self.mINP),
+                "num_valid_queries": self.num_valid_queries, "num_queries": self.num_queries,
+                "cmc": [float(v) for v in self.cmc], **self.extra}
 
 
 def _as_tensor(values: ArrayLike, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -52,7 +81,7 @@ def _as_ids(values: ArrayLike, device: torch.device) -> torch.Tensor:
 def _check_dist_metric(metric: str) -> str:
     name = str(metric).lower()
     if name not in DIST_METRICS:
-        raise ValueError(f"TEST.DIST_METRIC '{metric}' is unknown; use one of {DIST_METRICS}")
+        raise ConfigError(f"TEST.DIST_METRIC '{metric}' is unknown; use one of {DIST_METRICS}")
     return name
 
 
@@ -97,6 +126,23 @@ def distance_chunks(qf: torch.Tensor, gf: torch.Tensor, dist_metric: str = "eucl
         yield rows, distance(qf[rows])
 
 
+def normalize_rows_(feats: torch.Tensor) -> torch.Tensor:
+    """L2-normalise each row in place (MSMT17's features are large), as TEST.FEAT_NORM does."""
+    return feats.div_(feats.norm(dim=1, keepdim=True).clamp_min_(1e-12))
+
+
+def query_gallery_distance(qf: torch.Tensor, gf: torch.Tensor, feat_norm: bool,
+                           dist_metric: str = "euclidean", reranking: bool = False, k1: int = 50,
+                           k2: int = 15, lambda_value: float = 0.3) -> torch.Tensor:
+    """The whole query x gallery matrix as R1_mAP_eval ranks it: TEST.FEAT_NORM, then
+    re-ranking or `dist_metric`; on the CPU."""
+    qf, gf = qf.float(), gf.float()
+    if feat_norm:
+        qf, gf = normalize_rows_(qf.clone()), normalize_rows_(gf.clone())
+    chunks = distance_chunks(qf, gf, dist_metric, reranking, k1, k2, lambda_value)
+    return torch.cat([dist.cpu() for _, dist in chunks])
+
+
 def _stable_order_keys(dist: torch.Tensor) -> torch.Tensor:
     """int64 keys that order each row like a stable ascending sort: by (distance, column index).
 
@@ -134,9 +180,9 @@ class _MarketProtocol:
         return self.by_pid[position], present
 
     def rank_matches(self, dist: torch.Tensor, q_pids: torch.Tensor, q_camids: torch.Tensor,
-                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per query: (rank of the first match, AP, has a match), ranks counted from 1 among the
-        gallery images the protocol keeps."""
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per query: (rank of the first match, AP, INP, has a match), ranks counted from 1
+        among the gallery images the protocol keeps."""
         candidates, present = self.same_identity(q_pids)
         same_camera = self.g_camids[candidates] == q_camids[:, None]
         is_match, is_junk = present & ~same_camera, present & same_camera
@@ -144,7 +190,7 @@ class _MarketProtocol:
         width = candidates.shape[1]
         if width == 0:
             zeros = torch.zeros(len(q_pids), device=dist.device)
-            return zeros.long(), zeros.double(), num_matches > 0
+            return zeros.long(), zeros.double(), zeros.double(), num_matches > 0
 
         keys = _stable_order_keys(dist)
         candidate_keys = keys.gather(1, candidates)
@@ -162,7 +208,10 @@ class _MarketProtocol:
         hit_number = torch.arange(1, width + 1, device=dist.device, dtype=torch.float64)
         precision = torch.where(hit_number <= num_matches[:, None], hit_number / match_ranks, 0.0)
         ap = precision.sum(1) / num_matches.clamp(min=1)
-        return match_ranks[:, 0].long(), ap, num_matches > 0
+        # INP: the share of the list up to the hardest (last-ranked) match that are matches.
+        last = (num_matches - 1).clamp(min=0)[:, None]
+        inp = num_matches / match_ranks.gather(1, last).squeeze(1).clamp(min=1).double()
+        return match_ranks[:, 0].long(), ap, inp, num_matches > 0
 
 
 class _ScoreAccumulator:
@@ -172,21 +221,33 @@ class _ScoreAccumulator:
         self.max_rank = max_rank
         self.first_ranks: List[np.ndarray] = []
         self.aps: List[np.ndarray] = []
+        self.inps: List[np.ndarray] = []
+        self.num_queries = 0
         if num_gallery < max_rank:
             logger.info("Only %d gallery images: CMC beyond rank %d repeats its last value",
                         num_gallery, num_gallery)
 
-    def add(self, first_rank: torch.Tensor, ap: torch.Tensor, valid: torch.Tensor) -> None:
+    def add(self, first_rank: torch.Tensor, ap: torch.Tensor, inp: torch.Tensor,
+            valid: torch.Tensor) -> None:
+        self.num_queries += len(valid)
         self.first_ranks.append(first_rank[valid].cpu().numpy())
         self.aps.append(ap[valid].cpu().numpy())
+        self.inps.append(inp[valid].cpu().numpy())
+
+    def summary(self) -> EvalResult:
+        cmc, mAP = self.result()
+        inps = np.concatenate(self.inps)
+        return EvalResult(mAP=mAP, cmc=cmc, mINP=float(np.mean(inps)), num_valid_queries=len(inps),
+                          num_queries=self.num_queries)
 
     def result(self) -> Tuple[np.ndarray, float]:
         first_ranks = np.concatenate(self.first_ranks) if self.first_ranks else np.zeros(0, int)
         num_valid = len(first_ranks)
         if num_valid == 0:
-            raise ValueError("No query has a valid match: none has a gallery image of its "
-                             "identity from another camera. Check the query/gallery split and "
-                             "num_query (queries come first, then gallery images).")
+            raise NoValidQueryError(
+                f"No query has a valid match: none of the {self.num_queries} queries has a "
+                "gallery image of its identity from another camera. Check the query/gallery "
+                "split and num_query (queries come first, then gallery images).")
         hits_at = np.bincount(np.minimum(first_ranks, self.max_rank + 1) - 1,
                               minlength=self.max_rank + 1)[:self.max_rank]
         # float32 / float32 like the reference's float32 sum divided by the query count
@@ -274,9 +335,19 @@ class R1_mAP_eval:
                         "pass return_distmat=True to get it", self.num_query, num_gallery)
         return keep
 
-    @torch.no_grad()
     def compute(self) -> Tuple[np.ndarray, float, Optional[np.ndarray], List[int], List[int],
                                torch.Tensor, torch.Tensor]:
+        """The reference's `(cmc, mAP, distmat, pids, camids, qf, gf)`."""
+        result, distmat, qf, gf = self._score(self._keeps_distmat)
+        return result.cmc, result.mAP, distmat, self.pids, self.camids, qf, gf
+
+    def evaluate(self) -> EvalResult:
+        """mAP, CMC, mINP and the number of queries scored, without the distance matrix."""
+        return self._score(lambda _: False)[0]
+
+    @torch.no_grad()
+    def _score(self, keep_distmat: Callable[[int], bool],
+               ) -> Tuple[EvalResult, Optional[np.ndarray], torch.Tensor, torch.Tensor]:
         if not self.feats or not 0 < self.num_query < len(self.pids):
             raise ValueError(f"R1_mAP_eval has {len(self.pids)} images for num_query="
                              f"{self.num_query}: it needs the queries then at least one "
@@ -284,7 +355,7 @@ class R1_mAP_eval:
         feats = torch.cat(self.feats).float()
         if self.feat_norm:
             logger.info("The test features are L2-normalised")
-            feats /= feats.norm(dim=1, keepdim=True).clamp_min_(1e-12)  # in place: MSMT17 is big
+            normalize_rows_(feats)
         qf, gf = feats[:self.num_query], feats[self.num_query:]
         pids = torch.tensor(self.pids, device=feats.device)
         camids = torch.tensor(self.camids, device=feats.device)
@@ -292,11 +363,10 @@ class R1_mAP_eval:
 
         protocol = _MarketProtocol(pids[self.num_query:], camids[self.num_query:])
         scores = _ScoreAccumulator(self.max_rank, len(gf))
-        distmat = torch.empty(len(qf), len(gf)) if self._keeps_distmat(len(gf)) else None
+        distmat = torch.empty(len(qf), len(gf)) if keep_distmat(len(gf)) else None
         for rows, dist in self._distance_chunks(qf, gf):
             _score_rows(protocol, scores, dist, q_pids[rows], q_camids[rows], self.chunk_bytes)
             if distmat is not None:
                 distmat[rows] = dist
-        cmc, mAP = scores.result()
         distmat = None if distmat is None else distmat.numpy()
-        return cmc, mAP, distmat, self.pids, self.camids, qf, gf
+        return scores.summary(), distmat, qf, gf

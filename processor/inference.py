@@ -1,0 +1,275 @@
+"""Features of images with a trained model, and evaluation: the one inference path.
+
+`FeatureExtractor` is the public Python API (as torchreid's): build it from a config file and
+weights, or from a config and a model, and call it on image paths, PIL images or HxWx3 uint8
+arrays. Training's evaluation, test.py and every tool extract through it.
+
+Side information (SIE) for images of unknown camera or view
+-----------------------------------------------------------
+A model trained with MODEL.SIE_CAMERA / SIE_VIEW adds a learned embedding of the image's camera
+(view) to every token, so it needs a label for each image. Every label is a real, learned camera:
+camera 0 is not "no camera". Per image, the choice (`camera=` / `view=`, the tools' `--camera` /
+`--view`) is:
+
+* ``mean`` (the neutral choice): the feature is averaged over every camera (view) the model knows,
+  so that no single camera is favoured. It costs one forward pass per camera (view) and is
+  exact whatever the model does with the embedding.
+* ``auto`` (default): the label the image carries (a Market-style name ``<pid>_c<cam>...`` gives
+  the camera, a list file's columns give camera and view), ``mean`` for images without one.
+* an integer: that label for every image (one forward pass).
+
+Models without SIE ignore the labels, and every choice costs a single pass.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from config import load_config, switches
+from datasets.bases import ImageDataset
+from datasets.image_list import ImageRecord
+from datasets.make_dataloader import val_collate_fn
+from datasets.transforms import build_test_transforms
+from model.trained import SideInfoCounts, TrainedModel, load_trained, sie_counts_of
+from utils.device import select_device
+from utils.errors import ToolError
+from utils.metrics import EvalResult, R1_mAP_eval, query_gallery_distance
+from utils.progress import Progress
+
+logger = logging.getLogger("transreid.inference")
+
+MEAN, AUTO = "mean", "auto"
+LabelChoice = Union[str, int]
+"""'mean', 'auto' or a fixed label id."""
+ImageInput = Union[str, Image.Image, np.ndarray]
+# Labels of images whose own label is unknown; never fed to the model (see `label_options`).
+UNKNOWN = -1
+
+
+class FeatureExtractor:
+    """Re-ID features (N x D float32 tensors) of images, batched on one device.
+
+    >>> extractor = FeatureExtractor.from_files("configs/Market/vit_transreid_stride.yml",
+    ...                                         "logs/market/transformer_120.pth")
+    >>> feats = extractor(["a.jpg", pil_image, bgr_frame_crop], bgr=True, normalize=True)
+
+    `counts` are the cameras and views the model has SIE embeddings for (0: none); a model
+    built by `from_files` knows them from its checkpoint.
+    """
+
+    def __init__(self, cfg, model: nn.Module, device: Optional[torch.device] = None,
+                 counts: Optional[SideInfoCounts] = None, camera: LabelChoice = AUTO,
+                 view: LabelChoice = AUTO) -> None:
+        self.cfg = cfg
+        self.device = device or select_device(cfg.MODEL.DEVICE)
+        self.model = model.to(self.device)
+        self.counts = counts or sie_counts_of(model)
+        self.camera, self.view = camera, view
+        self.flip = switches(cfg).flip_feats
+        self.transform = build_test_transforms(cfg)
+        self.trained: Optional[TrainedModel] = None
+        if self.flip:
+            logger.info("Features are the mean of each image's and its mirror image's "
+                        "(TEST.FLIP_FEATS)")
+
+    @classmethod
+    def from_files(cls, config_file: str, weight: str, opts: Sequence[str] = (),
+                   device: Optional[torch.device] = None, num_cameras: Optional[int] = None,
+                   num_views: Optional[int] = None, **kwargs) -> "FeatureExtractor":
+        """From a config file, `KEY VALUE` overrides and a trained weights file; the model is
+        sized from the weights (`num_cameras` / `num_views` split a joint SIE table)."""
+        cfg = load_config(config_file, [*opts, "TEST.WEIGHT", weight,
+                                        "MODEL.PRETRAIN_CHOICE", "none"])
+        return cls.from_trained(cfg, load_trained(cfg, num_cameras=num_cameras,
+                                                  num_views=num_views), device, **kwargs)
+
+    @classmethod
+    def from_trained(cls, cfg, trained: TrainedModel, device: Optional[torch.device] = None,
+                     **kwargs) -> "FeatureExtractor":
+        extractor = cls(cfg, trained.model, device, trained.counts, **kwargs)
+        extractor.trained = trained
+        return extractor
+
+    # ------------------------------------------------------------------ public calls
+    def __call__(self, images: Sequence[ImageInput], cameras: Optional[Sequence[Optional[int]]] = None,
+                 views: Optional[Sequence[Optional[int]]] = None, bgr: bool = False,
+                 normalize: bool = False) -> torch.Tensor:
+        """Features of image paths, PIL images or HxWx3 uint8 arrays (RGB; `bgr=True` for
+        OpenCV frames), on the CPU in input order; `cameras` / `views` give known labels
+        (None where unknown), L2-normalised rows with `normalize`."""
+        sources = [_as_source(image, bgr, i) for i, image in enumerate(images)]
+        known = [(cam, view) for cam, view in zip(cameras or [None] * len(sources),
+                                                  views or [None] * len(sources))]
+        if len(known) != len(sources):
+            raise ToolError(f"{len(sources)} images but {len(cameras or [])} cameras and "
+                            f"{len(views or [])} views: give one label per image, or None")
+        records = [ImageRecord(source, None, cam, view) for source, (cam, view) in zip(sources, known)]
+        feats = self.extract_records(records, show_progress=False)
+        return torch.nn.functional.normalize(feats, dim=1) if normalize else feats
+
+    def extract_records(self, records: Sequence[ImageRecord], desc: str = "features",
+                        show_progress: bool = True) -> torch.Tensor:
+        """Features (N x D, on the CPU, in `records` order), SIE labels per `camera` / `view`."""
+        cam_options = label_options(records, self.camera, self.counts.cameras, "camera")
+        view_options = label_options(records, self.view, self.counts.views, "view")
+        samples = [(r.path, UNKNOWN, UNKNOWN, UNKNOWN) for r in records]
+        feats, start = [], 0
+        for images, *_ in Progress(self._loader(samples), None, desc, logger,
+                                   enabled=show_progress):
+            rows = slice(start, start + len(images))
+            feats.append(self.averaged_features(images, cam_options[rows], view_options[rows]).cpu())
+            start = rows.stop
+        return torch.cat(feats)
+
+    @torch.no_grad()
+    def extract_loader(self, loader, desc: str = "features",
+                       show_progress: bool = True) -> Tuple[torch.Tensor, List, List, List[str]]:
+        """(features on the device, pids, camids, paths) of every image of a val-style loader
+        (`make_val_loader`), each with its own camera and view label."""
+        feats, pids, camids, paths = [], [], [], []
+        for img, pid, camid, cam_label, view_label, img_paths in Progress(
+                loader, None, desc, logger, enabled=show_progress):
+            feats.append(self.features(img, cam_label, view_label))
+            pids.extend(pid)
+            camids.extend(camid)
+            paths.extend(img_paths)
+        return torch.cat(feats), pids, camids, paths
+
+    # ------------------------------------------------------------------ the forward pass
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, cam_label: torch.Tensor,
+                 view_label: torch.Tensor) -> torch.Tensor:
+        """The one place the model runs: eval-mode float32 features of a batch of transformed
+        images with one camera and view label each."""
+        self.model.eval()
+        images = images.to(self.device, non_blocking=True)
+        labels = dict(cam_label=cam_label.to(self.device), view_label=view_label.to(self.device))
+        feats = self.model(images, **labels).float()
+        if self.flip:
+            # Mean before normalisation, as fast-reid's TEST.FLIP.ENABLED.
+            feats = (feats + self.model(images.flip(3), **labels).float()) / 2
+        return feats
+
+    def averaged_features(self, images: torch.Tensor, cam_options: Sequence[Sequence[int]],
+                          view_options: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Feature of each image averaged over its (camera, view) label pairs: pass j runs the
+        images that have a j-th pair, so a batch of one pair each costs one plain pass."""
+        pairs = [[(c, v) for c in cams for v in views] for cams, views in zip(cam_options, view_options)]
+        passes = max(map(len, pairs))
+        if passes == 1:
+            cams, views = zip(*(p[0] for p in pairs))
+            return self.features(images, torch.tensor(cams), torch.tensor(views))
+        total, counts = None, torch.zeros(len(images), 1, device=self.device)
+        for j in range(passes):
+            rows = [i for i, p in enumerate(pairs) if len(p) > j]
+            cams, views = zip(*(pairs[i][j] for i in rows))
+            feats = self.features(images[rows], torch.tensor(cams), torch.tensor(views))
+            index = torch.tensor(rows, device=self.device)
+            total = feats.new_zeros(len(images), feats.shape[1]) if total is None else total
+            total.index_add_(0, index, feats)
+            counts.index_add_(0, index, torch.ones(len(rows), 1, device=self.device))
+        return total / counts
+
+    def _loader(self, samples) -> DataLoader:
+        in_memory = any(not isinstance(sample[0], str) for sample in samples)
+        dataset = ImageDataset(samples, self.transform, self.cfg.DATALOADER.READ_RETRIES)
+        # Workers would only copy images that are already in memory.
+        workers = 0 if in_memory else self.cfg.DATALOADER.NUM_WORKERS
+        return DataLoader(dataset, batch_size=self.cfg.TEST.IMS_PER_BATCH, shuffle=False,
+                          num_workers=workers, collate_fn=val_collate_fn,
+                          pin_memory=self.device.type == "cuda")
+
+
+def _as_source(image: ImageInput, bgr: bool, index: int) -> Union[str, Image.Image]:
+    """A path or a PIL RGB image."""
+    if isinstance(image, (str, Image.Image)):
+        return image
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 \
+            and image.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(image[..., ::-1] if bgr else image))
+    shape = getattr(image, "shape", None)
+    raise ToolError(f"image {index} is a {type(image).__name__}{'' if shape is None else f' of shape {shape}'}"
+                    f"{'' if not isinstance(image, np.ndarray) else f' and dtype {image.dtype}'}; "
+                    "give a path, a PIL image or an H x W x 3 uint8 array")
+
+
+RECORD_FIELD = {"camera": "camid", "view": "viewid"}
+
+
+def label_options(records: Sequence[ImageRecord], choice: LabelChoice, count: int,
+                  name: str) -> List[List[int]]:
+    """For each image, the `name` ('camera' or 'view') labels whose features are averaged
+    (see the module doc); `count` is how many the model knows, 0 if it ignores them."""
+    if count == 0:
+        return [[0]] * len(records)  # the model ignores this label
+    if isinstance(choice, int):
+        _check_label(choice, count, name, f"--{name} {choice}")
+        return [[choice]] * len(records)
+    everything = list(range(count))
+    options = []
+    for record in records:
+        known = getattr(record, RECORD_FIELD[name]) if choice == AUTO else None
+        if known is None:
+            options.append(everything)
+        else:
+            _check_label(known, count, name, f"{name} {known} of '{record.path}'")
+            options.append([known])
+    return options
+
+
+def _check_label(label: int, count: int, name: str, source: str) -> None:
+    if not 0 <= label < count:
+        raise ToolError(f"{source} has no SIE embedding: the model knows {count} {name}s "
+                        f"(ids 0..{count - 1}); pass --{name} mean or a known id")
+
+
+# ---------------------------------------------------------------------------- evaluation
+def make_evaluator(cfg, num_query: int) -> R1_mAP_eval:
+    flags = switches(cfg)
+    return R1_mAP_eval(num_query, max_rank=50, feat_norm=flags.feat_norm,
+                       reranking=flags.re_ranking, dist_metric=cfg.TEST.DIST_METRIC,
+                       k1=cfg.TEST.RE_RANKING_K1, k2=cfg.TEST.RE_RANKING_K2,
+                       lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
+
+
+def distance_matrix(cfg, query_feats: torch.Tensor, gallery_feats: torch.Tensor) -> np.ndarray:
+    """Query x gallery distances as the evaluator ranks them (TEST.FEAT_NORM, then re-ranking
+    or TEST.DIST_METRIC), for features of a few queries or of images outside a benchmark."""
+    flags = switches(cfg)
+    return query_gallery_distance(query_feats, gallery_feats, flags.feat_norm,
+                                  cfg.TEST.DIST_METRIC, flags.re_ranking, cfg.TEST.RE_RANKING_K1,
+                                  cfg.TEST.RE_RANKING_K2, cfg.TEST.RE_RANKING_LAMBDA).numpy()
+
+
+def evaluate(cfg, model: nn.Module, val_loader, num_query: int,
+             device: torch.device) -> EvalResult:
+    """mAP, CMC and mINP of `model` on a query-then-gallery loader.
+
+    The loader draws its seed from the global RNG; forking it keeps training randomness
+    independent of when and how often evaluation runs (so a resumed run matches an
+    uninterrupted one).
+    """
+    extractor = FeatureExtractor(cfg, model, device)
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        feats, pids, camids, _ = extractor.extract_loader(val_loader, desc="extracting features")
+    evaluator = make_evaluator(cfg, num_query)
+    evaluator.update((feats, pids, camids))
+    return evaluator.evaluate()
+
+
+def log_result(logger_: logging.Logger, result: EvalResult, title: str) -> None:
+    logger_.info(title)
+    logger_.info("mAP: {:.1%}".format(result.mAP))
+    for r in (1, 5, 10):
+        if r <= len(result.cmc):
+            logger_.info("CMC curve, Rank-{:<3}:{:.1%}".format(r, result.cmc[r - 1]))
+    logger_.info("mINP: {:.1%}".format(result.mINP))
+    skipped = f", {result.num_skipped_queries} skipped without a valid match" \
+        if result.num_skipped_queries else ""
+    logger_.info("Scored %d of %d queries%s", result.num_valid_queries, result.num_queries, skipped)

@@ -1,0 +1,124 @@
+"""Feature matrices on disk: `<name>.npy` (float32 N x D), its CSV index (one image a row) and a
+JSON record of the model that made them, so that features of different models are never ranked
+against each other."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from datasets.image_list import ImageRecord
+from model.trained import SETTING_DEFAULTS
+from utils.checkpoint import atomic_output
+from utils.errors import ToolError
+
+logger = logging.getLogger("transreid.tools")
+
+CSV_COLUMNS = ("index", "path", "pid", "camid", "viewid")
+
+
+def index_csv_path(features_path: str) -> str:
+    """The CSV index that goes with a feature matrix: same name, `.csv`."""
+    return os.path.splitext(features_path)[0] + ".csv"
+
+
+def provenance_path(features_path: str) -> str:
+    """The record of the model behind a feature matrix: same name, `.json`."""
+    return os.path.splitext(features_path)[0] + ".json"
+
+
+def check_same_model(saved: Optional[Dict[str, object]], current: Dict[str, object],
+                     features_path: str) -> None:
+    """Refuse to compare features that another model or other settings produced."""
+    if saved is None:
+        logger.warning("'%s' has no record of the model that extracted it (written by an older "
+                       "version): cannot check that it matches --weight", features_path)
+        return
+    saved = {**SETTING_DEFAULTS, **saved}
+    differences = [f"{key} {saved.get(key)!r} there, {value!r} here" for key, value in current.items()
+                   if key != "weight" and saved.get(key) != value]
+    if differences:
+        raise ToolError(f"'{features_path}' was extracted with other weights or settings "
+                        f"(weights '{saved.get('weight')}'): {'; '.join(differences)}. Extract "
+                        "it again with tools/extract_features.py and this --weight and config")
+
+
+def check_writable_folder(path: str) -> None:
+    """Fail before a long extraction, not after it, when the output cannot be written; creates
+    nothing (the folder is made only when the output is saved)."""
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ToolError(f"cannot write '{path}': '{existing}' is a file, not a folder; choose "
+                        "another --output")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ToolError(f"cannot write '{path}': creating a file in '{existing}' failed "
+                        f"({err.strerror}); choose another --output") from None
+
+
+def _cell(value: Optional[int]) -> str:
+    return "" if value is None else str(value)
+
+
+def save_feature_index(features: np.ndarray, records: Sequence[ImageRecord], path: str,
+                       provenance: Dict[str, object]) -> str:
+    """Write `path` (.npy, float32 N x D), its CSV index and the JSON record of the model that
+    made it (`model.trained.feature_provenance`); returns the CSV path.
+
+    The files are written to temporary names first, so an error leaves none half written.
+    """
+    if not path.endswith(".npy"):
+        raise ToolError(f"features file '{path}' must end in .npy")
+    csv_path = index_csv_path(path)
+    with atomic_output(path) as tmp_npy, atomic_output(csv_path) as tmp_csv, \
+            atomic_output(provenance_path(path)) as tmp_json:
+        np.save(tmp_npy, features.astype(np.float32))
+        with open(tmp_json, "w") as handle:
+            json.dump(provenance, handle, indent=2)
+        with open(tmp_csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            for i, r in enumerate(records):
+                writer.writerow([i, r.path, _cell(r.pid), _cell(r.camid), _cell(r.viewid)])
+    return csv_path
+
+
+def load_feature_index(path: str) -> Tuple[np.ndarray, List[ImageRecord], Optional[Dict[str, object]]]:
+    """A feature matrix written by extract_features.py, the records of its CSV index and the
+    record of the model that made it (None for files written before there was one)."""
+    csv_path = index_csv_path(path)
+    for needed in (path, csv_path):
+        if not os.path.isfile(needed):
+            raise ToolError(f"'{needed}' does not exist; write both with tools/extract_features.py")
+    features = np.load(path, allow_pickle=False)
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and set(CSV_COLUMNS) - set(rows[0]):
+        raise ToolError(f"'{csv_path}' lacks the columns {CSV_COLUMNS}")
+    if features.ndim != 2 or len(rows) != len(features):
+        raise ToolError(f"'{path}' holds {features.shape} features but '{csv_path}' lists "
+                        f"{len(rows)} images; re-run tools/extract_features.py")
+    records = [_record_of_row(row, csv_path, line) for line, row in enumerate(rows, start=2)]
+    provenance = None
+    if os.path.isfile(provenance_path(path)):
+        with open(provenance_path(path)) as handle:
+            provenance = json.load(handle)
+    return features, records, provenance
+
+
+def _record_of_row(row: Dict[str, str], csv_path: str, line: int) -> ImageRecord:
+    try:
+        labels = [int(row[k]) if row[k] else None for k in ("pid", "camid", "viewid")]
+    except ValueError:
+        raise ToolError(f"'{csv_path}' line {line}: pid, camid and viewid must be integers or "
+                        f"empty, got {[row[k] for k in ('pid', 'camid', 'viewid')]}") from None
+    return ImageRecord(row["path"], *labels)
