@@ -1,6 +1,7 @@
 """Optimizers of the model and of the center-loss centres."""
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Dict, List, Tuple
 
@@ -8,12 +9,15 @@ import torch
 from torch import nn
 
 from config import check_choice
+from utils.device import uses_gpu
 
 logger = logging.getLogger("transreid.solver")
 
 OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
 # Every identity classifier of the models: `classifier` and JPM's `classifier_1..P`.
 CLASSIFIER_NAME = 'classifier'
+# Options that choose the update kernels: the same update, a different implementation.
+KERNEL_OPTIONS = ('foreach', 'fused')
 
 
 def parameter_settings(cfg, name: str) -> Tuple[float, float]:
@@ -44,12 +48,35 @@ def build_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
             for (lr, weight_decay), params in grouped.items()]
 
 
+def kernel_options(optimizer_class: type, on_gpu: bool) -> Dict[str, bool]:
+    """`fused=True` on a GPU (one kernel for all tensors), `foreach=True` on the CPU (a few
+    multi-tensor ops instead of a Python loop over tensors), where `optimizer_class` takes the
+    option; otherwise nothing, and torch chooses."""
+    option = 'fused' if on_gpu else 'foreach'
+    return {option: True} if option in inspect.signature(optimizer_class).parameters else {}
+
+
 def optimizer_class_and_defaults(cfg) -> Tuple[type, Dict[str, Any]]:
     name = check_choice('SOLVER.OPTIMIZER_NAME', cfg.SOLVER.OPTIMIZER_NAME, OPTIMIZERS)
+    optimizer_class = getattr(torch.optim, name)
     defaults: Dict[str, Any] = {"lr": cfg.SOLVER.BASE_LR}
     if name == 'SGD':
         defaults["momentum"] = cfg.SOLVER.MOMENTUM
-    return getattr(torch.optim, name), defaults
+    # The model is on the CPU here and moves to MODEL.DEVICE later: decide by the config.
+    defaults.update(kernel_options(optimizer_class, uses_gpu(cfg.MODEL.DEVICE)))
+    return optimizer_class, defaults
+
+
+def keep_kernel_choice(optimizer: torch.optim.Optimizer, state_dict: Dict[str, Any]) -> Dict[str, Any]:
+    """load_state_dict pre-hook: a checkpoint's param groups carry the kernel options of the run
+    that wrote it (a CPU run's `foreach`), which would replace this run's; keep this run's."""
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(optimizer.param_groups):
+        return state_dict  # load_state_dict reports the mismatch
+    state_dict["param_groups"] = [
+        {**saved, **{key: current[key] for key in KERNEL_OPTIONS if key in current}}
+        for saved, current in zip(saved_groups, optimizer.param_groups)]
+    return state_dict
 
 
 def make_optimizer(cfg, model: nn.Module,
@@ -59,9 +86,11 @@ def make_optimizer(cfg, model: nn.Module,
     optimizer_class, defaults = optimizer_class_and_defaults(cfg)
     param_groups = build_param_groups(cfg, model)
     optimizer = optimizer_class(param_groups, **defaults)
+    optimizer.register_load_state_dict_pre_hook(keep_kernel_choice)
     settings = ", ".join(f"({group['lr']:g}, {group['weight_decay']:g})" for group in param_groups)
-    logger.info("%s over %d parameter tensors in %d groups (lr, weight decay): %s",
-                optimizer_class.__name__, sum(len(group["params"]) for group in param_groups),
+    kernels = ", ".join(key for key in KERNEL_OPTIONS if defaults.get(key)) or "default"
+    logger.info("%s (%s kernels) over %d parameter tensors in %d groups (lr, weight decay): %s",
+                optimizer_class.__name__, kernels, sum(len(group["params"]) for group in param_groups),
                 len(param_groups), settings)
     optimizer_center = torch.optim.SGD(center_criterion.parameters(), lr=cfg.SOLVER.CENTER_LR)
     return optimizer, optimizer_center
