@@ -13,6 +13,9 @@ over the timed steps, after warm-up) and peak GPU memory for
   fp32 (AMP is CUDA-only), so there one eager fp32 row stands for both;
 * compiled training (`torch.compile` of the model, the config's AMP dtype): by default on CUDA,
   on the CPU only with --compile (compiling on a small CPU takes minutes);
+* with --ab-last-block, eager training with the last block on every token (the path before
+  the class-token-only last block) against the class-token path, alternating steps on one
+  trainer so that load on a shared machine hits both alike;
 * eval-mode inference (`model(img, cam_label, view_label)` under no_grad, TEST.IMS_PER_BATCH
   images) in fp32 and under bf16 autocast (CPU autocast on the CPU).
 
@@ -22,6 +25,7 @@ The class count, cameras and views come from the reference datasets' training sp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -30,7 +34,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -38,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from loss import make_loss  # noqa: E402
 from model import make_model  # noqa: E402
+from model.backbones.vit_pytorch import Block  # noqa: E402
 from processor.processor import Trainer  # noqa: E402
 from solver import create_scheduler, make_optimizer  # noqa: E402
 from utils.cli import base_parser, load_config_or_exit  # noqa: E402
@@ -124,6 +129,7 @@ def time_steps(step: Callable[[], object], device: torch.device, warmup: int,
                steps: int) -> Tuple[float, float]:
     """(median seconds of the timed steps, seconds of the first warm-up step)."""
     first = 0.0
+    synchronize(device)
     for index in range(warmup):
         start = time.perf_counter()
         step()
@@ -167,6 +173,40 @@ def bench_training(cfg, sizes, device, args, amp: str, compile_model: bool) -> R
         note = f"first step {first:.1f} s (compilation)"
     return Row("train compiled" if compile_model else "train eager", precision, args.batch,
                median, peak_gib(device), note)
+
+
+@contextlib.contextmanager
+def full_last_block():
+    """Blocks asked for the class token alone run on every token and slice it instead."""
+    forward = Block.forward
+    Block.forward = lambda self, x, cls_only=False: forward(self, x)[:, :1] if cls_only else forward(self, x)
+    try:
+        yield
+    finally:
+        Block.forward = forward
+
+
+def bench_last_block(cfg, sizes, device, args) -> List[Row]:
+    """Full against class-token-only last block, on alternate steps of one eager trainer."""
+    reset_peak(device)
+    trainer = build_trainer(cfg, sizes, compile_model=False)
+    batch = random_batch(cfg, args.batch, sizes, device)
+    contexts = {"full": full_last_block, "class token": contextlib.nullcontext}
+    times: Dict[str, List[float]] = {name: [] for name in contexts}
+    peaks: Dict[str, Optional[float]] = {name: None for name in contexts}
+    for index in range(args.warmup + args.steps):
+        for name, context in contexts.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with context():
+                seconds, _ = time_steps(lambda: trainer.train_step(batch, epoch=1, n_iter=index + 1),
+                                        device, warmup=0, steps=1)
+            peaks[name] = peak_gib(device)
+            if index >= args.warmup:
+                times[name].append(seconds)
+    precision = "fp32" if trainer.amp_dtype is None else cfg.SOLVER.AMP_DTYPE
+    return [Row(f"train eager, {name} last block", precision, args.batch, statistics.median(times[name]),
+                peaks[name], "alternating steps") for name in contexts]
 
 
 def bench_inference(cfg, sizes, device, args, dtype: Optional[torch.dtype]) -> Row:
@@ -224,6 +264,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="time a torch.compile'd model too (default: on CUDA only)")
+    parser.add_argument("--ab-last-block", action="store_true",
+                        help="also time the full last block against the class-token one")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "inference"],
                         help="modes to leave out")
@@ -259,6 +301,8 @@ def main() -> None:
         if compile_model:
             rows.append(bench_training(cfg, sizes, device, args, cfg.SOLVER.AMP_DTYPE,
                                        compile_model=True))
+    if args.ab_last_block:
+        rows += bench_last_block(cfg, sizes, device, args)
     if "inference" not in args.skip:
         rows += [bench_inference(cfg, sizes, device, args, dtype) for dtype in (None, torch.bfloat16)]
     print_table(rows)

@@ -48,12 +48,33 @@ def build_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
             for (lr, weight_decay), params in grouped.items()]
 
 
-def kernel_options(optimizer_class: type, on_gpu: bool) -> Dict[str, bool]:
-    """`fused=True` on a GPU (one kernel for all tensors), `foreach=True` on the CPU (a few
-    multi-tensor ops instead of a Python loop over tensors), where `optimizer_class` takes the
-    option; otherwise nothing, and torch chooses."""
-    option = 'fused' if on_gpu else 'foreach'
-    return {option: True} if option in inspect.signature(optimizer_class).parameters else {}
+def kernel_devices() -> Tuple[List[str], List[str]]:
+    """(device types with fused optimizer kernels, with multi-tensor foreach kernels) in this torch."""
+    try:
+        from torch.utils._foreach_utils import (_get_foreach_kernels_supported_devices,
+                                                _get_fused_kernels_supported_devices)
+    except ImportError:  # torch moved its private helpers: CUDA has both in every recent torch
+        return ['cuda'], ['cuda']
+    return _get_fused_kernels_supported_devices(), _get_foreach_kernels_supported_devices()
+
+
+def kernel_options(optimizer_class: type, device_type: str) -> Dict[str, bool]:
+    """The fastest update kernels that `optimizer_class` offers on `device_type`: `fused=True`
+    (one kernel per step) where torch has fused kernels for that device, else `foreach=True`
+    (multi-tensor ops) where it has foreach kernels for it, else nothing: torch's per-tensor loop.
+
+    The CPU keeps the loop. torch has no foreach kernels for it (foreach measured slower than
+    the loop there), and its CPU fused kernels, though faster, round differently from the loop,
+    which Adam's normalised step amplifies on parameters whose gradient is rounding noise (biases
+    before a BN neck): CPU runs would no longer repeat those of earlier versions.
+    """
+    accepted = inspect.signature(optimizer_class).parameters
+    fused_devices, foreach_devices = kernel_devices()
+    if 'fused' in accepted and device_type in fused_devices and device_type != 'cpu':
+        return {'fused': True}
+    if 'foreach' in accepted and device_type in foreach_devices:
+        return {'foreach': True}
+    return {}
 
 
 def optimizer_class_and_defaults(cfg) -> Tuple[type, Dict[str, Any]]:
@@ -63,13 +84,14 @@ def optimizer_class_and_defaults(cfg) -> Tuple[type, Dict[str, Any]]:
     if name == 'SGD':
         defaults["momentum"] = cfg.SOLVER.MOMENTUM
     # The model is on the CPU here and moves to MODEL.DEVICE later: decide by the config.
-    defaults.update(kernel_options(optimizer_class, uses_gpu(cfg.MODEL.DEVICE)))
+    defaults.update(kernel_options(optimizer_class, 'cuda' if uses_gpu(cfg.MODEL.DEVICE) else 'cpu'))
     return optimizer_class, defaults
 
 
 def keep_kernel_choice(optimizer: torch.optim.Optimizer, state_dict: Dict[str, Any]) -> Dict[str, Any]:
     """load_state_dict pre-hook: a checkpoint's param groups carry the kernel options of the run
-    that wrote it (a CPU run's `foreach`), which would replace this run's; keep this run's."""
+    that wrote it (on another device, or by an older version), which would replace this run's;
+    keep this run's."""
     saved_groups = state_dict["param_groups"]
     if len(saved_groups) != len(optimizer.param_groups):
         return state_dict  # load_state_dict reports the mismatch

@@ -1,22 +1,28 @@
-"""Multi-tensor (foreach) and fused optimizer kernels: chosen by device, the same updates as the
-plain per-tensor loop, and kept on resume."""
+"""Fused and multi-tensor (foreach) optimizer kernels: chosen by device and torch's support, the
+same updates as the plain per-tensor loop, and kept on resume."""
 from __future__ import annotations
 
 import copy
+import importlib
 from typing import Dict
 
 import pytest
 import torch
-from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 from loss import CenterLoss
 from model import make_model
 from solver import make_optimizer
-from solver.make_optimizer import kernel_options
+from solver.make_optimizer import kernel_devices, kernel_options
+
+# The module itself: `solver.make_optimizer` the attribute is the function of that name.
+optimizer_module = importlib.import_module('solver.make_optimizer')
 from test_model import NUM_CLASSES, perturb_, tiny_cfg
 from test_model import tiny_vits  # noqa: F401  (fixture)
 
 OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
+CPU_HAS_FUSED = 'cpu' in kernel_devices()[0]
+# A CPU run keeps torch's per-tensor loop (see kernel_options).
+CPU_KERNELS = {'foreach': {None}, 'fused': {None}}
 
 
 def optimizer_cfg(name: str, device: str = 'cpu'):
@@ -47,18 +53,26 @@ def assert_same_parameters(model: torch.nn.Module, reference: torch.nn.Module) -
                                    msg=lambda text, name=name: f"{name}: {text}")
 
 
+@pytest.mark.parametrize('kernels', [
+    pytest.param({'foreach': False, 'fused': True}, id='fused',
+                 marks=pytest.mark.skipif(not CPU_HAS_FUSED, reason="no fused CPU kernels in this torch")),
+    pytest.param({'foreach': True, 'fused': False}, id='foreach')])
 @pytest.mark.parametrize('name', OPTIMIZERS)
-def test_cpu_uses_foreach_with_the_updates_of_the_plain_loop(tiny_vits, name):
+def test_kernels_give_the_updates_of_the_plain_loop(tiny_vits, name, kernels):
+    """Three steps of the config's optimizer with fused or foreach kernels, on the CPU (the CUDA
+    kernels need a GPU): the arithmetic of the options a GPU run gets."""
     cfg = optimizer_cfg(name)
     torch.manual_seed(0)
     model = make_model(cfg, NUM_CLASSES, 0, 0)
     perturb_(model)
     reference = copy.deepcopy(model)
     optimizer, _ = make_optimizer(cfg, model, CenterLoss(NUM_CLASSES, 32))
-    assert kernels_of(optimizer) == {'foreach': {True}, 'fused': {None}}
+    assert kernels_of(optimizer) == CPU_KERNELS
     plain, _ = make_optimizer(cfg, reference, CenterLoss(NUM_CLASSES, 32))
+    for group in optimizer.param_groups:
+        group.update(kernels)
     for group in plain.param_groups:
-        group['foreach'] = False  # torch's single-tensor loop
+        group.update(foreach=False, fused=False)  # torch's single-tensor loop
     initial = model.base.cls_token.detach().clone()
     train_steps(model, optimizer)
     train_steps(reference, plain)
@@ -73,54 +87,37 @@ def test_gpu_config_chooses_fused_kernels(tiny_vits, monkeypatch, name):
     model = make_model(optimizer_cfg(name), NUM_CLASSES, 0, 0)
     optimizer, _ = make_optimizer(optimizer_cfg(name, device='cuda'), model, CenterLoss(NUM_CLASSES, 32))
     assert kernels_of(optimizer) == {'foreach': {None}, 'fused': {True}}
-    # A 'cuda' config on a machine without a GPU runs on the CPU: foreach.
+    # A 'cuda' config on a machine without a GPU runs on the CPU, with the CPU's loop.
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     optimizer, _ = make_optimizer(optimizer_cfg(name, device='cuda'), model, CenterLoss(NUM_CLASSES, 32))
-    assert kernels_of(optimizer) == {'foreach': {True}, 'fused': {None}}
+    assert kernels_of(optimizer) == CPU_KERNELS
 
 
-@pytest.mark.skipif('cpu' not in _get_fused_kernels_supported_devices(),
-                    reason="this torch has no fused optimizer kernels for the CPU")
-@pytest.mark.parametrize('name', OPTIMIZERS)
-def test_fused_update_equals_the_plain_loop(tiny_vits, name):
-    """The fused update's arithmetic, on torch's CPU fused kernels (the CUDA ones need a GPU)."""
-    cfg = optimizer_cfg(name)
-    torch.manual_seed(0)
-    model = make_model(cfg, NUM_CLASSES, 0, 0)
-    perturb_(model)
-    reference = copy.deepcopy(model)
-    fused, _ = make_optimizer(cfg, model, CenterLoss(NUM_CLASSES, 32))
-    plain, _ = make_optimizer(cfg, reference, CenterLoss(NUM_CLASSES, 32))
-    for group in fused.param_groups:
-        group.update(foreach=False, fused=True)
-    for group in plain.param_groups:
-        group['foreach'] = False
-    train_steps(model, fused)
-    train_steps(reference, plain)
-    assert_same_parameters(model, reference)
-
-
-def test_optimizers_without_the_options_get_none():
-    assert kernel_options(torch.optim.LBFGS, on_gpu=True) == {}
-    assert kernel_options(torch.optim.LBFGS, on_gpu=False) == {}
+def test_kernel_choice_falls_back_by_torch_support(monkeypatch):
     for name in OPTIMIZERS:
-        optimizer_class = getattr(torch.optim, name)
-        assert kernel_options(optimizer_class, on_gpu=False) == {'foreach': True}
-        assert kernel_options(optimizer_class, on_gpu=True) == {'fused': True}
+        assert kernel_options(getattr(torch.optim, name), 'cuda') == {'fused': True}
+    # An optimizer without the options gets none.
+    assert kernel_options(torch.optim.LBFGS, 'cuda') == {} and kernel_options(torch.optim.LBFGS, 'cpu') == {}
+    # The CPU keeps the loop, even where torch has fused CPU kernels.
+    monkeypatch.setattr(optimizer_module, 'kernel_devices', lambda: (['cuda', 'cpu'], ['cuda']))
+    assert kernel_options(torch.optim.AdamW, 'cpu') == {}
+    # A torch without fused kernels for a device: foreach where it has foreach kernels.
+    monkeypatch.setattr(optimizer_module, 'kernel_devices', lambda: (['mps'], ['cuda']))
+    assert kernel_options(torch.optim.AdamW, 'cuda') == {'foreach': True}
 
 
-def test_resume_keeps_this_runs_kernels(tiny_vits, monkeypatch):
-    """A checkpoint written by a GPU run (fused) resumes on the CPU with foreach, and its state."""
+def test_resume_keeps_this_runs_kernels(tiny_vits):
+    """A checkpoint written with other kernel options resumes with this run's, and its state."""
     cfg = optimizer_cfg('AdamW')
     model = make_model(cfg, NUM_CLASSES, 0, 0)
     optimizer, _ = make_optimizer(cfg, model, CenterLoss(NUM_CLASSES, 32))
     train_steps(model, optimizer, steps=1)
     saved = copy.deepcopy(optimizer.state_dict())
     for group in saved['param_groups']:
-        group.update(foreach=None, fused=True)
+        group.update(foreach=None, fused=True)  # written by a GPU run
     resumed, _ = make_optimizer(cfg, model, CenterLoss(NUM_CLASSES, 32))
     resumed.load_state_dict(saved)
-    assert kernels_of(resumed) == {'foreach': {True}, 'fused': {None}}
+    assert kernels_of(resumed) == CPU_KERNELS
     assert all(group['fused'] for group in saved['param_groups'])  # the caller's dict is untouched
     param = model.base.cls_token
     torch.testing.assert_close(resumed.state[param]['exp_avg'], optimizer.state[param]['exp_avg'])
