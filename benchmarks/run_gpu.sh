@@ -26,7 +26,9 @@ step bench_rerank_msmt "$python" -m benchmarks.bench_eval --device cuda --skip m
 step memory_metrics_msmt "$python" benchmarks/bench_eval_memory.py --device cuda
 step memory_rerank_msmt "$python" benchmarks/bench_eval_memory.py --device cuda --rerank
 # Training step of the Market TransReID recipe (ViT-B/16, stride 12, JPM, SIE) at its batch of 64:
-# eager fp16 / bf16, torch.compile, and inference. Random weights: no ImageNet file needed.
+# eager fp16 / bf16, torch.compile, full vs class-token last block, and inference. Random
+# weights: no ImageNet file needed.
 step bench_train_market "$python" benchmarks/bench_train.py --device cuda \
-    --config_file configs/Market/vit_transreid_stride.yml --batch 64 MODEL.PRETRAIN_CHOICE none
+    --config_file configs/Market/vit_transreid_stride.yml --batch 64 --ab-last-block \
+    MODEL.PRETRAIN_CHOICE none
 exit $status
