@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go: the CUDA tests, then the evaluation benchmarks on the
-# GPU (the figures in README's tables). Each step's output goes to OUT_DIR/<step>.txt.
+# Everything that needs a GPU, in one go: the CUDA tests, then the evaluation and training-step
+# benchmarks on the GPU (the figures in README's tables). Each step's output goes to OUT_DIR/<step>.txt.
 #
 #   bash benchmarks/run_gpu.sh [OUT_DIR]        # default: logs/gpu
 set -uo pipefail
@@ -25,4 +25,10 @@ step bench_rerank_msmt "$python" -m benchmarks.bench_eval --device cuda --skip m
     --rerank-set msmt
 step memory_metrics_msmt "$python" benchmarks/bench_eval_memory.py --device cuda
 step memory_rerank_msmt "$python" benchmarks/bench_eval_memory.py --device cuda --rerank
+# Training step of the Market TransReID recipe (ViT-B/16, stride 12, JPM, SIE) at its batch of 64:
+# eager fp16 / bf16, torch.compile, full vs class-token last block, and inference. Random
+# weights: no ImageNet file needed.
+step bench_train_market "$python" benchmarks/bench_train.py --device cuda \
+    --config_file configs/Market/vit_transreid_stride.yml --batch 64 --ab-last-block \
+    MODEL.PRETRAIN_CHOICE none
 exit $status

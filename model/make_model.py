@@ -168,6 +168,12 @@ class build_transformer_local(ReIDModel):
         self.shuffle_groups = cfg.MODEL.SHUFFLE_GROUP
         self.rearrange = cfg.MODEL.RE_ARRANGE
 
+    @staticmethod
+    def branch_class_token(branch: nn.Sequential, tokens: torch.Tensor) -> torch.Tensor:
+        """Class token of a branch (`b1`, `b2`: block, then norm), computed for that token alone."""
+        block, norm = branch
+        return norm(block(tokens, cls_only=True))[:, 0]
+
     def _branch_modules(self, name: str) -> List[nn.Module]:
         """The global module `name` followed by its P local copies `name_1..name_P`."""
         return [getattr(self, name)] + [getattr(self, f'{name}_{part}') for part in range(1, self.num_parts + 1)]
@@ -180,14 +186,14 @@ class build_transformer_local(ReIDModel):
         # All parts go through b2 as one batch of batch * P sequences (ordered image-major).
         parts = patches[:, :part_length * self.num_parts].reshape(batch * self.num_parts, part_length, dim)
         cls_tokens = tokens[:, :1].repeat_interleave(self.num_parts, dim=0)
-        local = self.b2(torch.cat([cls_tokens, parts], dim=1))[:, 0]
+        local = self.branch_class_token(self.b2, torch.cat([cls_tokens, parts], dim=1))
         return list(local.view(batch, self.num_parts, dim).unbind(1))
 
     def forward(self, x: torch.Tensor, label: Optional[torch.Tensor] = None,
                 cam_label: Optional[torch.Tensor] = None,
                 view_label: Optional[torch.Tensor] = None) -> Union[torch.Tensor, JPMTrainOutput]:
         tokens = self.base(x, cam_label=cam_label, view_label=view_label)
-        feats = [self.b1(tokens)[:, 0]] + self.local_features(tokens)
+        feats = [self.branch_class_token(self.b1, tokens)] + self.local_features(tokens)
         necked = [self.apply_neck(feat, neck) for feat, neck in zip(feats, self._branch_modules('bottleneck'))]
         if self.training:
             scores = [self.score(classifier, feat, label)

@@ -1,6 +1,7 @@
 """Optimizers of the model and of the center-loss centres."""
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Dict, List, Tuple
 
@@ -9,11 +10,14 @@ from torch import nn
 
 from config import check_choice
 from config.choices import OPTIMIZERS
+from utils.device import uses_gpu
 
 logger = logging.getLogger("transreid.solver")
 
 # Every identity classifier of the models: `classifier` and JPM's `classifier_1..P`.
 CLASSIFIER_NAME = 'classifier'
+# Options that choose the update kernels: the same update, a different implementation.
+KERNEL_OPTIONS = ('foreach', 'fused')
 
 
 def parameter_settings(cfg, name: str) -> Tuple[float, float]:
@@ -44,12 +48,57 @@ def build_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
             for (lr, weight_decay), params in grouped.items()]
 
 
+def kernel_devices() -> Tuple[List[str], List[str]]:
+    """(device types with fused optimizer kernels, with multi-tensor foreach kernels) in this torch."""
+    try:
+        from torch.utils._foreach_utils import (_get_foreach_kernels_supported_devices,
+                                                _get_fused_kernels_supported_devices)
+    except ImportError:  # torch moved its private helpers: CUDA has both in every recent torch
+        return ['cuda'], ['cuda']
+    return _get_fused_kernels_supported_devices(), _get_foreach_kernels_supported_devices()
+
+
+def kernel_options(optimizer_class: type, device_type: str) -> Dict[str, bool]:
+    """The fastest update kernels that `optimizer_class` offers on `device_type`: `fused=True`
+    (one kernel per step) where torch has fused kernels for that device, else `foreach=True`
+    (multi-tensor ops) where it has foreach kernels for it, else nothing: torch's per-tensor loop.
+
+    The CPU keeps the loop. torch has no foreach kernels for it (foreach measured slower than
+    the loop there), and its CPU fused kernels, though faster, round differently from the loop,
+    which Adam's normalised step amplifies on parameters whose gradient is rounding noise (biases
+    before a BN neck): CPU runs would no longer repeat those of earlier versions.
+    """
+    accepted = inspect.signature(optimizer_class).parameters
+    fused_devices, foreach_devices = kernel_devices()
+    if 'fused' in accepted and device_type in fused_devices and device_type != 'cpu':
+        return {'fused': True}
+    if 'foreach' in accepted and device_type in foreach_devices:
+        return {'foreach': True}
+    return {}
+
+
 def optimizer_class_and_defaults(cfg) -> Tuple[type, Dict[str, Any]]:
     name = check_choice('SOLVER.OPTIMIZER_NAME', cfg.SOLVER.OPTIMIZER_NAME, OPTIMIZERS)
+    optimizer_class = getattr(torch.optim, name)
     defaults: Dict[str, Any] = {"lr": cfg.SOLVER.BASE_LR}
     if name == 'SGD':
         defaults["momentum"] = cfg.SOLVER.MOMENTUM
-    return getattr(torch.optim, name), defaults
+    # The model is on the CPU here and moves to MODEL.DEVICE later: decide by the config.
+    defaults.update(kernel_options(optimizer_class, 'cuda' if uses_gpu(cfg.MODEL.DEVICE) else 'cpu'))
+    return optimizer_class, defaults
+
+
+def keep_kernel_choice(optimizer: torch.optim.Optimizer, state_dict: Dict[str, Any]) -> Dict[str, Any]:
+    """load_state_dict pre-hook: a checkpoint's param groups carry the kernel options of the run
+    that wrote it (on another device, or by an older version), which would replace this run's;
+    keep this run's."""
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(optimizer.param_groups):
+        return state_dict  # load_state_dict reports the mismatch
+    state_dict["param_groups"] = [
+        {**saved, **{key: current[key] for key in KERNEL_OPTIONS if key in current}}
+        for saved, current in zip(saved_groups, optimizer.param_groups)]
+    return state_dict
 
 
 def make_optimizer(cfg, model: nn.Module,
@@ -59,9 +108,11 @@ def make_optimizer(cfg, model: nn.Module,
     optimizer_class, defaults = optimizer_class_and_defaults(cfg)
     param_groups = build_param_groups(cfg, model)
     optimizer = optimizer_class(param_groups, **defaults)
+    optimizer.register_load_state_dict_pre_hook(keep_kernel_choice)
     settings = ", ".join(f"({group['lr']:g}, {group['weight_decay']:g})" for group in param_groups)
-    logger.info("%s over %d parameter tensors in %d groups (lr, weight decay): %s",
-                optimizer_class.__name__, sum(len(group["params"]) for group in param_groups),
+    kernels = ", ".join(key for key in KERNEL_OPTIONS if defaults.get(key)) or "default"
+    logger.info("%s (%s kernels) over %d parameter tensors in %d groups (lr, weight decay): %s",
+                optimizer_class.__name__, kernels, sum(len(group["params"]) for group in param_groups),
                 len(param_groups), settings)
     optimizer_center = torch.optim.SGD(center_criterion.parameters(), lr=cfg.SOLVER.CENTER_LR)
     return optimizer, optimizer_center
