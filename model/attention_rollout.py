@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -77,15 +77,16 @@ def residual_attention(weights: torch.Tensor) -> torch.Tensor:
     return mixed / mixed.sum(dim=-1, keepdim=True)
 
 
-def rollout(layers: Sequence[torch.Tensor]) -> torch.Tensor:
+def rollout(layers: Iterable[torch.Tensor]) -> torch.Tensor:
     """Attention rollout of `layers` (each B x heads x rows x T, first layer first; only the
     last may have fewer rows than tokens): B x rows x T, how much each token of the input
-    flows into each output row."""
-    if not layers:
+    flows into each output row. A generator keeps one layer's weights in memory at a time."""
+    result: Optional[torch.Tensor] = None
+    for weights in layers:
+        step = residual_attention(weights)
+        result = step if result is None else step @ result
+    if result is None:
         raise ValueError("rollout needs at least one layer of attention weights")
-    result = residual_attention(layers[0])
-    for weights in layers[1:]:
-        result = residual_attention(weights) @ result
     return result
 
 
@@ -211,8 +212,8 @@ def _backbone_rollout(inner: Sequence[nn.Module], normed: Dict[str, torch.Tensor
                       batch: int) -> torch.Tensor:
     """B x T x T rollout of the blocks before the last (the identity when there are none)."""
     if inner:
-        return rollout([attention_weights(normed[f"block {i}"], block.attn)
-                        for i, block in enumerate(inner)])
+        return rollout(attention_weights(normed[f"block {i}"], block.attn)
+                       for i, block in enumerate(inner))
     tokens = normed[GLOBAL].shape[1]
     return torch.eye(tokens, device=normed[GLOBAL].device).expand(batch, -1, -1)
 

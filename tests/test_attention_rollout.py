@@ -210,6 +210,7 @@ def saved_model(tmp_path_factory):
 
 
 def test_tool_writes_a_picture_per_image_and_a_grid(saved_model, tmp_path, tiny_opts):
+    pytest.importorskip("matplotlib")  # optional (requirements-dev.txt)
     weight, images, cfg = saved_model
     out = tmp_path / "maps"
     assert visualize_attention.main(["--weight", weight, "--images", images, "--output", str(out),
@@ -231,6 +232,7 @@ def test_tool_writes_a_picture_per_image_and_a_grid(saved_model, tmp_path, tiny_
 
 
 def test_tool_on_benchmark_queries(saved_model, tmp_path, tiny_opts):
+    pytest.importorskip("matplotlib")  # optional (requirements-dev.txt)
     weight, _, _ = saved_model
     out = tmp_path / "maps"
     assert visualize_attention.main(["--weight", weight, "--query-index", "0,3", "--output-dir",
@@ -259,6 +261,7 @@ def test_tool_without_matplotlib_says_how_to_install_it(saved_model, tmp_path, t
 
 
 def test_tool_names_a_bad_colormap(saved_model, tmp_path, tiny_opts):
+    pytest.importorskip("matplotlib")  # optional (requirements-dev.txt)
     weight, images, _ = saved_model
     with pytest.raises(SystemExit, match="--colormap 'nope' is not a matplotlib colormap"):
         visualize_attention.main(["--weight", weight, "--images", images, "--colormap", "nope",
