@@ -202,7 +202,9 @@ def attention_maps(model: nn.Module, images: torch.Tensor, cam_label: Optional[t
 
 
 def branch_names(model: nn.Module) -> Tuple[str, ...]:
-    """'global', then 'local 1'..'local P' for a JPM model."""
+    """'global', then 'local 1'..'local P' for a JPM model; ValueError for a model without
+    attention."""
+    _last_blocks(model)  # checks that it is a transformer
     if isinstance(model, build_transformer_local):
         return (GLOBAL, *(local_branch_name(part) for part in range(1, model.num_parts + 1)))
     return (GLOBAL,)

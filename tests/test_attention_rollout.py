@@ -11,12 +11,15 @@ from PIL import Image
 from torch import nn
 
 from config import load_config
+from datasets.bases import read_image
+from datasets.transforms import build_test_transforms
 from model import make_model
 from model.backbones.vit_pytorch import Attention
-from model.attention_rollout import (attention_maps, attention_weights, jpm_layout, rollout,
-                                     spread_over_pixels)
+from model.attention_rollout import (attention_maps, attention_weights, branch_names, jpm_layout,
+                                     pixel_maps, rollout, spread_over_pixels)
 from tests.conftest import TINY_TRANSREID_OPTS
 from tools import visualize_attention
+from tools.common import AUTO, ImageRecord, SideInfoCounts
 from tools.visualize_attention import GRID_NAME, GridLayout
 
 # Default JPM (shift 5, 2 shuffle groups, 4 parts) on the 4 x 2 patches of a 64 x 32 image.
@@ -190,6 +193,8 @@ def test_maps_need_a_transformer_in_eval_mode():
         attention_maps(model.train(), torch.randn(1, 3, 64, 32), cam_label=torch.tensor([0]))
     with pytest.raises(ValueError, match="transformer re-ID model .*not Linear"):
         attention_maps(nn.Linear(2, 2).eval(), torch.randn(1, 2))
+    with pytest.raises(ValueError, match="transformer re-ID model .*not Linear"):
+        branch_names(nn.Linear(2, 2))
 
 
 # ----------------------------------------------------------------------------------- the tool
@@ -229,6 +234,29 @@ def test_tool_writes_a_picture_per_image_and_a_grid(saved_model, tmp_path, tiny_
     assert np.abs(picture[top:top + 64, left:left + 32] - image).max() <= 1
     left, _ = layout.panel_origin(0, 1)
     assert np.abs(picture[top:top + 64, left:left + 32] - image).mean() > 10
+
+
+def test_maps_of_an_unknown_camera_are_the_mean_over_cameras(saved_model):
+    weight, images, cfg = saved_model
+    _, model = tiny_model()
+    records = [ImageRecord(os.path.join(images, "b.png")),  # no camera: the mean
+               ImageRecord(os.path.join(images, "c.jpg"), camid=2)]
+    batches = list(visualize_attention.image_attention(
+        cfg, model, records, SideInfoCounts(cameras=3, views=0), AUTO, AUTO, torch.device("cpu")))
+    assert [rows for rows, _ in batches] == [[0, 1]]
+    maps = batches[0][1]
+    assert maps.shape == (2, 5, 64, 32)
+    image = build_test_transforms(cfg)(read_image(records[0].path))[None]
+    per_camera = [pixel_maps(model, attention_maps(model, image, torch.tensor([cam])).maps)
+                  for cam in range(3)]
+    np.testing.assert_allclose(maps[0], torch.stack(per_camera).mean(0)[0].numpy(), rtol=1e-5,
+                               atol=1e-7)
+    # Camera 2 really changes the maps (else the mean above would prove nothing).
+    assert np.abs(per_camera[2][0].numpy() - per_camera[0][0].numpy()).max() > 1e-4
+    image = build_test_transforms(cfg)(read_image(records[1].path))[None]
+    np.testing.assert_allclose(
+        maps[1], pixel_maps(model, attention_maps(model, image, torch.tensor([2])).maps)[0].numpy(),
+        rtol=1e-5, atol=1e-7)
 
 
 def test_tool_on_benchmark_queries(saved_model, tmp_path, tiny_opts):

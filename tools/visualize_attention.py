@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -130,9 +130,10 @@ def chosen_images(cfg, args: argparse.Namespace) -> Tuple[List[ImageRecord], Lis
 
 def image_attention(cfg, model: torch.nn.Module, records: Sequence[ImageRecord],
                     counts: SideInfoCounts, camera: LabelChoice, view: LabelChoice,
-                    device: torch.device) -> Tuple[np.ndarray, Tuple[str, ...]]:
-    """Pixel maps (N x branches x H x W, NaN where no patch looks) of each image, and the
-    branch names. With SIE, the maps are averaged over the image's labels as features are."""
+                    device: torch.device) -> Iterator[Tuple[List[int], np.ndarray]]:
+    """Per batch: the indices of its records and their pixel maps (images x branches x H x W,
+    NaN where no patch looks). With SIE, the maps are averaged over the image's labels as
+    features are. Batch by batch, so that a large folder is never held in memory."""
     cam_options = label_options(records, camera, counts.cameras, "camera")
     view_options = label_options(records, view, counts.views, "view")
     loader = DataLoader(ImageFiles(records, build_test_transforms(cfg), cfg.DATALOADER.READ_RETRIES),
@@ -145,13 +146,11 @@ def image_attention(cfg, model: torch.nn.Module, records: Sequence[ImageRecord],
         return attention_maps(model, images, cam_label, view_label).maps.flatten(1)
 
     grid = model.base.patch_embed.grid_size
-    maps = []
     for images, index in Progress(loader, len(loader), "attention", logger):
         rows = index.tolist()
         averaged = sie_averaged_features(flat_maps, images.to(device), [cam_options[i] for i in rows],
                                          [view_options[i] for i in rows])
-        maps.append(pixel_maps(model, averaged.view(len(rows), -1, *grid)).cpu())
-    return torch.cat(maps).numpy(), branch_names(model)
+        yield rows, pixel_maps(model, averaged.view(len(rows), -1, *grid)).cpu().numpy()
 
 
 def log_jpm_layout(model: torch.nn.Module) -> None:
@@ -244,18 +243,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = select_device(cfg.MODEL.DEVICE)
     model, counts = load_model(cfg, args)
     log_jpm_layout(model)
-    maps, branches = image_attention(cfg, model, records, counts, args.camera, args.view, device)
     height, width = cfg.INPUT.SIZE_TEST
     layout = GridLayout(width * args.scale, height * args.scale)
-    headers = [IMAGE_COLUMN, *branches]
+    headers = [IMAGE_COLUMN, *branch_names(model)]
     grid_rows = []
-    for record, name, image_maps in zip(records, names, maps):
-        panels = image_panels(record.path, image_maps, colormap, args.alpha, layout)
-        save_png(draw_grid([panels], headers, layout), os.path.join(output_dir, f"{name}.png"))
-        if len(grid_rows) < args.grid_size:
-            grid_rows.append(panels)
+    for rows, maps in image_attention(cfg, model, records, counts, args.camera, args.view, device):
+        for i, image_maps in zip(rows, maps):
+            panels = image_panels(records[i].path, image_maps, colormap, args.alpha, layout)
+            save_png(draw_grid([panels], headers, layout), os.path.join(output_dir, f"{names[i]}.png"))
+            if len(grid_rows) < args.grid_size:
+                grid_rows.append(panels)
     save_png(draw_grid(grid_rows, headers, layout), os.path.join(output_dir, GRID_NAME))
-    logger.info("Attention maps of %d images (%s) in %s", len(records), ", ".join(branches),
+    logger.info("Attention maps of %d images (%s) in %s", len(records), ", ".join(headers[1:]),
                 output_dir)
     return 0
 
