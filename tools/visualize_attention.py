@@ -212,13 +212,13 @@ def image_panels(path: str, maps: np.ndarray, colormap, alpha: float,
     """The image, then its heat map of each branch."""
     size = (layout.panel_width, layout.panel_height)
     image = read_image(path)
-    return [image.resize(size, Image.BILINEAR)] + [heat_map_panel(image, branch_map, colormap,
-                                                                  alpha, size)
-                                                   for branch_map in maps]
+    heat_maps = [heat_map_panel(image, branch_map, colormap, alpha, size) for branch_map in maps]
+    return [image.resize(size, Image.BILINEAR), *heat_maps]
 
 
 def draw_grid(rows: Sequence[Sequence[Image.Image]], headers: Sequence[str],
               layout: GridLayout) -> Image.Image:
+    """The panels of each row (one image each) under the column `headers`."""
     canvas = Image.new("RGB", layout.canvas_size(len(rows), len(headers)), WHITE)
     draw = ImageDraw.Draw(canvas)
     header_font = font(11)
