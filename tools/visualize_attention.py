@@ -1,0 +1,264 @@
+"""Attention maps of a trained TransReID: where the class token of each branch looks.
+
+python tools/visualize_attention.py --config_file CONFIG --weight MODEL.pth \\
+    (--images FOLDER_LIST_OR_IMAGE [--images ...] | --query-index I,J,...) \\
+    [--output-dir FOLDER] [KEY VALUE ...]
+
+Each map is the attention rollout (model/attention_rollout.py) of a branch's class token over
+the image patches, spread over the pixels (overlapping patches averaged) and blended over the
+image with a matplotlib colormap (optional dependency: pip install matplotlib). Each map is
+scaled from its own minimum (coldest colour) to its maximum (hottest), so colours compare
+places within a map, not maps with each other. Pixels no patch covers (the right or bottom
+margin when the patch grid does not reach it) are left uncoloured.
+
+With JPM, the local maps are drawn over the image: every token of a part is shown at the
+patch it came from, after JPM's shift and shuffle. A patch the shuffle's padding copies
+counts once per copy in its part. Tail patches (in no part, when the patch count is not a
+multiple of MODEL.DEVIDE_LENGTH) get only the weight the backbone blocks passed on to the
+part's tokens, not b2's direct attention; the tool logs which patches are repeated or left out.
+
+Writes one PNG per image (the image, then the global map, then local maps 1..P) and grid.png,
+the same panels for the first --grid-size images, one row each.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
+
+from datasets import load_eval_dataset
+from datasets.bases import read_image
+from datasets.transforms import build_test_transforms
+from model import build_transformer_local
+from model.attention_rollout import attention_maps, branch_names, jpm_layout, pixel_maps
+from tools.common import (ImageFiles, ImageRecord, LabelChoice, SideInfoCounts, ToolError,
+                          add_label_arguments, add_sie_count_arguments, build_trained_model,
+                          check_writable_folder, collect_images, configure_logging,
+                          exit_on_user_error, label_options, load_tool_config, positive_int,
+                          sie_averaged_features, tool_parser)
+from tools.drawing import BLACK, WHITE, font, save_png
+from tools.visualize_ranks import choose_queries, index_list
+from utils.device import select_device
+from utils.progress import Progress
+
+logger = logging.getLogger("transreid.tools")
+
+GRID_NAME = "grid.png"
+IMAGE_COLUMN = "image"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = tool_parser(
+        "Draw the attention rollout of a trained transformer: where the class token of the "
+        "global branch and, with JPM, of each local branch looks in the image, as heat maps "
+        "over your images or over queries of the test set of DATASETS.NAMES. Needs matplotlib.",
+        "python tools/visualize_attention.py --config_file configs/Market/vit_transreid_stride.yml "
+        "--weight logs/market/transformer_120.pth --images my_crops/ --output-dir attention/")
+    source = parser.add_mutually_exclusive_group(required=True)
+    # One value per --images: a greedy list would swallow the KEY VALUE overrides that follow.
+    source.add_argument("--images", action="append",
+                        help="image, folder (recursive) or list file ('path [pid camid [viewid]]' "
+                             "lines); repeat --images for more")
+    source.add_argument("--query-index", type=index_list, metavar="I,J,...",
+                        help="comma-separated indices of queries of the test set of "
+                             "DATASETS.NAMES (0 = first query)")
+    parser.add_argument("--output-dir", "--output", dest="output_dir", default="",
+                        help="folder of the pictures (default: OUTPUT_DIR/attention, or "
+                             "./attention when OUTPUT_DIR is empty)")
+    parser.add_argument("--grid-size", type=positive_int, default=8,
+                        help="images in grid.png, the first ones (default 8)")
+    parser.add_argument("--scale", type=positive_int, default=2,
+                        help="each panel is INPUT.SIZE_TEST times this (default 2)")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="opacity of the heat map over the image, 0 to 1 (default 0.5)")
+    parser.add_argument("--colormap", default="jet",
+                        help="matplotlib colormap of the heat maps (default jet)")
+    add_label_arguments(parser)
+    add_sie_count_arguments(parser)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.alpha <= 1.0:
+        parser.error(f"--alpha must be between 0 and 1, got {args.alpha}")
+    return args
+
+
+def load_model(cfg, args: argparse.Namespace) -> Tuple[torch.nn.Module, SideInfoCounts]:
+    """The trained model, sized from its checkpoint (the one place that builds it)."""
+    return build_trained_model(cfg, args.num_cameras, args.num_views)
+
+
+def load_colormap(name: str):
+    """The matplotlib colormap `name`; matplotlib is imported only here (optional dependency)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ToolError("drawing heat maps needs matplotlib: pip install matplotlib") from None
+    try:
+        return matplotlib.colormaps[name]
+    except KeyError:
+        raise ToolError(f"--colormap '{name}' is not a matplotlib colormap; try jet, viridis, "
+                        "inferno or turbo") from None
+
+
+# ---------------------------------------------------------------------------------- images
+def chosen_images(cfg, args: argparse.Namespace) -> Tuple[List[ImageRecord], List[str]]:
+    """The images to draw and the file name (without .png) of each picture."""
+    if args.query_index is None:
+        records = [record for source in args.images for record in collect_images(source)]
+        names = [f"{i:03d}_{os.path.splitext(os.path.basename(r.path))[0]}"
+                 for i, r in enumerate(records)]
+        return records, names
+    query = load_eval_dataset(cfg).query
+    chosen = choose_queries(args, len(query))
+    return [ImageRecord(*query[i]) for i in chosen], [f"query_{i:05d}" for i in chosen]
+
+
+def image_attention(cfg, model: torch.nn.Module, records: Sequence[ImageRecord],
+                    counts: SideInfoCounts, camera: LabelChoice, view: LabelChoice,
+                    device: torch.device) -> Iterator[Tuple[List[int], np.ndarray]]:
+    """Per batch: the indices of its records and their pixel maps (images x branches x H x W,
+    NaN where no patch looks). With SIE, the maps are averaged over the image's labels as
+    features are. Batch by batch, so that a large folder is never held in memory."""
+    cam_options = label_options(records, camera, counts.cameras, "camera")
+    view_options = label_options(records, view, counts.views, "view")
+    loader = DataLoader(ImageFiles(records, build_test_transforms(cfg), cfg.DATALOADER.READ_RETRIES),
+                        batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
+                        num_workers=cfg.DATALOADER.NUM_WORKERS)
+    model.to(device).eval()
+
+    def flat_maps(images, cam_label, view_label) -> torch.Tensor:
+        # Patch maps flattened, so that the label averaging of features applies to them as is.
+        return attention_maps(model, images, cam_label, view_label).maps.flatten(1)
+
+    grid = model.base.patch_embed.grid_size
+    for images, index in Progress(loader, len(loader), "attention", logger):
+        rows = index.tolist()
+        averaged = sie_averaged_features(flat_maps, images.to(device), [cam_options[i] for i in rows],
+                                         [view_options[i] for i in rows])
+        yield rows, pixel_maps(model, averaged.view(len(rows), -1, *grid)).cpu().numpy()
+
+
+def log_jpm_layout(model: torch.nn.Module) -> None:
+    """Say which patches the local maps show more than once or only indirectly."""
+    if not isinstance(model, build_transformer_local):
+        return
+    layout = jpm_layout(model)
+    columns = model.base.patch_embed.num_x
+    if layout.repeated:
+        logger.info("JPM padding repeats patches (row, column) %s in the parts: their local "
+                    "weight counts once per copy", _grid_positions(layout.repeated, columns))
+    if layout.left_out:
+        logger.info("JPM tail: patches (row, column) %s are in no part; local maps show them "
+                    "only through the backbone blocks", _grid_positions(layout.left_out, columns))
+
+
+def _grid_positions(patches: Sequence[int], columns: int) -> str:
+    return ", ".join(f"({patch // columns}, {patch % columns})" for patch in patches)
+
+
+# --------------------------------------------------------------------------------- drawing
+@dataclass(frozen=True)
+class GridLayout:
+    """Panels in rows (one per image) and columns (the image, then one per branch), under a
+    header row naming the columns."""
+    panel_width: int
+    panel_height: int
+    gap: int = 4
+    header_height: int = 16
+
+    def canvas_size(self, rows: int, columns: int) -> Tuple[int, int]:
+        """(width, height) of a grid of `rows` x `columns` panels."""
+        return (self.gap + columns * (self.panel_width + self.gap),
+                self.header_height + self.gap + rows * (self.panel_height + self.gap))
+
+    def panel_origin(self, row: int, column: int) -> Tuple[int, int]:
+        return (self.gap + column * (self.panel_width + self.gap),
+                self.header_height + self.gap + row * (self.panel_height + self.gap))
+
+
+def heat_map_panel(image: Image.Image, pixel_map: np.ndarray, colormap, alpha: float,
+                   size: Tuple[int, int]) -> Image.Image:
+    """`pixel_map` (H x W, NaN where undefined) coloured from its minimum to its maximum and
+    blended over `image`, both resized to `size` (width, height); NaN pixels stay uncoloured."""
+    defined = np.isfinite(pixel_map)
+    values = np.where(defined, pixel_map, 0.0)
+    if defined.any():
+        low, high = values[defined].min(), values[defined].max()
+        values = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    colours = (colormap(values)[..., :3] * 255).round().astype(np.uint8)
+    heat = Image.fromarray(colours).resize(size, Image.BILINEAR)
+    mask = Image.fromarray(defined.astype(np.uint8) * 255).resize(size, Image.NEAREST)
+    photo = image.resize(size, Image.BILINEAR)
+    return Image.composite(Image.blend(photo, heat, alpha), photo, mask)
+
+
+def image_panels(path: str, maps: np.ndarray, colormap, alpha: float,
+                 layout: GridLayout) -> List[Image.Image]:
+    """The image, then its heat map of each branch."""
+    size = (layout.panel_width, layout.panel_height)
+    image = read_image(path)
+    heat_maps = [heat_map_panel(image, branch_map, colormap, alpha, size) for branch_map in maps]
+    return [image.resize(size, Image.BILINEAR), *heat_maps]
+
+
+def draw_grid(rows: Sequence[Sequence[Image.Image]], headers: Sequence[str],
+              layout: GridLayout) -> Image.Image:
+    """The panels of each row (one image each) under the column `headers`."""
+    canvas = Image.new("RGB", layout.canvas_size(len(rows), len(headers)), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    header_font = font(11)
+    for column, header in enumerate(headers):
+        left, _ = layout.panel_origin(0, column)
+        draw.text((left + layout.panel_width / 2, layout.header_height / 2 + layout.gap / 2),
+                  header, fill=BLACK, font=header_font, anchor="mm")
+    for row, panels in enumerate(rows):
+        for column, panel in enumerate(panels):
+            canvas.paste(panel, layout.panel_origin(row, column))
+    return canvas
+
+
+@exit_on_user_error
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    cfg = load_tool_config(args)
+    colormap = load_colormap(args.colormap)  # before any work: matplotlib may be missing
+    output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR or ".", "attention")
+    check_writable_folder(os.path.join(output_dir, GRID_NAME))
+    records, names = chosen_images(cfg, args)
+    device = select_device(cfg.MODEL.DEVICE)
+    model, counts = load_model(cfg, args)
+    log_jpm_layout(model)
+    height, width = cfg.INPUT.SIZE_TEST
+    layout = GridLayout(width * args.scale, height * args.scale)
+    headers = [IMAGE_COLUMN, *branch_names(model)]
+    grid_rows = []
+    for rows, maps in image_attention(cfg, model, records, counts, args.camera, args.view, device):
+        for i, image_maps in zip(rows, maps):
+            panels = image_panels(records[i].path, image_maps, colormap, args.alpha, layout)
+            save_png(draw_grid([panels], headers, layout), os.path.join(output_dir, f"{names[i]}.png"))
+            if len(grid_rows) < args.grid_size:
+                grid_rows.append(panels)
+    save_png(draw_grid(grid_rows, headers, layout), os.path.join(output_dir, GRID_NAME))
+    logger.info("Attention maps of %d images (%s) in %s", len(records), ", ".join(headers[1:]),
+                output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    configure_logging()
+    sys.exit(main())
