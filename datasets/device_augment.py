@@ -17,6 +17,15 @@ only what needs the source image or the per-image seed:
 Outside erased rectangles the result equals the reference path bit for bit (the same float32
 operations in the same order). Inside them the fill is N(0, 1) noise as timm's 'pixel' mode,
 but not timm's numbers: see `seeded_normal`.
+
+With INPUT.DEVICE_AUGMENT the training loader yields `(uint8 images, pids, camids, viewids,
+params)`; the trainer then does, once per batch on the device:
+
+    augment = DeviceAugment.from_cfg(cfg).to(device)      # once
+    images = augment(images.to(device), params.to(device))
+
+Without a GPU keep it off: the per-pixel work would then run in the training process instead
+of in parallel workers (benchmarks/bench_loader.py measures both).
 """
 from __future__ import annotations
 
@@ -113,20 +122,31 @@ class WorkerAugment:
 
 
 # ------------------------------------------------------------------------------- device side
+def erase_area_bound(erasing, size: Sequence[int]) -> int:
+    """An upper bound on h * w of the rectangles `erasing` (timm's RandomErasing) draws on an
+    image of `size`: h = round(sqrt(a * r)) <= sqrt(a * r) + 0.5, w <= sqrt(a / r) + 0.5, so
+    h * w <= a + (sqrt(a * r) + sqrt(a / r)) / 2 + 1/4, where a <= max_area * H * W and, the
+    rectangle fitting, sqrt(a * r) <= h + 0.5 <= H - 0.5 and sqrt(a / r) <= W - 0.5."""
+    height, width = size
+    return min(height * width, math.floor(erasing.max_area * height * width
+                                          + (height + width) / 2) + 1)
+
+
 class DeviceAugment(nn.Module):
     """(B x 3 x H x W uint8 images, B x NUM_PARAMS params from `WorkerAugment`) -> B x 3 x H x W
     float32 images, normalised and augmented as `build_train_transforms` would.
 
-    No parameters; `.to(device)` moves the mean and std. Runs wherever the images are.
+    `max_erase_area` bounds the rectangles' h * w (`erase_area_bound`); 0 turns erasing off
+    (INPUT.RE_PROB 0) and spares its noise. No parameters; `.to(device)` moves the mean and
+    std. Runs wherever the images are, without a loop over the images and without a host sync.
     """
 
     def __init__(self, size: Sequence[int], padding: int, mean: Sequence[float],
-                 std: Sequence[float], erasing: bool = True):
+                 std: Sequence[float], max_erase_area: int = 0):
         super().__init__()
         self.size = tuple(size)
         self.padding = int(padding)
-        # Erasing off (INPUT.RE_PROB 0) spares the noise computation.
-        self.erasing = erasing
+        self.max_erase_area = int(max_erase_area)
         # As T.Normalize: float32 constants, subtract then divide.
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
                              persistent=False)
@@ -135,8 +155,11 @@ class DeviceAugment(nn.Module):
 
     @classmethod
     def from_cfg(cls, cfg) -> "DeviceAugment":
-        return cls(cfg.INPUT.SIZE_TRAIN, cfg.INPUT.PADDING, cfg.INPUT.PIXEL_MEAN,
-                   cfg.INPUT.PIXEL_STD, erasing=cfg.INPUT.RE_PROB > 0)
+        size = cfg.INPUT.SIZE_TRAIN
+        max_erase_area = (erase_area_bound(train_random_erasing(cfg), size)
+                          if cfg.INPUT.RE_PROB > 0 else 0)
+        return cls(size, cfg.INPUT.PADDING, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
+                   max_erase_area)
 
     def forward(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         self._check(images, params)
@@ -144,16 +167,12 @@ class DeviceAugment(nn.Module):
         pixels = self._flip_pad_crop(images, params)
         # As T.ToTensor then T.Normalize: x / 255, - mean, / std, in float32.
         out = pixels.float().div(255).sub(self.mean).div(self.std)
-        if self.erasing:
-            rectangle = self._erase_mask(params, out.shape)
-            out = torch.where(rectangle, seeded_normal(params[:, Param.FILL_SEED], out.shape[1:]),
-                              out)
-        return out
+        return self._erase(out, params) if self.max_erase_area > 0 else out
 
     def _check(self, images: torch.Tensor, params: torch.Tensor) -> None:
         expected = ("B", len(self.mean.view(-1)), *self.size)
-        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != \
-                expected[1:]:
+        if (images.dtype != torch.uint8 or images.dim() != 4
+                or tuple(images.shape[1:]) != expected[1:]):
             raise ValueError(f"DeviceAugment expects uint8 images of shape {expected} "
                              f"(INPUT.SIZE_TRAIN), got {images.dtype} {tuple(images.shape)}; "
                              "feed it the batches of a loader built with INPUT.DEVICE_AUGMENT "
@@ -175,57 +194,61 @@ class DeviceAugment(nn.Module):
                   & ((cols >= 0) & (cols < width))[:, None, :])        # B x H x W
         flip = params[:, Param.FLIP, None].bool()
         cols = torch.where(flip, width - 1 - cols, cols)
-        index = rows.clamp(0, height - 1)[:, :, None] * width + cols.clamp(0, width - 1)[:, None, :]
+        index = (rows.clamp(0, height - 1)[:, :, None] * width
+                 + cols.clamp(0, width - 1)[:, None, :])
         index = index.view(batch, 1, height * width).expand(batch, channels, height * width)
         pixels = images.reshape(batch, channels, height * width).gather(2, index)
         return pixels.view(batch, channels, height, width) * inside[:, None]
 
-    @staticmethod
-    def _erase_mask(params: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """B x 1 x H x W: True inside each image's erasing rectangle (none where ERASE is 0)."""
-        _, _, height, width = shape
-        ys = torch.arange(height, device=params.device)
-        xs = torch.arange(width, device=params.device)
-        top, left = params[:, Param.ERASE_TOP, None], params[:, Param.ERASE_LEFT, None]
-        in_rows = ((ys >= top) & (ys < top + params[:, Param.ERASE_HEIGHT, None])
-                   & params[:, Param.ERASE, None].bool())
-        in_cols = (xs >= left) & (xs < left + params[:, Param.ERASE_WIDTH, None])
-        return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+    def _erase(self, out: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Fill each image's rectangle (where ERASE is 1) with its fill seed's noise: pixel
+        (top + i, left + j) of channel c takes value i * w + j of the seed's c-th row of
+        `max_erase_area` normals, as timm fills its 3 x h x w patch row by row."""
+        batch, channels, height, width = out.shape
+        dy = torch.arange(height, device=out.device) - params[:, Param.ERASE_TOP, None]
+        dx = torch.arange(width, device=out.device) - params[:, Param.ERASE_LEFT, None]
+        rect_h, rect_w = params[:, Param.ERASE_HEIGHT, None], params[:, Param.ERASE_WIDTH, None]
+        in_rows = (dy >= 0) & (dy < rect_h) & params[:, Param.ERASE, None].bool()   # B x H
+        in_cols = (dx >= 0) & (dx < rect_w)                                         # B x W
+        inside = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]           # B x 1 x H x W
+        # Positions in the rectangle's row-major order; outside it, any valid index.
+        position = (dy.clamp(min=0)[:, :, None] * rect_w[:, :, None]
+                    + dx.clamp(min=0)[:, None, :]).clamp(max=self.max_erase_area - 1)
+        noise = seeded_normal(params[:, Param.FILL_SEED], channels * self.max_erase_area)
+        fill = noise.view(batch, channels, self.max_erase_area).gather(
+            2, position.view(batch, 1, height * width).expand(batch, channels, height * width))
+        return torch.where(inside, fill.view(batch, channels, height, width), out)
 
 
 # ------------------------------------------------------------------------------ seeded noise
-def seeded_normal(seeds: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """len(seeds) x *shape float32 N(0, 1) noise, a pure function of each seed (< 2**32) and
-    the element's position, computed where `seeds` lie.
+def seeded_normal(seeds: torch.Tensor, count: int) -> torch.Tensor:
+    """len(seeds) x count float32 N(0, 1) values; value k of a row is a pure function of its
+    seed (< 2**32) and k, computed where `seeds` lie.
 
     timm's 'pixel' erasing draws its noise from torch's CPU generator; this is the same
     distribution (N(0, 1), cut at 5.8 sigma by 24-bit uniforms) but not the same numbers. A
     counter-based hash instead of a generator makes it one batched computation, the same for an
     image whatever batch it is in, and the same on the CPU and CUDA up to the last bit of
-    log/cos.
+    log/cos/sin. Values 2i and 2i + 1 are the Box-Muller pair of hashes 2i and 2i + 1.
     """
-    count = math.prod(shape)
-    counters = torch.arange(2 * count, device=seeds.device, dtype=torch.int64).view(2, count)
+    pairs = (count + 1) // 2
+    counters = torch.arange(2 * pairs, device=seeds.device, dtype=torch.int64).view(pairs, 2)
     keys = _mix32(seeds & MASK32)[:, None, None]                     # B x 1 x 1
-    bits = _mix32(_mix32(counters)[None] ^ keys) >> 8                 # B x 2 x N, 24 bits
+    bits = _mix32(_mix32(counters)[None] ^ keys) >> 8                 # B x pairs x 2, 24 bits
     scale = 2.0 ** -24
-    radius = torch.sqrt(-2.0 * torch.log((bits[:, 0] + 1).float() * scale))  # u in (0, 1]
-    angle = (2.0 * math.pi * scale) * bits[:, 1].float()
-    return (radius * torch.cos(angle)).view(len(seeds), *shape)
+    radius = torch.sqrt(-2.0 * torch.log((bits[..., 0] + 1).float() * scale))  # u in (0, 1]
+    angle = (2.0 * math.pi * scale) * bits[..., 1].float()
+    normals = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1)
+    return normals.view(len(seeds), 2 * pairs)[:, :count]
+
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """Chris Wellons' 'lowbias32' integer hash of int64 values in [0, 2**32)."""
+    """A 32-bit integer hash (hash-prospector's [16 21f0aaad 15 735a2d97 15]) of int64 values
+    in [0, 2**32). Both factors are below 2**31, so every product stays inside int64 (signed
+    overflow is undefined in the C++ kernels): the low 32 bits are the uint32 product."""
     x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
+    x = (x * 0x21F0AAAD) & MASK32
     x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _mul32(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """(x * factor) mod 2**32 for x, factor < 2**32, in two 16-bit halves of `factor` so that no
-    product leaves int64's range (signed overflow is undefined in the C++ kernels)."""
-    low = x * (factor & 0xFFFF)                                       # < 2**48
-    high = ((x * (factor >> 16)) & 0xFFFF) << 16                      # < 2**32
-    return (low + high) & MASK32
+    x = (x * 0x735A2D97) & MASK32
+    return x ^ (x >> 15)
