@@ -77,6 +77,11 @@ _C.INPUT.RE_PROB = 0.5
 _C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
 _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
 _C.INPUT.PADDING = 10
+# Per-pixel training augmentation (flip, pad + crop, normalise, erasing) on the training
+# device instead of in the loader workers, which then only decode, resize and draw each
+# image's random parameters (the same draws as the reference path; see
+# datasets/device_augment.py). The trainer must apply DeviceAugment to each batch.
+_C.INPUT.DEVICE_AUGMENT = False
 
 # -----------------------------------------------------------------------------
 # DATASETS

@@ -6,12 +6,14 @@ from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
+from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Sampler,
+                              default_collate)
 
 from config import ConfigError
 from utils.device import uses_gpu
 
 from .bases import BaseImageDataset, ImageDataset, SeededImageDataset
+from .device_augment import WorkerAugment
 from .registry import build_dataset
 from .samplers import (RandomIdentitySampler, RandomIdentitySampler_DDP, SeededIndices,
                        ShuffleSampler)
@@ -21,10 +23,17 @@ logger = logging.getLogger("transreid.datasets")
 
 
 def train_collate_fn(batch):
-    """-> (images, pids, camids, viewids), all tensors."""
+    """-> (images, pids, camids, viewids), all tensors; with INPUT.DEVICE_AUGMENT, whose
+    samples carry `(uint8 image, params)` pairs (WorkerAugment), -> (uint8 images, pids,
+    camids, viewids, params) for DeviceAugment."""
     imgs, pids, camids, viewids, _ = zip(*batch)
     as_tensor = lambda values: torch.tensor(values, dtype=torch.int64)  # noqa: E731
-    return torch.stack(imgs, dim=0), as_tensor(pids), as_tensor(camids), as_tensor(viewids)
+    labels = as_tensor(pids), as_tensor(camids), as_tensor(viewids)
+    if isinstance(imgs[0], tuple):
+        # default_collate stacks straight into shared memory in a worker.
+        images, params = default_collate(list(imgs))
+        return (images, *labels, params)
+    return (torch.stack(imgs, dim=0), *labels)
 
 
 def val_collate_fn(batch):
@@ -76,8 +85,17 @@ def _loader_options(cfg) -> dict:
     return dict(num_workers=cfg.DATALOADER.NUM_WORKERS, pin_memory=uses_gpu(cfg.MODEL.DEVICE))
 
 
+def _train_transform(cfg):
+    """The reference's transforms, or with INPUT.DEVICE_AUGMENT only their worker half."""
+    if cfg.INPUT.DEVICE_AUGMENT:
+        logger.info("INPUT.DEVICE_AUGMENT: the loader yields uint8 images and augmentation "
+                    "parameters; flip, crop, normalisation and erasing run on the device")
+        return WorkerAugment(cfg)
+    return build_train_transforms(cfg)
+
+
 def _train_loader(cfg, dataset: BaseImageDataset) -> DataLoader:
-    train_set = SeededImageDataset(dataset.train, build_train_transforms(cfg),
+    train_set = SeededImageDataset(dataset.train, _train_transform(cfg),
                                    cfg.DATALOADER.READ_RETRIES)
     batch_size, seed = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.SEED
     options = _loader_options(cfg)
