@@ -1,11 +1,13 @@
 """OUTPUT_DIR lock against real second processes, and removal of killed writes' temp files."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -51,11 +53,10 @@ def test_second_process_refused_while_held_then_allowed_after_exit(tmp_path):
 
 
 def test_lock_freed_when_holder_is_sigkilled(tmp_path):
-    holder = start_holder(tmp_path)
-    with pytest.raises(OutputDirInUseError, match=f"PID {holder.pid} "):
-        lock_output_dir(str(tmp_path))
-    holder.send_signal(signal.SIGKILL)
-    holder.wait(timeout=10)
+    with start_holder(tmp_path) as holder:
+        with pytest.raises(OutputDirInUseError, match=f"PID {holder.pid} "):
+            lock_output_dir(str(tmp_path))
+        holder.send_signal(signal.SIGKILL)
     assert (tmp_path / RUN_LOCK_FILE).exists()  # left behind, but no longer locked
     lock = lock_output_dir(str(tmp_path))
     # The stale record was replaced by ours.
@@ -106,3 +107,95 @@ def test_remove_stale_temp_files_of_a_killed_atomic_write(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(
         keep + [".tmp_abcdefgh.d", ".tmp_12345678.pth", "sub"])
     assert remove_stale_temp_files(str(tmp_path / "missing")) == []
+
+
+# ------------------------------------------------------------- synthetic renders in one data folder
+MANIFEST_A = {"generator": "test", "settings": {"n": 1}}
+
+
+def write_files(folder: str, count: int = 3) -> None:
+    for i in range(count):
+        with open(os.path.join(folder, f"{i}.jpg"), "w") as f:
+            f.write(str(i))
+
+
+@pytest.fixture
+def children():
+    """Forked children's PIDs and pipe ends: the children are killed at the end whatever the
+    test did (a failed test would otherwise leave one blocked on its pipe)."""
+    forked = {"pids": [], "files": []}
+    yield forked
+    for pid in forked["pids"]:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    for file in forked["files"]:
+        file.close()
+
+
+def fork_render(target: str, children: dict):
+    """A child process rendering `target`: it writes three files, reports the folder it renders
+    into on a pipe, then waits for a byte before finishing (or to be killed).
+    Returns (pid, reader of its reports, writer to tell it to finish)."""
+    from datasets.synthetic.store import ensure_rendered
+    to_parent, to_child = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            def render(folder):
+                write_files(folder)
+                os.write(to_parent[1], (folder + "\n").encode())
+                os.read(to_child[0], 1)  # blocks until told (or killed)
+            ensure_rendered(target, MANIFEST_A, render)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(to_parent[1])
+    os.close(to_child[0])
+    report, go = os.fdopen(to_parent[0]), os.fdopen(to_child[1], "wb", buffering=0)
+    children["pids"].append(pid)
+    children["files"] += [report, go]
+    return pid, report, go
+
+
+def test_render_waits_for_a_live_render_and_leaves_it_alone(tmp_path, children):
+    from datasets.synthetic.store import RENDER_LOCK_SUFFIX, ensure_rendered
+    target = str(tmp_path / "synthetic_person")
+    pid, report, go = fork_render(target, children)
+    live = report.readline().strip()
+    assert os.path.basename(live).startswith(".synthetic_person.")
+
+    def must_not_render(folder):
+        raise AssertionError("the dataset is being rendered by the other process")
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(
+        ensure_rendered(target, MANIFEST_A, must_not_render)))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and sorted(os.listdir(live)) == ["0.jpg", "1.jpg", "2.jpg"]
+    go.write(b"x")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    waiter.join(10)
+    assert results == [target]
+    assert sorted(os.listdir(tmp_path)) == ["synthetic_person"]  # no temp folder, no lock file
+    assert sorted(os.listdir(target)) == ["0.jpg", "1.jpg", "2.jpg", "manifest.json"]
+    assert not os.path.exists(target + RENDER_LOCK_SUFFIX)
+
+
+def test_next_render_removes_what_a_killed_render_left(tmp_path, children):
+    from datasets.synthetic.store import ensure_rendered, read_manifest
+    target = str(tmp_path / "synthetic_person")
+    pid, report, _ = fork_render(target, children)
+    dead = report.readline().strip()
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert os.path.isdir(dead) and not os.path.exists(target)
+    # A leftover of the earlier code (same naming) and an unrelated hidden folder.
+    os.mkdir(tmp_path / ".synthetic_person.abc123")
+    os.mkdir(tmp_path / ".synthetic_vehicle.abc123")
+    manifest_b = {"generator": "test", "settings": {"n": 2}}
+    assert ensure_rendered(target, manifest_b, lambda folder: write_files(folder, 1)) == target
+    assert read_manifest(target) == manifest_b
+    assert sorted(os.listdir(tmp_path)) == [".synthetic_vehicle.abc123", "synthetic_person"]
