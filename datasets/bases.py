@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import re
+import stat
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -219,25 +220,105 @@ def parse_folder(folder: str, rule: NameRule,
 
 
 # ------------------------------------------------------------------------------ image reading
-def read_image(img_path: str, retries: int = 3, wait_s: float = 0.1) -> Image.Image:
-    """Open an image as RGB, retrying `retries` times (network file systems fail transiently).
+class ImageReadError(OSError):
+    """An image file that cannot be read; the one-line message names the file and the fault.
 
-    The reference retries forever; this raises an OSError naming the file instead.
+    Raised in a DataLoader worker, torch re-raises it in the main process as
+    `ImageReadError("Caught ImageReadError in DataLoader worker process N.\nOriginal
+    Traceback...")`; the constructor keeps only the original line, so that a user sees one.
+    (To be based on the project's UserError.)
     """
-    if not os.path.exists(img_path):
-        raise FileNotFoundError(f"image '{img_path}' does not exist")
+
+    def __init__(self, message: str):
+        super().__init__(_original_message(message, type(self).__name__))
+
+
+class ImageNotFoundError(ImageReadError, FileNotFoundError):
+    """An image path that does not exist."""
+
+
+def _original_message(message: str, name: str) -> str:
+    """The original message inside torch's re-raise of a worker's exception, else `message`.
+    The worker's traceback ends with the line 'package.module.Name: <message>'."""
+    if not message.startswith(f"Caught {name} ") or "\nOriginal Traceback" not in message:
+        return message
+    last = message.rstrip("\n").rsplit("\n", 1)[-1]
+    original = re.fullmatch(rf"(?:[\w.]+\.)?{name}: (.*)", last)
+    return original[1] if original else message
+
+
+# File-system errors that waiting cannot fix; other errno-carrying OSErrors (EIO, ESTALE,
+# ETIMEDOUT... of network file systems) are retried. OSErrors without errno come from PIL's
+# decoders: the bytes themselves are wrong, and reading them again gives the same bytes.
+_PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def read_image(img_path: str, retries: int = 3, wait_s: float = 0.1) -> Image.Image:
+    """Open an image as RGB. Transient file-system errors (network file systems) are retried
+    `retries` times; a file that cannot be an image raises ImageReadError at once.
+
+    The reference retries forever; this names the file and what is wrong with it.
+    """
+    _check_image_file(img_path)
     attempts = max(1, retries)
     for attempt in range(1, attempts + 1):
         try:
             with Image.open(img_path) as img:
                 return img.convert("RGB")
+        except Image.DecompressionBombError as err:  # not an OSError in Pillow >= 10
+            raise ImageReadError(
+                f"cannot read image '{img_path}': it is implausibly large ({err}); if it is "
+                "genuine, raise PIL.Image.MAX_IMAGE_PIXELS, else replace or remove the file"
+            ) from None
         except OSError as err:
+            if isinstance(err, _PERMANENT) or err.errno is None:
+                raise ImageReadError(f"cannot read image '{img_path}': "
+                                     f"{_describe_bad_image(img_path, err)}") from None
             logger.warning("reading '%s' failed (attempt %d/%d): %s", img_path, attempt,
                            attempts, err)
             last_error = err
             time.sleep(wait_s)
-    raise OSError(f"cannot read image '{img_path}' after {attempts} attempts "
-                  f"(DATALOADER.READ_RETRIES): {last_error}; replace or remove the file")
+    raise ImageReadError(f"cannot read image '{img_path}' after {attempts} attempts "
+                         f"(DATALOADER.READ_RETRIES): {last_error}; check the file system, "
+                         "or replace or remove the file")
+
+
+def _check_image_file(img_path: str) -> None:
+    """Faults visible without opening the file, each with its own message."""
+    try:
+        info = os.stat(img_path)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(img_path):
+            raise ImageReadError(f"cannot read image '{img_path}': it is a symbolic link to "
+                                 f"'{os.readlink(img_path)}', which does not exist; fix or "
+                                 "remove the link") from None
+        raise ImageNotFoundError(f"cannot read image '{img_path}': it does not exist") from None
+    except OSError:
+        return  # maybe transient (a network file system): reading retries it
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageReadError(f"cannot read image '{img_path}': it is a folder, not an image "
+                             "file; move it out of the image folder")
+    if info.st_size == 0:
+        raise ImageReadError(f"cannot read image '{img_path}': it is empty (0 bytes); "
+                             "replace or remove the file")
+
+
+def _describe_bad_image(img_path: str, err: OSError) -> str:
+    """What is wrong, and the fix, for an error that rereading cannot fix."""
+    if isinstance(err, PermissionError):
+        return "this user may not read it (permission denied); fix its permissions"
+    if isinstance(err, FileNotFoundError):
+        return "it disappeared while being read; check what removes files there"
+    try:
+        with open(img_path, "rb") as f:
+            start = f.read(64)
+    except OSError:
+        start = b""
+    if start.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml", b"<head")):
+        return ("it is an HTML/XML page saved under an image name, not an image; replace or "
+                "remove the file")
+    return (f"it is not a readable image ({err}; it starts with {start[:16]!r}); replace or "
+            "remove the file")
 
 
 class ImageDataset(Dataset):
