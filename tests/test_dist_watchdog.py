@@ -18,7 +18,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from utils.dist_watchdog import HANG_EXIT_CODE, DistributedHangError, RankWatchdog
+from utils.dist_watchdog import (HANG_EXIT_CODE, DistributedHangError, RankWatchdog,
+                                 start_watchdog)
 
 BOUND_S = 2.0
 INTERVAL_S = 0.2
@@ -283,3 +284,18 @@ def test_bad_arguments_are_refused():
         RankWatchdog(dist.HashStore(), 2, 2, 5)
     with pytest.raises(RuntimeError, match="call start"):
         RankWatchdog(dist.HashStore(), 0, 2, 5).wait_for_all("x")
+
+
+def test_start_watchdog_uses_the_default_group_and_its_store(tmp_path):
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        start_watchdog(5)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                            world_size=1)
+    try:
+        wd = start_watchdog(5)
+        assert (wd.rank, wd.world_size, wd.interval_s) == (0, 1, 0.5)
+        assert wd.store.add("transreid/watchdog/heartbeat/0", 0) >= 1
+        wd.wait_for_all("alone")
+        wd.finish()
+    finally:
+        dist.destroy_process_group()

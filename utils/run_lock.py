@@ -131,7 +131,8 @@ def describe_holder(holder: Dict[str, Any]) -> str:
     """'PID n on host h (since t)' from what a lock holder recorded."""
     if "pid" not in holder:
         return "another process (which has not recorded its PID yet)"
-    return f"PID {holder['pid']} on host {holder.get('host', '?')} (since {holder.get('since', '?')})"
+    host, since = holder.get("host", "?"), holder.get("since", "?")
+    return f"PID {holder['pid']} on host {host} (since {since})"
 
 
 def lock_output_dir(folder: str) -> FileLock:

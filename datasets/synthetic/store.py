@@ -45,7 +45,8 @@ def ensure_rendered(target: str, manifest: Dict[str, Any], render: Callable[[str
         if current == manifest:  # rendered by the process we waited for
             return target
         remove_abandoned_renders(target)
-        reason = "not found" if current is None and not os.path.exists(target) else "settings changed"
+        missing = current is None and not os.path.exists(target)
+        reason = "not found" if missing else "settings changed"
         logger.info("rendering %s (%s) into %s", manifest.get("generator"), reason, target)
         _render_into_place(target, manifest, render)
     return target
@@ -80,7 +81,8 @@ def _render_lock(target: str) -> Iterator[None]:
         lock.release()
 
 
-def _render_into_place(target: str, manifest: Dict[str, Any], render: Callable[[str], None]) -> None:
+def _render_into_place(target: str, manifest: Dict[str, Any],
+                       render: Callable[[str], None]) -> None:
     parent, name = os.path.split(os.path.abspath(target))
     tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=parent)
     try:
