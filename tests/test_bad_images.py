@@ -57,8 +57,8 @@ def make(tmp_path, case: str) -> str:
 
 CASES = {
     "empty": r": it is empty \(0 bytes\); replace or remove the file$",
-    "truncated_header": r": it is not a readable image \((Truncated File Read|cannot identify image "
-                        r"file).*; it starts with b'\\xff\\xd8\\xff",
+    "truncated_header": r": it is not a readable image \((Truncated File Read|cannot identify "
+                        r"image file).*; it starts with b'\\xff\\xd8\\xff",
     "html": r": it is an HTML/XML page saved under an image name, not an image",
     "folder": r": it is a folder, not an image file",
     "dangling_link": r": it is a symbolic link to '.*gone\.jpg', which does not exist",
@@ -95,7 +95,8 @@ def test_permission_denied_is_not_retried_even_for_root(tmp_path, monkeypatch, c
 
 
 def test_missing_file_is_also_a_file_not_found_error(tmp_path):
-    with pytest.raises(ImageNotFoundError, match=r"cannot read image '.*missing\.jpg': it does not exist") as err:
+    with pytest.raises(ImageNotFoundError,
+                       match=r"cannot read image '.*missing\.jpg': it does not exist") as err:
         read_image(str(tmp_path / "missing.jpg"))
     assert isinstance(err.value, FileNotFoundError)
 
