@@ -14,6 +14,7 @@ from solver.scheduler_factory import create_scheduler
 from utils.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from utils.cli import base_parser, env_int, exits_on_user_error, load_cli_config, set_seed, start_run
 from utils.device import select_device, uses_gpu
+from utils.run_lock import lock_output_dir, remove_stale_temp_files
 
 # Rank 0 evaluates while the others wait at a barrier; evaluating MSMT17 can outlast
 # NCCL's default 10-minute timeout.
@@ -56,9 +57,23 @@ def main() -> None:
                         default=env_int("LOCAL_RANK", 0), help="set by the launcher")
     args = parser.parse_args()
     cfg = load_cli_config(args.config_file, args.opts)
-    check_output_dir_is_free(cfg)
     if cfg.MODEL.RESUME:
         load_checkpoint(cfg.MODEL.RESUME, mmap=True)  # named now if bad, before anything is built
+    # Global rank 0 alone writes OUTPUT_DIR; it locks it before the others even meet.
+    is_writer = env_int("RANK", 0) == 0 and cfg.OUTPUT_DIR
+    run_lock = lock_output_dir(cfg.OUTPUT_DIR) if is_writer else None
+    try:
+        train(cfg, args)
+    finally:
+        if run_lock is not None:
+            run_lock.release()
+
+
+def train(cfg, args) -> None:
+    """Everything after the OUTPUT_DIR lock: checks, the process group, training."""
+    check_output_dir_is_free(cfg)
+    if env_int("RANK", 0) == 0 and cfg.OUTPUT_DIR:
+        remove_stale_temp_files(cfg.OUTPUT_DIR)  # of killed writes: no writer is alive now
 
     if cfg.MODEL.DIST_TRAIN:
         init_distributed(cfg, args.local_rank)

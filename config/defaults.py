@@ -35,6 +35,9 @@ _C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
 _C.MODEL.METRIC_LOSS_TYPE = 'triplet'
 # Train with torch.distributed (set by dist_train.sh)
 _C.MODEL.DIST_TRAIN = False
+# New: seconds after which a rank that stopped responding ends the distributed job (a long
+# evaluation on rank 0 does not count: its heartbeat goes on)
+_C.MODEL.DIST_HANG_TIMEOUT = 600
 # Soft-margin triplet loss
 _C.MODEL.NO_MARGIN = False
 # Label smoothing for the ID loss: 'on' or 'off'

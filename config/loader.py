@@ -199,6 +199,7 @@ def _value_rules() -> Tuple[ValueRule, ...]:
         ('INPUT.PADDING', _non_negative_int, "an integer >= 0 (pixels padded before the random crop)"),
         ('INPUT.PIXEL_STD', _nonzero_triple, "three non-zero numbers (images are divided by them)"),
         ('SOLVER.MAX_EPOCHS', _positive_int, "a positive integer"),
+        ('MODEL.DIST_HANG_TIMEOUT', _positive_number, "a positive number of seconds"),
         ('SOLVER.IMS_PER_BATCH', _positive_int, "a positive integer (training images per batch)"),
         ('TEST.IMS_PER_BATCH', _positive_int, "a positive integer (test images per batch)"),
         ('DATALOADER.NUM_INSTANCE', _positive_int, "a positive integer (images per identity in a batch)"),

@@ -13,10 +13,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from datasets import set_train_epoch
+from datasets.device_augment import DeviceAugment
 from utils.checkpoint import (LAST_CHECKPOINT, Checkpointer, ResumeError, TrainingObjects,
                               restore_rng_states, rng_states, unwrap)
 from utils.cli import set_seed
 from utils.device import select_device
+from utils.dist_watchdog import start_watchdog
 from utils.errors import UserError
 from utils.meter import AverageMeter
 from utils.metrics import EvalResult
@@ -81,6 +83,10 @@ class Trainer:
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.device = select_device(cfg.MODEL.DEVICE, local_rank)
+        # A stuck rank ends the job within MODEL.DIST_HANG_TIMEOUT (see utils/dist_watchdog.py).
+        self.watchdog = start_watchdog(cfg.MODEL.DIST_HANG_TIMEOUT) if self.distributed else None
+        self.device_augment = (DeviceAugment.from_cfg(cfg).to(self.device)
+                               if cfg.INPUT.DEVICE_AUGMENT else None)
         self.model = self._place_model(model)
         self.center_criterion = center_criterion.to(self.device)
         self.train_loader, self.val_loader, self.num_query = train_loader, val_loader, num_query
@@ -147,7 +153,10 @@ class Trainer:
         return [t.to(self.device, non_blocking=True) for t in tensors]
 
     def train_step(self, batch: Sequence[torch.Tensor], epoch: int, n_iter: int) -> Tuple[float, float]:
-        img, target, target_cam, target_view = self._to_device(*batch)
+        img, target, target_cam, target_view, *augment_params = self._to_device(*batch)
+        if self.device_augment is not None:
+            # uint8 images and per-image parameters from the workers (INPUT.DEVICE_AUGMENT)
+            img = self.device_augment(img, *augment_params)
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_center.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp_dtype):
@@ -221,6 +230,11 @@ class Trainer:
             self.checkpointer.save_weights('best')
         return result
 
+    def close(self) -> None:
+        """Stop this rank's heartbeat (after `run`, or when it failed)."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
     def run(self) -> Optional[EvalResult]:
         max_epochs = self.cfg.SOLVER.MAX_EPOCHS
         self.logger.info("start training: epochs %d to %d on %s%s", self.start_epoch, max_epochs,
@@ -249,7 +263,9 @@ class Trainer:
                 if evaluate_now:
                     result = self.validate(epoch, rng)
             if self.distributed:
-                dist.barrier()
+                self.watchdog.wait_for_all(f"epoch_{epoch}")
+        if self.distributed:
+            self.watchdog.finish()
         return result
 
 
@@ -258,6 +274,9 @@ def do_train(cfg, model, center_criterion, train_loader, val_loader, optimizer, 
     """Train per `cfg`, resuming from MODEL.RESUME when set; returns the last validation result."""
     trainer = Trainer(cfg, model, center_criterion, train_loader, val_loader, optimizer,
                       optimizer_center, scheduler, loss_fn, num_query, local_rank)
-    if cfg.MODEL.RESUME:
-        trainer.resume(cfg.MODEL.RESUME)
-    return trainer.run()
+    try:
+        if cfg.MODEL.RESUME:
+            trainer.resume(cfg.MODEL.RESUME)
+        return trainer.run()
+    finally:
+        trainer.close()

@@ -19,7 +19,9 @@ from model.attention_rollout import (attention_maps, attention_weights, branch_n
                                      pixel_maps, rollout, spread_over_pixels)
 from tests.conftest import TINY_TRANSREID_OPTS
 from tools import visualize_attention
-from tools.common import AUTO, ImageRecord, SideInfoCounts
+from datasets.image_list import ImageRecord
+from model.trained import SideInfoCounts, TrainedModel
+from processor.inference import AUTO
 from tools.visualize_attention import GRID_NAME, GridLayout
 
 # Default JPM (shift 5, 2 shuffle groups, 4 parts) on the 4 x 2 patches of a 64 x 32 image.
@@ -242,7 +244,7 @@ def test_maps_of_an_unknown_camera_are_the_mean_over_cameras(saved_model):
     records = [ImageRecord(os.path.join(images, "b.png")),  # no camera: the mean
                ImageRecord(os.path.join(images, "c.jpg"), camid=2)]
     batches = list(visualize_attention.image_attention(
-        cfg, model, records, SideInfoCounts(cameras=3, views=0), AUTO, AUTO, torch.device("cpu")))
+        cfg, TrainedModel(model, SideInfoCounts(cameras=3, views=0), cfg), records, AUTO, AUTO))
     assert [rows for rows, _ in batches] == [[0, 1]]
     maps = batches[0][1]
     assert maps.shape == (2, 5, 64, 32)

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from tests.conftest import REPO_ROOT
 from utils.run_lock import (RUN_LOCK_FILE, FileLock, OutputDirInUseError, lock_output_dir,
                             remove_stale_temp_files)
 
@@ -199,3 +200,18 @@ def test_next_render_removes_what_a_killed_render_left(tmp_path, children):
     assert ensure_rendered(target, manifest_b, lambda folder: write_files(folder, 1)) == target
     assert read_manifest(target) == manifest_b
     assert sorted(os.listdir(tmp_path)) == [".synthetic_vehicle.abc123", "synthetic_person"]
+
+
+def test_train_py_refuses_an_output_dir_another_run_holds(tmp_path):
+    out = tmp_path / "run"
+    held = lock_output_dir(str(out))
+    try:
+        result = subprocess.run(
+            [sys.executable, "train.py", "--config_file", "configs/Synthetic/vit_transreid_tiny.yml",
+             "OUTPUT_DIR", str(out), "DATASETS.ROOT_DIR", str(tmp_path / "data")],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        held.release()
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: OUTPUT_DIR '{out}' is in use by PID {os.getpid()}")
+    assert not (tmp_path / "data").exists() and os.listdir(out) == []  # nothing built or written

@@ -35,22 +35,22 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import DataLoader
+from torch import nn
 
 from datasets import load_eval_dataset
 from datasets.bases import read_image
-from datasets.transforms import build_test_transforms
 from model import build_transformer_local
 from model.attention_rollout import attention_maps, branch_names, jpm_layout, pixel_maps
-from tools.common import (ImageFiles, ImageRecord, LabelChoice, SideInfoCounts, ToolError,
-                          add_label_arguments, add_sie_count_arguments, build_trained_model,
-                          check_writable_folder, collect_images, configure_logging,
-                          exit_on_user_error, label_options, load_tool_config, positive_int,
-                          sie_averaged_features, tool_parser)
+from datasets.image_list import ImageRecord, collect_images
+from model.trained import TrainedModel, load_trained
+from processor import FeatureExtractor
+from processor.inference import LabelChoice
+from tools.common import (ToolError, add_label_arguments, add_sie_count_arguments,
+                          configure_logging, load_tool_config, positive_int, tool_parser)
 from tools.drawing import BLACK, WHITE, font, save_png
 from tools.visualize_ranks import choose_queries, index_list
-from utils.device import select_device
-from utils.progress import Progress
+from utils.cli import exits_on_user_error
+from utils.feature_files import check_writable_folder
 
 logger = logging.getLogger("transreid.tools")
 
@@ -97,9 +97,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def load_model(cfg, args: argparse.Namespace) -> Tuple[torch.nn.Module, SideInfoCounts]:
+def load_model(cfg, args: argparse.Namespace) -> TrainedModel:
     """The trained model, sized from its checkpoint (the one place that builds it)."""
-    return build_trained_model(cfg, args.num_cameras, args.num_views)
+    return load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
 
 
 def load_colormap(name: str):
@@ -128,29 +128,38 @@ def chosen_images(cfg, args: argparse.Namespace) -> Tuple[List[ImageRecord], Lis
     return [ImageRecord(*query[i]) for i in chosen], [f"query_{i:05d}" for i in chosen]
 
 
-def image_attention(cfg, model: torch.nn.Module, records: Sequence[ImageRecord],
-                    counts: SideInfoCounts, camera: LabelChoice, view: LabelChoice,
-                    device: torch.device) -> Iterator[Tuple[List[int], np.ndarray]]:
-    """Per batch: the indices of its records and their pixel maps (images x branches x H x W,
-    NaN where no patch looks). With SIE, the maps are averaged over the image's labels as
-    features are. Batch by batch, so that a large folder is never held in memory."""
-    cam_options = label_options(records, camera, counts.cameras, "camera")
-    view_options = label_options(records, view, counts.views, "view")
-    loader = DataLoader(ImageFiles(records, build_test_transforms(cfg), cfg.DATALOADER.READ_RETRIES),
-                        batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
-                        num_workers=cfg.DATALOADER.NUM_WORKERS)
-    model.to(device).eval()
+class AttentionMapsOf(nn.Module):
+    """A model whose 'features' are another model's flattened patch maps (branches x patches),
+    so that the extractor's batching and SIE label averaging apply to maps as to features."""
 
-    def flat_maps(images, cam_label, view_label) -> torch.Tensor:
-        # Patch maps flattened, so that the label averaging of features applies to them as is.
-        return attention_maps(model, images, cam_label, view_label).maps.flatten(1)
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
 
+    @property
+    def base(self) -> nn.Module:
+        return self.model.base
+
+    def forward(self, images: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
+                view_label: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return attention_maps(self.model, images, cam_label, view_label).maps.flatten(1)
+
+
+def image_attention(cfg, trained: TrainedModel, records: Sequence[ImageRecord],
+                    camera: LabelChoice, view: LabelChoice,
+                    chunk: int = 64) -> Iterator[Tuple[List[int], np.ndarray]]:
+    """Per chunk of records: their indices and pixel maps (images x branches x H x W, NaN where
+    no patch looks). With SIE, the maps are averaged over each image's labels as features are.
+    Pixel maps are made a chunk at a time, so that a large folder is never held at full size."""
+    model = trained.model
+    extractor = FeatureExtractor(cfg, AttentionMapsOf(model), counts=trained.counts,
+                                 camera=camera, view=view)
+    flat = extractor.extract_records(records, desc="attention")
     grid = model.base.patch_embed.grid_size
-    for images, index in Progress(loader, len(loader), "attention", logger):
-        rows = index.tolist()
-        averaged = sie_averaged_features(flat_maps, images.to(device), [cam_options[i] for i in rows],
-                                         [view_options[i] for i in rows])
-        yield rows, pixel_maps(model, averaged.view(len(rows), -1, *grid)).cpu().numpy()
+    for start in range(0, len(records), chunk):
+        rows = list(range(start, min(start + chunk, len(records))))
+        maps = flat[rows].to(extractor.device).view(len(rows), -1, *grid)
+        yield rows, pixel_maps(model, maps).cpu().numpy()
 
 
 def log_jpm_layout(model: torch.nn.Module) -> None:
@@ -232,22 +241,23 @@ def draw_grid(rows: Sequence[Sequence[Image.Image]], headers: Sequence[str],
     return canvas
 
 
-@exit_on_user_error
+@exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    cfg = load_tool_config(args)
+    # A map of the mirror image would be mirrored: flip averaging is for features only.
+    cfg = load_tool_config(args, ["TEST.FLIP_FEATS", "False"])
     colormap = load_colormap(args.colormap)  # before any work: matplotlib may be missing
     output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR or ".", "attention")
     check_writable_folder(os.path.join(output_dir, GRID_NAME))
     records, names = chosen_images(cfg, args)
-    device = select_device(cfg.MODEL.DEVICE)
-    model, counts = load_model(cfg, args)
+    trained = load_model(cfg, args)
+    model = trained.model
     log_jpm_layout(model)
     height, width = cfg.INPUT.SIZE_TEST
     layout = GridLayout(width * args.scale, height * args.scale)
     headers = [IMAGE_COLUMN, *branch_names(model)]
     grid_rows = []
-    for rows, maps in image_attention(cfg, model, records, counts, args.camera, args.view, device):
+    for rows, maps in image_attention(cfg, trained, records, args.camera, args.view):
         for i, image_maps in zip(rows, maps):
             panels = image_panels(records[i].path, image_maps, colormap, args.alpha, layout)
             save_png(draw_grid([panels], headers, layout), os.path.join(output_dir, f"{names[i]}.png"))

@@ -32,6 +32,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch.distributed as dist
 
+from utils.errors import UserError
+
 logger = logging.getLogger("transreid.dist")
 
 HANG_EXIT_CODE = 124
@@ -40,7 +42,7 @@ HANG_EXIT_CODE = 124
 DEFAULT_PREFIX = "transreid/watchdog"
 
 
-class DistributedHangError(RuntimeError):
+class DistributedHangError(UserError, RuntimeError):
     """Another rank stopped (or the c10d store stopped answering) while this one waited for it."""
 
 

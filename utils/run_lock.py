@@ -27,6 +27,9 @@ try:
 except ImportError:  # Windows: no flock; locking is skipped with a warning.
     fcntl = None  # type: ignore[assignment]
 
+from config import ConfigError
+from utils.errors import UserError
+
 logger = logging.getLogger("transreid.run_lock")
 
 RUN_LOCK_FILE = ".transreid_run.lock"
@@ -40,10 +43,9 @@ _TEMP_FILE = re.compile(r"\.tmp_[a-z0-9_]{8}(\.[A-Za-z0-9]+)?")
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
-class OutputDirInUseError(RuntimeError):
+class OutputDirInUseError(UserError, RuntimeError):
     """Another live run holds the lock of this OUTPUT_DIR; the message names its PID and host.
 
-    (To be based on the project's UserError, so that train.py reports it in one line.)
     """
 
 
@@ -138,9 +140,14 @@ def describe_holder(holder: Dict[str, Any]) -> str:
 def lock_output_dir(folder: str) -> FileLock:
     """Lock `folder` (OUTPUT_DIR) for this run, creating it if needed; call `release()` (or
     use `with`) when the run ends. Raises OutputDirInUseError while another run holds it."""
-    os.makedirs(folder, exist_ok=True)
-    lock = FileLock(os.path.join(folder, RUN_LOCK_FILE))
-    holder = lock.try_acquire()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        lock = FileLock(os.path.join(folder, RUN_LOCK_FILE))
+        holder = lock.try_acquire()
+    except (FileExistsError, NotADirectoryError, PermissionError) as err:
+        raise ConfigError(f"OUTPUT_DIR '{folder}' cannot hold this run's files "
+                                  f"({err.strerror}: '{err.filename}'); choose another "
+                                  "OUTPUT_DIR") from None
     if holder is not None:
         raise OutputDirInUseError(
             f"OUTPUT_DIR '{folder}' is in use by {describe_holder(holder)}; wait for it to "
