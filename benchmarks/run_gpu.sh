@@ -20,6 +20,7 @@ step() {  # step NAME COMMAND...: run it, keep its output, remember a failure an
 
 step environment nvidia-smi
 step cuda_tests "$python" -m pytest -q -rs tests/test_cuda.py
+step cuda_device_augment "$python" -m pytest -q -rs tests/test_device_augment.py -k cuda
 step bench_eval "$python" -m benchmarks.bench_eval --device cuda
 step bench_rerank_msmt "$python" -m benchmarks.bench_eval --device cuda --skip market msmt \
     --rerank-set msmt
@@ -31,4 +32,7 @@ step memory_rerank_msmt "$python" benchmarks/bench_eval_memory.py --device cuda 
 step bench_train_market "$python" benchmarks/bench_train.py --device cuda \
     --config_file configs/Market/vit_transreid_stride.yml --batch 64 --ab-last-block \
     MODEL.PRETRAIN_CHOICE none
+# The training loader alone, reference path vs uint8 + DeviceAugment (INPUT.DEVICE_AUGMENT), at
+# the Market configs' worker counts.
+step bench_loader "$python" benchmarks/bench_loader.py --device cuda --workers 4 8
 exit $status
