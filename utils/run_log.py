@@ -83,8 +83,10 @@ class MetricsLog:
             self._csv.writeheader()
             self._handle.flush()
         if tensorboard:
+            # Events of the epochs trained again are hidden: those from start_epoch's first
+            # iteration on (epoch start_epoch - 1 ends, and is evaluated, a step before).
             self._writer = _tensorboard_writer(os.path.join(output_dir, TENSORBOARD_DIR),
-                                               purge_step=self._step(start_epoch, 0))
+                                               purge_step=self._step(start_epoch, 1))
 
     # ------------------------------------------------------------------ what the trainer calls
     def log_progress(self, epoch: int, iteration: int, values: Mapping[str, float]) -> None:
