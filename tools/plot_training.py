@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     new_figure(1, 1, "training curves")  # fails now, not after reading, without matplotlib
-    runs = [load_run(path, name) for path, name in zip(args.output_dirs, run_names(args.output_dirs))]
+    names = run_names(args.output_dirs)
+    runs = [load_run(path, name) for path, name in zip(args.output_dirs, names)]
     output = args.output or os.path.join(args.output_dirs[0], OUTPUT_NAME)
     save_png(draw_training(runs), output)
     logger.info("training curves of %d run(s) in %s", len(runs), output)
