@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -42,6 +42,11 @@ class ReIDLoss(nn.Module):
     feat are tensors or JPM lists. A term whose module is None is left out. The center loss is
     applied to the global feature only: the JPM local features are different embeddings and
     would be pulled towards the same centres.
+
+    After each call `last_parts` holds the unweighted terms of that call ('id_loss', and
+    'triplet_loss' / 'center_loss' when used) as detached tensors on the loss's device, so
+    that a trainer can log them without a host sync of its own; the returned loss is
+    Σ weight × part (`weights` names each part's weight).
     """
 
     def __init__(self, id_loss: nn.Module, id_weight: float,
@@ -54,17 +59,29 @@ class ReIDLoss(nn.Module):
         self.triplet_weight = triplet_weight
         self.center = center
         self.center_weight = center_weight
+        self.last_parts: Dict[str, torch.Tensor] = {}
+
+    @property
+    def weights(self) -> Dict[str, float]:
+        """The weight of each part this loss computes, by the names of `last_parts`."""
+        weights = {'id_loss': self.id_weight}
+        if self.triplet is not None:
+            weights['triplet_loss'] = self.triplet_weight
+        if self.center is not None:
+            weights['center_loss'] = self.center_weight
+        return weights
 
     def forward(self, score: BranchOutputs, feat: BranchOutputs, target: torch.Tensor,
                 target_cam: Optional[torch.Tensor] = None) -> torch.Tensor:
-        loss = self.id_weight * _global_and_local_average(self.id_loss, score, target)
+        parts = {'id_loss': _global_and_local_average(self.id_loss, score, target)}
         if self.triplet is not None:
-            triplet_loss = _global_and_local_average(self.triplet, feat, target)
-            loss = loss + self.triplet_weight * triplet_loss
+            parts['triplet_loss'] = _global_and_local_average(self.triplet, feat, target)
         if self.center is not None:
             global_feat = feat if isinstance(feat, torch.Tensor) else feat[0]
-            loss = loss + self.center_weight * self.center(global_feat, target)
-        return loss
+            parts['center_loss'] = self.center(global_feat, target)
+        self.last_parts = {name: part.detach() for name, part in parts.items()}
+        weights = self.weights
+        return sum(weights[name] * part for name, part in parts.items())
 
 
 def make_loss(cfg, num_classes: int) -> Tuple[ReIDLoss, CenterLoss]:

@@ -1,4 +1,5 @@
-"""Pictures drawn with Pillow alone: rank lists and a CMC / mAP summary chart."""
+"""Pictures: rank lists (Pillow) and charts (matplotlib, an optional dependency imported only
+when a chart is drawn): the CMC / mAP summary, and the helpers of tools/plot_training.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from datasets.bases import read_image
 from datasets.image_list import ImageRecord
 from utils.checkpoint import atomic_output
+from utils.errors import ToolError
 
 RGB = Tuple[int, int, int]
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (150, 150, 150)
@@ -89,9 +91,34 @@ def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: RankListL
                   fill=BLACK, font=caption_font, anchor="ma")
 
 
+# -------------------------------------------------------------------------- matplotlib charts
+def new_figure(width: int, height: int, what: str, dpi: int = 100):
+    """A matplotlib Figure of `width` x `height` pixels, outside pyplot (no global state, no
+    display needed). matplotlib is optional: without it, a ToolError naming `what` and the fix."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ToolError(f"drawing {what} needs matplotlib: pip install matplotlib") from None
+    # The epsilon keeps the inch size from rounding down to one pixel short (e.g. 3.33 x 100).
+    return Figure(figsize=((width + 1e-3) / dpi, (height + 1e-3) / dpi), dpi=dpi)
+
+
+def figure_image(figure) -> Image.Image:
+    """The figure rendered by matplotlib's Agg backend, as an RGB picture."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+
+
+def mpl_colour(colour: RGB) -> Tuple[float, float, float]:
+    return tuple(channel / 255 for channel in colour)
+
+
 # -------------------------------------------------------------------------- CMC / mAP chart
 @dataclass(frozen=True)
 class ChartLayout:
+    """Pixel size of the summary chart and the margins around its plot box."""
     width: int = 640
     height: int = 480
     left: int = 60  # room for the y labels
@@ -99,8 +126,11 @@ class ChartLayout:
     top: int = 60  # room for the title and the numbers
     bottom: int = 50  # room for the x labels
 
-    def plot_box(self) -> Tuple[int, int, int, int]:
-        return self.left, self.top, self.width - self.right, self.height - self.bottom
+    def axes_rect(self) -> Tuple[float, float, float, float]:
+        """The plot box as matplotlib's (left, bottom, width, height) figure fractions."""
+        return (self.left / self.width, self.bottom / self.height,
+                (self.width - self.left - self.right) / self.width,
+                (self.height - self.top - self.bottom) / self.height)
 
 
 def x_ticks(max_rank: int) -> list:
@@ -111,38 +141,28 @@ def x_ticks(max_rank: int) -> list:
 
 def draw_cmc_summary(cmc: Sequence[float], mAP: float, title: str,
                      layout: ChartLayout = ChartLayout()) -> Image.Image:
-    """The CMC curve (matching rate against rank), with mAP and Rank-1/5/10 written above it."""
+    """The CMC curve (matching rate against rank), with mAP and Rank-1/5/10 written above it;
+    a picture of layout.width x layout.height pixels (drawn with matplotlib)."""
+    from matplotlib.ticker import PercentFormatter
+    figure = new_figure(layout.width, layout.height, "the CMC summary")
     cmc = np.asarray(cmc, dtype=float)
-    canvas = Image.new("RGB", (layout.width, layout.height), WHITE)
-    draw = ImageDraw.Draw(canvas)
-    x0, y0, x1, y1 = layout.plot_box()
     max_rank = len(cmc)
-
-    def point(rank: float, rate: float) -> Tuple[float, float]:
-        x = x0 + (rank - 1) / max(max_rank - 1, 1) * (x1 - x0)
-        return x, y1 - rate * (y1 - y0)
-
-    label_font, title_font = font(12), font(15)
-    for rate in np.linspace(0.0, 1.0, 6):
-        _, y = point(1, rate)
-        draw.line([x0, y, x1, y], fill=(225, 225, 225))
-        draw.text((x0 - 6, y), f"{rate:.0%}", fill=BLACK, font=label_font, anchor="rm")
-    for rank in x_ticks(max_rank):
-        x, _ = point(rank, 0.0)
-        draw.line([x, y1, x, y1 + 4], fill=BLACK)
-        draw.text((x, y1 + 6), str(rank), fill=BLACK, font=label_font, anchor="ma")
-    draw.rectangle([x0, y0, x1, y1], outline=BLACK)
-    draw.line([point(r + 1, v) for r, v in enumerate(cmc)], fill=BLUE, width=2)
-    for rank in (1, 5, 10):
-        if rank <= max_rank:
-            x, y = point(rank, cmc[rank - 1])
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=RED)
-    draw.text((layout.width / 2, layout.height - 6), "rank", fill=BLACK, font=label_font, anchor="md")
-    draw.text((layout.width / 2, 8), title, fill=BLACK, font=title_font, anchor="ma")
-    ranks = "  ".join(f"Rank-{r}: {cmc[r - 1]:.1%}" for r in (1, 5, 10) if r <= max_rank)
-    draw.text((layout.width / 2, 32), f"mAP: {mAP:.1%}  {ranks}", fill=BLACK, font=label_font,
-              anchor="ma")
-    return canvas
+    axes = figure.add_axes(layout.axes_rect())
+    axes.plot(np.arange(1, max_rank + 1), cmc, color=mpl_colour(BLUE), linewidth=2)
+    marked = [rank for rank in (1, 5, 10) if rank <= max_rank]
+    axes.plot(marked, cmc[np.asarray(marked) - 1], "o", color=mpl_colour(RED), markersize=5,
+              clip_on=False)
+    axes.set_xlim(1, max(max_rank, 2))
+    axes.set_ylim(0.0, 1.0)
+    axes.set_xticks(x_ticks(max_rank))
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    axes.grid(True, color="0.88")
+    axes.set_xlabel("rank")
+    ranks = "  ".join(f"Rank-{rank}: {cmc[rank - 1]:.1%}" for rank in marked)
+    figure.text(0.5, 1 - 8 / layout.height, title, ha="center", va="top", fontsize=12)
+    figure.text(0.5, 1 - 32 / layout.height, f"mAP: {mAP:.1%}  {ranks}", ha="center", va="top",
+                fontsize=10)
+    return figure_image(figure)
 
 
 def save_png(image: Image.Image, path: str) -> None:

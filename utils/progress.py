@@ -1,10 +1,13 @@
-"""Progress of long loops: a redrawn bar on a terminal, a few plain log lines otherwise."""
+"""Progress of long loops: a tqdm bar on a terminal, a few plain log lines otherwise."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
-from typing import Iterable, Iterator, Optional, TypeVar
+from typing import Iterable, Iterator, List, Optional, TextIO, TypeVar
+
+from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -12,8 +15,9 @@ T = TypeVar("T")
 class Progress:
     """Wraps an iterable and reports how far it got.
 
-    On a terminal the bar is redrawn in place on stderr; in a log file or a CI run it writes
-    a line at every `log_fraction` of the way, so logs stay short.
+    On a terminal a tqdm bar is drawn on stderr, and the console lines of `logger` are printed
+    above it instead of through it; in a log file or a CI run it writes a line at every
+    `log_fraction` of the way, so logs stay short. With `enabled` False it reports nothing.
     """
 
     def __init__(self, iterable: Iterable[T], total: Optional[int], desc: str,
@@ -28,32 +32,65 @@ class Progress:
         self.interactive = enabled and sys.stderr.isatty()
 
     def __iter__(self) -> Iterator[T]:
+        if self.interactive:
+            yield from self._bar()
+        elif self.enabled and self.log_every:
+            yield from self._logged()
+        else:
+            yield from self.iterable
+
+    def _bar(self) -> Iterator[T]:
+        with _console_lines_above_bar(self.logger):
+            yield from tqdm(self.iterable, total=self.total, desc=self.desc, file=sys.stderr,
+                            dynamic_ncols=True)
+
+    def _logged(self) -> Iterator[T]:
         start = time.perf_counter()
-        done = 0
-        for item in self.iterable:
+        for done, item in enumerate(self.iterable, start=1):
             yield item
-            done += 1
-            if self.enabled:
-                self._report(done, time.perf_counter() - start)
-        if self.interactive:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+            if done % self.log_every == 0 or done == self.total:
+                elapsed = time.perf_counter() - start
+                rate = done / elapsed if elapsed > 0 else 0.0
+                self.logger.info("%s: %d/%d (%.1f it/s)", self.desc, done, self.total, rate)
 
-    def _report(self, done: int, elapsed: float) -> None:
-        rate = done / elapsed if elapsed > 0 else 0.0
-        if self.interactive:
-            sys.stderr.write("\r" + self._bar(done, rate))
-            sys.stderr.flush()
-        elif self.log_every and (done % self.log_every == 0 or done == self.total):
-            self.logger.info("%s: %d/%d (%.1f it/s)", self.desc, done, self.total, rate)
 
-    def _bar(self, done: int, rate: float, width: int = 30) -> str:
-        if not self.total:
-            return f"{self.desc}: {done} ({rate:.1f} it/s)"
-        filled = int(width * done / self.total)
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        return (f"{self.desc}: [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-                f"{rate:.1f} it/s, {eta:.0f}s left ")
+class _AboveTheBar:
+    """A console stream whose writes tqdm prints above its bars instead of through them."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        tqdm.write(text, file=self.stream, end="")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def _console_lines_above_bar(logger: logging.Logger) -> Iterator[None]:
+    """Route the console handlers that `logger`'s records reach (setup_logger puts them on
+    'transreid', not on 'transreid.train') through tqdm.write while a bar is shown; their
+    levels, formats and filters stay as they are."""
+    handlers = [handler for owner in _handler_owners(logger) for handler in owner.handlers
+                if type(handler) is logging.StreamHandler
+                and handler.stream in (sys.stdout, sys.stderr)]
+    originals = [handler.setStream(_AboveTheBar(handler.stream)) for handler in handlers]
+    try:
+        yield
+    finally:
+        for handler, stream in zip(handlers, originals):
+            handler.setStream(stream)
+
+
+def _handler_owners(logger: logging.Logger) -> List[logging.Logger]:
+    """`logger` and the ancestors its records propagate to, as logging.Logger.callHandlers."""
+    owners: List[logging.Logger] = []
+    current: Optional[logging.Logger] = logger
+    while current is not None:
+        owners.append(current)
+        current = current.parent if current.propagate else None
+    return owners
 
 
 def _len_or_none(iterable) -> Optional[int]:

@@ -1,0 +1,195 @@
+"""A training run's numbers on disk: OUTPUT_DIR/metrics.csv and, when the `tensorboard` package
+is installed, TensorBoard event files in OUTPUT_DIR/tb/.
+
+`MetricsLog` takes plain Python numbers that the trainer has already read from the device (it
+reads its accumulators once per SOLVER.LOG_PERIOD), so logging never adds a device sync.
+Each row of metrics.csv is one moment of the run:
+
+* a progress row every LOG_PERIOD iterations (`log_progress`): running averages of the epoch;
+* an epoch row at the end of each epoch (`log_epoch`), whose iteration is the epoch's batch
+  count;
+* an evaluation row after each evaluation (`log_eval`): mAP, rank1 and mINP.
+
+Columns a row does not measure are left empty. On resume the rows of the epochs the run is
+about to train again are dropped first, so an epoch never appears twice.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import numbers
+import os
+from typing import Dict, List, Mapping, Optional
+
+from utils.checkpoint import atomic_output
+from utils.errors import UserError
+from utils.metrics import EvalResult
+
+logger = logging.getLogger("transreid.run_log")
+
+METRICS_NAME = "metrics.csv"
+TENSORBOARD_DIR = "tb"
+TRAIN_COLUMNS = ("loss", "id_loss", "triplet_loss", "accuracy", "lr", "img_per_s")
+EVAL_COLUMNS = ("mAP", "rank1", "mINP")
+COLUMNS = ("epoch", "iteration") + TRAIN_COLUMNS + EVAL_COLUMNS
+
+Row = Dict[str, str]
+
+
+class MetricsFileError(UserError, ValueError):
+    """OUTPUT_DIR/metrics.csv is not a file this module wrote."""
+
+
+def metrics_path(output_dir: str) -> str:
+    return os.path.join(output_dir, METRICS_NAME)
+
+
+def read_metrics(path: str) -> List[Row]:
+    """The rows of a metrics.csv as dicts of strings ('' where a column was not measured)."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def eval_values(result: EvalResult) -> Dict[str, float]:
+    """The evaluation columns of `result`."""
+    return {"mAP": float(result.mAP), "rank1": float(result.cmc[0]), "mINP": float(result.mINP)}
+
+
+class MetricsLog:
+    """Appends a run's rows to OUTPUT_DIR/metrics.csv and mirrors them to TensorBoard.
+
+    `iters_per_epoch` (len of the train loader) places iterations on TensorBoard's step axis:
+    step = (epoch - 1) × iters_per_epoch + iteration. `start_epoch` is the first epoch this run
+    trains (1, or the resume epoch): rows of that epoch and later ones are dropped from an
+    existing file. With `enabled` False (ranks other than 0) every method does nothing.
+    """
+
+    def __init__(self, output_dir: str, iters_per_epoch: int, start_epoch: int = 1,
+                 enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.iters_per_epoch = max(1, int(iters_per_epoch))
+        self.path = metrics_path(output_dir)
+        self._last_iteration: Dict[int, int] = {}
+        self._handle = None
+        self._writer = None
+        if not enabled:
+            return
+        _keep_epochs_before(self.path, start_epoch)
+        new_file = not os.path.isfile(self.path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._handle = open(self.path, "a", newline="")
+        self._csv = csv.DictWriter(self._handle, fieldnames=COLUMNS)
+        if new_file:
+            self._csv.writeheader()
+            self._handle.flush()
+        if tensorboard:
+            # Events of the epochs trained again are hidden: those from start_epoch's first
+            # iteration on (epoch start_epoch - 1 ends, and is evaluated, a step before).
+            self._writer = _tensorboard_writer(os.path.join(output_dir, TENSORBOARD_DIR),
+                                               purge_step=self._step(start_epoch, 1))
+
+    # ------------------------------------------------------------------ what the trainer calls
+    def log_progress(self, epoch: int, iteration: int, values: Mapping[str, float]) -> None:
+        """Running averages at `iteration` (1-based) of `epoch`: any of TRAIN_COLUMNS."""
+        self._write(epoch, iteration, _checked(values, TRAIN_COLUMNS))
+
+    def log_epoch(self, epoch: int, iterations: int, values: Mapping[str, float]) -> None:
+        """The end of `epoch` after `iterations` batches: the epoch's averages and speed."""
+        self._write(epoch, iterations, _checked(values, TRAIN_COLUMNS))
+
+    def log_eval(self, epoch: int, result: EvalResult) -> None:
+        """An evaluation after `epoch`; its row has the epoch's last logged iteration."""
+        self._write(epoch, self._last_iteration.get(epoch), eval_values(result))
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _step(self, epoch: int, iteration: int) -> int:
+        # The identity sampler's length is an estimate: an epoch that runs longer must not
+        # reach into the next one's steps.
+        return (epoch - 1) * self.iters_per_epoch + min(iteration, self.iters_per_epoch)
+
+    def _write(self, epoch: int, iteration: Optional[int], values: Dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        if iteration is not None:
+            self._last_iteration[epoch] = iteration
+        row = {"epoch": str(epoch), "iteration": "" if iteration is None else str(iteration)}
+        row.update((name, repr(value)) for name, value in values.items())
+        self._csv.writerow(row)
+        # Flushed per row (one every LOG_PERIOD), so plot_training can follow a running job.
+        self._handle.flush()
+        if self._writer is not None:
+            step = self._step(epoch, self.iters_per_epoch if iteration is None else iteration)
+            for name, value in values.items():
+                section = "val" if name in EVAL_COLUMNS else "train"
+                self._writer.add_scalar(f"{section}/{name}", value, step)
+            self._writer.flush()
+
+
+def _checked(values: Mapping[str, float], allowed: tuple) -> Dict[str, float]:
+    """`values` as floats; a name outside `allowed` or a tensor is a caller's bug."""
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"MetricsLog: unknown column(s) {unknown}; allowed here: {list(allowed)}")
+    for name, value in values.items():
+        # A tensor here would mean a device read per logged row, hidden in the logger.
+        if not isinstance(value, numbers.Real):
+            raise TypeError(f"MetricsLog: '{name}' is a {type(value).__name__}; pass a Python "
+                            "number the trainer has already read from the device")
+    return {name: float(value) for name, value in values.items()}
+
+
+def _keep_epochs_before(path: str, start_epoch: int) -> None:
+    """Drop the rows of epochs >= `start_epoch` from `path` (the epochs this run trains again);
+    a file with other columns (an older version) is rewritten with the current ones."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        header = tuple(reader.fieldnames or ())
+    kept = [row for row in rows if _epoch_of(row, path) < start_epoch]
+    if len(kept) == len(rows) and header == COLUMNS:
+        return
+    if len(kept) < len(rows):
+        logger.info("%s: dropped %d row(s) of epoch %d and later, which this run trains again",
+                    path, len(rows) - len(kept), start_epoch)
+    with atomic_output(path) as tmp_path, open(tmp_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+
+
+def _epoch_of(row: Row, path: str) -> int:
+    try:
+        return int(row["epoch"])
+    except (KeyError, TypeError, ValueError):
+        raise MetricsFileError(f"{path}: a row without an integer epoch ({row}); the file is not a "
+                         f"metrics.csv of this project: move it away from OUTPUT_DIR") from None
+
+
+def _tensorboard_writer(log_dir: str, purge_step: int):
+    """A SummaryWriter on `log_dir`, or None without the tensorboard package (silently: it is
+    optional). `purge_step` hides events a resumed run writes again."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.debug("tensorboard is not installed: no TensorBoard files (pip install tensorboard)")
+        return None
+    writer = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
+    logger.info("TensorBoard event files in %s; view them with: tensorboard --logdir %s",
+                log_dir, log_dir)
+    return writer
