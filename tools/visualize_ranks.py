@@ -21,7 +21,7 @@ from datasets.image_list import ImageRecord
 from model.trained import load_trained
 from processor import FeatureExtractor, distance_matrix, make_evaluator
 from tools.common import ToolError, configure_logging, load_tool_config, tool_parser
-from tools.drawing import draw_cmc_summary, draw_rank_list, save_png
+from tools.drawing import draw_cmc_summary, draw_rank_list, new_figure, save_png
 from utils.cli import exits_on_user_error
 
 logger = logging.getLogger("transreid.tools")
@@ -91,6 +91,7 @@ def protocol_ranking(distances: np.ndarray, q_pid: int, q_camid: int, g_pids: np
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = load_tool_config(args)
+    new_figure(1, 1, "the CMC summary")  # before any work: matplotlib may be missing
     output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR or ".", "rank_lists")
     # As test.py: query and gallery only, and the model sized by its checkpoint.
     dataset = load_eval_dataset(cfg)

@@ -23,6 +23,8 @@ VIT_SPECS: Dict[str, Dict[str, Any]] = {
     # Not in the reference: small enough to train the embedded synthetic default on a CPU.
     'deit_tiny_patch16_224_TransReID': dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0,
                                             qkv_bias=True),
+    'exp_d6': dict(embed_dim=192, depth=6, num_heads=3, mlp_ratio=4.0, qkv_bias=True),
+    'exp_d4w': dict(embed_dim=256, depth=4, num_heads=4, mlp_ratio=4.0, qkv_bias=True),
 }
 
 RESNET50_FEATURE_DIM = 2048
