@@ -85,7 +85,8 @@ class CompiledForward:
     def __call__(self, *args, **kwargs):
         return self.run(lambda forward: forward(*args, **kwargs))
 
-    def run(self, work: Callable[[Forward], T], before_retry: Callable[[], None] = lambda: None) -> T:
+    def run(self, work: Callable[[Forward], T],
+            before_retry: Callable[[], None] = lambda: None) -> T:
         """`work(forward)`: with the compiled forward while it compiles; when compilation fails
         inside `work` (in the forward, or in a backward that `work` runs), warn once, go eager
         and run `work` again after `before_retry` (which clears what the failed attempt left,

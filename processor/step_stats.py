@@ -113,7 +113,8 @@ def any_non_finite(tensors: Iterable[torch.Tensor], device: torch.device) -> tor
     check (here with a scale of 1), exact and one pass, where a norm could overflow."""
     found = torch.zeros((), dtype=torch.float32, device=device)
     one = torch.ones((), dtype=torch.float32, device=device)
-    groups: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = collections.defaultdict(list)
+    groups: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]]
+    groups = collections.defaultdict(list)
     for tensor in tensors:
         groups[(tensor.device, tensor.dtype)].append(tensor)
     for grouped in groups.values():

@@ -112,7 +112,8 @@ def failing_compile(monkeypatch, when):
 
 
 def warnings_of(caplog):
-    return [r for r in caplog.records if r.name == "transreid.compile" and r.levelno == logging.WARNING]
+    return [record for record in caplog.records
+            if record.name == "transreid.compile" and record.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize("when", ["forward", "backward"])
@@ -135,7 +136,8 @@ def test_a_failing_compile_trains_eagerly_after_one_warning(tiny_opts, monkeypat
         torch.testing.assert_close(params[name], value, rtol=1e-5, atol=1e-7)
 
 
-def test_a_failing_compile_extracts_eagerly_and_warns_once_per_model(tiny_opts, monkeypatch, caplog):
+def test_a_failing_compile_extracts_eagerly_and_warns_once_per_model(tiny_opts, monkeypatch,
+                                                                     caplog):
     cfg = config(tiny_opts)
     model = build_trainer(cfg, SIZES, compile_model=False).model
     batch = random_batch(cfg, 8, SIZES, torch.device("cpu"), train=False)
