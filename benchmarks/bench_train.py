@@ -1,7 +1,7 @@
 """Training-step and inference speed of a config's model, without the data pipeline.
 
     python benchmarks/bench_train.py [--config_file CONFIG] [--device cpu|cuda] [--batch N]
-        [--steps N] [--warmup N] [--compile | --no-compile] [KEY VALUE ...]
+        [--steps N] [--warmup N] [--compile | --no-compile] [--sync-debug] [KEY VALUE ...]
 
 Builds the model, loss, optimizers and schedule of the config as train.py does, and times the
 real `Trainer.train_step` (forward, loss, backward, optimizer and GradScaler steps) on one
@@ -11,8 +11,12 @@ over the timed steps, after warm-up) and peak GPU memory for
 
 * eager fp16 and eager bf16 training (SOLVER.AMP_DTYPE); on the CPU this repository trains in
   fp32 (AMP is CUDA-only), so there one eager fp32 row stands for both;
-* compiled training (`torch.compile` of the model, the config's AMP dtype): by default on CUDA,
-  on the CPU only with --compile (compiling on a small CPU takes minutes);
+* compiled training (MODEL.COMPILE on: the trainer's torch.compile'd forward, the config's
+  AMP dtype): by default on CUDA, on the CPU only with --compile (compiling on a small CPU
+  takes minutes);
+* with --sync-debug (CUDA only), after the timed steps of each training mode, a few more steps
+  under `torch.cuda.set_sync_debug_mode("error")`: a step that makes the host wait for the GPU
+  (`.item()`, a blocking copy, ...) fails there, and the table says where;
 * with --ab-last-block, eager training with the last block on every token (the path before
   the class-token-only last block) against the class-token path, alternating steps on one
   trainer so that load on a shared machine hits both alike;
@@ -33,6 +37,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -106,13 +111,14 @@ def random_batch(cfg, batch: int, sizes: Tuple[int, int, int], device: torch.dev
 def build_trainer(cfg, sizes: Tuple[int, int, int], compile_model: bool) -> Trainer:
     """train.py's build_training without the data: the loaders are not used by train_step."""
     torch.manual_seed(cfg.SOLVER.SEED)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.COMPILE = "on" if compile_model else "off"
     num_classes, cameras, views = sizes
     model = make_model(cfg, num_class=num_classes, camera_num=cameras, view_num=views)
     loss_fn, center_criterion = make_loss(cfg, num_classes=num_classes)
     optimizer, optimizer_center = make_optimizer(cfg, model, center_criterion)
     scheduler = create_scheduler(cfg, optimizer)
-    if compile_model:
-        model = torch.compile(model)
     trainer = Trainer(cfg, model, center_criterion, train_loader=None, val_loader=None,
                       optimizer=optimizer, optimizer_center=optimizer_center, scheduler=scheduler,
                       loss_fn=loss_fn, num_query=0, local_rank=0)
@@ -165,14 +171,49 @@ def bench_training(cfg, sizes, device, args, amp: str, compile_model: bool) -> R
     trainer = build_trainer(cfg, sizes, compile_model)
     batch = random_batch(cfg, args.batch, sizes, device)
     counter = iter(range(1, 1 << 30))
-    median, first = time_steps(lambda: trainer.train_step(batch, epoch=1, n_iter=next(counter)),
-                               device, args.warmup, args.steps)
+
+    def step() -> None:  # what train_epoch does per batch
+        loss, accuracy = trainer.train_step(batch, epoch=1, n_iter=next(counter))
+        trainer.stats.add(loss, accuracy, args.batch)
+
+    median, first = time_steps(step, device, args.warmup, args.steps)
     precision = amp if trainer.amp_dtype is not None else "fp32"
-    note = "AMP is CUDA-only: fp32" if device.type != "cuda" else ""
+    notes = ["AMP is CUDA-only: fp32"] if device.type != "cuda" else []
     if compile_model:
-        note = f"first step {first:.1f} s (compilation)"
+        notes = [f"first step {first:.1f} s (compilation)" if trainer.forward.is_compiled
+                 else "compilation FAILED: eager (see the warning)"]
+    if args.sync_debug:
+        notes.append(check_no_sync(step, device))
+    note = "; ".join(notes)
     return Row("train compiled" if compile_model else "train eager", precision, args.batch,
                median, peak_gib(device), note)
+
+
+def check_no_sync(step: Callable[[], object], device: torch.device, steps: int = 3) -> str:
+    """Run `steps` more steps with CUDA's sync debug mode at "error": any host-device sync in
+    them raises. Returns the verdict for the table (and prints the offending call)."""
+    if device.type != "cuda":
+        return "sync check skipped (CUDA only)"
+    synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(steps):
+            step()
+    except RuntimeError as error:
+        print(f"sync check FAILED: {error}\n{where_in_repository(error)}")
+        return "sync check FAILED (see above)"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    synchronize(device)
+    return f"no host sync in {steps} steps: passed"
+
+
+def where_in_repository(error: BaseException) -> str:
+    """The frames of `error`'s traceback in this repository's files, innermost last."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frames = traceback.extract_tb(error.__traceback__)
+    return "\n".join(f"  {frame.filename}:{frame.lineno} {frame.line}" for frame in frames
+                     if frame.filename.startswith(root)) or "  (no frame in this repository)"
 
 
 @contextlib.contextmanager
@@ -264,6 +305,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="time a torch.compile'd model too (default: on CUDA only)")
+    parser.add_argument("--sync-debug", action="store_true",
+                        help="prove on CUDA that no training step waits for the GPU (see above)")
     parser.add_argument("--ab-last-block", action="store_true",
                         help="also time the full last block against the class-token one")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")

@@ -21,16 +21,19 @@ step() {  # step NAME COMMAND...: run it, keep its output, remember a failure an
 step environment nvidia-smi
 step cuda_tests "$python" -m pytest -q -rs tests/test_cuda.py
 step cuda_device_augment "$python" -m pytest -q -rs tests/test_device_augment.py -k cuda
+# torch.compile with Inductor against eager, and the deferred NaN stop, on the GPU.
+step compile_tests "$python" -m pytest -q -rs tests/test_compile.py tests/test_step_sync.py
 step bench_eval "$python" -m benchmarks.bench_eval --device cuda
 step bench_rerank_msmt "$python" -m benchmarks.bench_eval --device cuda --skip market msmt \
     --rerank-set msmt
 step memory_metrics_msmt "$python" benchmarks/bench_eval_memory.py --device cuda
 step memory_rerank_msmt "$python" benchmarks/bench_eval_memory.py --device cuda --rerank
 # Training step of the Market TransReID recipe (ViT-B/16, stride 12, JPM, SIE) at its batch of 64:
-# eager fp16 / bf16, torch.compile, full vs class-token last block, and inference. Random
-# weights: no ImageNet file needed.
+# eager fp16 / bf16, torch.compile, full vs class-token last block, and inference; then a few
+# steps of each training mode under CUDA's sync debug mode ("no host sync ... passed" in the
+# note column). Random weights: no ImageNet file needed.
 step bench_train_market "$python" benchmarks/bench_train.py --device cuda \
-    --config_file configs/Market/vit_transreid_stride.yml --batch 64 --ab-last-block \
+    --config_file configs/Market/vit_transreid_stride.yml --batch 64 --ab-last-block --sync-debug \
     MODEL.PRETRAIN_CHOICE none
 # The training loader alone, reference path vs uint8 + DeviceAugment (INPUT.DEVICE_AUGMENT), at
 # the Market configs' worker counts.

@@ -64,6 +64,11 @@ _C.MODEL.SIE_COE = 3.0
 _C.MODEL.SIE_CAMERA = False
 _C.MODEL.SIE_VIEW = False
 
+# New: torch.compile of the training and evaluation forward: 'auto' (on CUDA, not on the CPU,
+# where compiling takes longer than it saves), 'on' or 'off'; a model that fails to compile
+# runs eagerly after one warning
+_C.MODEL.COMPILE = 'auto'
+
 # New: training checkpoint (written by do_train) to resume from, '' to start afresh
 _C.MODEL.RESUME = ''
 

@@ -42,6 +42,8 @@ from utils.errors import ToolError
 from utils.metrics import EvalResult, R1_mAP_eval, query_gallery_distance
 from utils.progress import Progress
 
+from .compiled import CompiledForward, compile_enabled
+
 logger = logging.getLogger("transreid.inference")
 
 MEAN, AUTO = "mean", "auto"
@@ -60,15 +62,19 @@ class FeatureExtractor:
     >>> feats = extractor(["a.jpg", pil_image, bgr_frame_crop], bgr=True, normalize=True)
 
     `counts` are the cameras and views the model has SIE embeddings for (0: none); a model
-    built by `from_files` knows them from its checkpoint.
+    built by `from_files` knows them from its checkpoint. `compile` (default: MODEL.COMPILE)
+    runs the forward through torch.compile; `model` itself stays uncompiled.
     """
 
     def __init__(self, cfg, model: nn.Module, device: Optional[torch.device] = None,
                  counts: Optional[SideInfoCounts] = None, camera: LabelChoice = AUTO,
-                 view: LabelChoice = AUTO) -> None:
+                 view: LabelChoice = AUTO, compile: Optional[bool] = None) -> None:
         self.cfg = cfg
         self.device = device or select_device(cfg.MODEL.DEVICE)
         self.model = model.to(self.device)
+        self.forward = CompiledForward(
+            self.model, compile_enabled(cfg, self.device) if compile is None else compile,
+            "evaluation")
         self.counts = counts or sie_counts_of(model)
         self.camera, self.view = camera, view
         self.flip = switches(cfg).flip_feats
@@ -150,10 +156,10 @@ class FeatureExtractor:
         self.model.eval()
         images = images.to(self.device, non_blocking=True)
         labels = dict(cam_label=cam_label.to(self.device), view_label=view_label.to(self.device))
-        feats = self.model(images, **labels).float()
+        feats = self.forward(images, **labels).float()
         if self.flip:
             # Mean before normalisation, as fast-reid's TEST.FLIP.ENABLED.
-            feats = (feats + self.model(images.flip(3), **labels).float()) / 2
+            feats = (feats + self.forward(images.flip(3), **labels).float()) / 2
         return feats
 
     def averaged_features(self, images: torch.Tensor, cam_options: Sequence[Sequence[int]],

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from typing import List, Optional, Sequence, Tuple
@@ -20,11 +19,13 @@ from utils.cli import set_seed
 from utils.device import select_device
 from utils.dist_watchdog import start_watchdog
 from utils.errors import UserError
-from utils.meter import AverageMeter
 from utils.metrics import EvalResult
 from utils.progress import Progress
 
+from .compiled import CompiledForward, compile_enabled
 from .inference import evaluate, log_result
+from .step_stats import (NON_FINITE_GRADIENT, NON_FINITE_LOSS, Reading, StepStats,
+                         any_non_finite, gradients, loss_gate, skip_updates_if)
 
 AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': None}
 
@@ -44,7 +45,8 @@ def check_output_dir_is_free(cfg) -> None:
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
-    """The loss became NaN or infinite; training stops before the weights are touched."""
+    """The loss (or, without loss scaling, a gradient) became NaN or infinite; no update from
+    that step on reached the weights."""
 
 
 def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
@@ -88,6 +90,9 @@ class Trainer:
         self.device_augment = (DeviceAugment.from_cfg(cfg).to(self.device)
                                if cfg.INPUT.DEVICE_AUGMENT else None)
         self.model = self._place_model(model)
+        # The forward that training calls; self.model stays the uncompiled module that
+        # checkpoints and evaluation see (evaluation compiles its own, see FeatureExtractor).
+        self.forward = CompiledForward(self.model, compile_enabled(cfg, self.device), "training")
         self.center_criterion = center_criterion.to(self.device)
         self.train_loader, self.val_loader, self.num_query = train_loader, val_loader, num_query
         self.optimizer, self.optimizer_center = optimizer, optimizer_center
@@ -97,6 +102,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
         self.uses_center = 'center' in cfg.MODEL.METRIC_LOSS_TYPE
+        self.stats = StepStats(self.device)
         if self.distributed and self.uses_center:
             # The centers live outside DDP: start every rank from rank 0's.
             for param in self.center_criterion.parameters():
@@ -152,71 +158,127 @@ class Trainer:
     def _to_device(self, *tensors: torch.Tensor) -> List[torch.Tensor]:
         return [t.to(self.device, non_blocking=True) for t in tensors]
 
-    def train_step(self, batch: Sequence[torch.Tensor], epoch: int, n_iter: int) -> Tuple[float, float]:
+    def train_step(self, batch: Sequence[torch.Tensor], epoch: int,
+                   n_iter: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One update; returns (loss, accuracy) as device tensors. Nothing here reads the device
+        on the host (see processor/step_stats.py): a non-finite loss is recorded in
+        `self.stats`, blocks this and every later update, and stops training at the next read."""
         img, target, target_cam, target_view, *augment_params = self._to_device(*batch)
         if self.device_augment is not None:
             # uint8 images and per-image parameters from the workers (INPUT.DEVICE_AUGMENT)
             img = self.device_augment(img, *augment_params)
+        self._zero_grad()
+        # A compile error surfaces in the first forward or backward: the step then runs again
+        # eagerly, from cleared gradients.
+        loss, accuracy = self.forward.run(
+            lambda forward: self._forward_backward(forward, img, target, target_cam, target_view),
+            before_retry=self._zero_grad)
+        self.stats.record(~torch.isfinite(loss), NON_FINITE_LOSS, loss, epoch, n_iter)
+        self._update(loss, epoch, n_iter)
+        return loss, accuracy
+
+    def _zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_center.zero_grad(set_to_none=True)
+
+    def _forward_backward(self, forward, img: torch.Tensor, target: torch.Tensor,
+                          target_cam: torch.Tensor,
+                          target_view: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.amp_dtype):
-            score, feat = self.model(img, target, cam_label=target_cam, view_label=target_view)
+            score, feat = forward(img, target, cam_label=target_cam, view_label=target_view)
             loss = self.loss_fn(score, feat, target, target_cam)
         global_score = score[0] if isinstance(score, list) else score
         accuracy = (global_score.argmax(1) == target).float().mean()
-        # One host sync per step for both logged numbers.
-        loss_value, acc_value = torch.stack([loss.detach().float(), accuracy]).tolist()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at epoch {epoch}, iteration {n_iter}; training stopped "
-                f"before updating the weights. The last good checkpoint is "
-                f"{self.checkpointer.last_path} (if one was written): lower SOLVER.BASE_LR or "
-                f"resume from it with MODEL.RESUME")
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        if self.uses_center:
-            self._prepare_center_gradients()
-            self.scaler.step(self.optimizer_center)
-        self.scaler.update()
-        return loss_value, acc_value
+        gated = loss * loss_gate(loss, self.stats.halted)
+        self.scaler.scale(gated).backward()
+        return loss.detach(), accuracy
 
-    def _prepare_center_gradients(self) -> None:
-        # Undo the loss weight so that CENTER_LR alone sets how fast the centers move; under
-        # DDP average the gradients as DDP does for the model, so the centers stay equal.
-        scale = 1.0 / (self.cfg.SOLVER.CENTER_LOSS_WEIGHT * self.world_size)
-        for param in self.center_criterion.parameters():
+    def _update(self, loss: torch.Tensor, epoch: int, n_iter: int) -> None:
+        """The optimizer steps, each skipped on the device when the step may not update."""
+        if self.scaler.is_enabled():
+            # fp16: GradScaler skips a step whose gradients are inf/NaN, the gated loss's
+            # included, and halves the scale: an overflow is ordinary there, not a fault. It
+            # reads its flag on the host unless the optimizer is fused (CUDA here), which takes
+            # the flag into its kernel instead.
+            self.scaler.step(self.optimizer)
+        else:
+            # bf16 / fp32: no scale to lower, so a non-finite gradient is a fault like the loss.
+            faulty = any_non_finite(gradients(self.optimizer), self.device)
+            self.stats.record(faulty, NON_FINITE_GRADIENT, loss, epoch, n_iter)
+            skip_updates_if(self.optimizer, faulty)
+        if self.uses_center:
+            self._step_centers()
+        self.scaler.update()
+
+    def _step_centers(self) -> None:
+        """The center-loss step, outside GradScaler (which would read its flag on the host for
+        this unfused SGD): undo the loss scale and weight so that CENTER_LR alone sets how fast
+        the centers move, and skip where the step may not update or the centers' gradient is
+        not finite. Under DDP average the gradients as DDP does for the model, so the centers
+        stay equal. (A center overflow alone does not lower the fp16 scale; the features'
+        gradients, which the same loss term drives, do.)"""
+        loss_scale = self.scaler.scale(torch.ones((), device=self.device))  # 1 unless fp16
+        factor = 1.0 / (self.cfg.SOLVER.CENTER_LOSS_WEIGHT * self.world_size) / loss_scale
+        grads = gradients(self.optimizer_center)
+        for grad in grads:
             if self.distributed:
-                dist.all_reduce(param.grad)
-            param.grad.mul_(scale)
+                dist.all_reduce(grad)
+            grad.mul_(factor)
+        skip_updates_if(self.optimizer_center,
+                        self.stats.halted | any_non_finite(grads, self.device))
+
+    def read_stats(self) -> Reading:
+        """Loss and accuracy so far in the epoch (a host read: a device sync); raises
+        NonFiniteLossError if a step recorded a fault, on every rank when one rank did."""
+        reading = self.stats.read()
+        fault = reading.fault
+        if self.distributed:
+            # The other ranks skipped their updates (the gated gradients reach them through
+            # the all-reduce) but may have recorded nothing: stop them with the faulty rank.
+            flag = torch.tensor([float(fault is not None)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and fault is None:
+                raise NonFiniteLossError(
+                    "the loss became non-finite on another process (its log names the step); "
+                    f"{self._stop_advice()}")
+        if fault is not None:
+            raise NonFiniteLossError(f"{fault.describe()}; {self._stop_advice()}")
+        return reading
+
+    def _stop_advice(self) -> str:
+        return (f"training stopped at the next read of the loss (every SOLVER.LOG_PERIOD "
+                f"iterations), and no update from that step on reached the weights. The last good "
+                f"checkpoint is {self.checkpointer.last_path} (if one was written): lower "
+                f"SOLVER.BASE_LR or resume from it with MODEL.RESUME")
+
+    def _log_progress(self, epoch: int, n_iter: int, num_iters: int, reading: Reading) -> None:
+        self.logger.info("Epoch[{}] Iteration[{}/{}] Loss: {:.3f}, Acc: {:.3f}, Base Lr: {:.2e}"
+                         .format(epoch, n_iter, num_iters, reading.loss, reading.accuracy,
+                                 self.scheduler._get_lr(epoch)[0]))
 
     def train_epoch(self, epoch: int) -> None:
         self.scheduler.step(epoch)
         set_train_epoch(self.train_loader, epoch)
         self.model.train()
-        loss_meter, acc_meter = AverageMeter(), AverageMeter()
+        self.stats.start_epoch()
         # len() of the identity sampler is an estimate; the timing divides by the batches run.
-        num_iters, num_batches, num_images = len(self.train_loader), 0, 0
+        num_iters, num_batches = len(self.train_loader), 0
         start = time.perf_counter()
         # A bar on a terminal only: in log files the LOG_PERIOD lines already show progress.
         batches = Progress(self.train_loader, num_iters, f"epoch {epoch}", self.logger,
                            enabled=self.is_main and os.isatty(2))
         for n_iter, batch in enumerate(batches, start=1):
-            loss, acc = self.train_step(batch, epoch, n_iter)
-            batch_size = batch[0].shape[0]
-            num_batches, num_images = n_iter, num_images + batch_size
-            loss_meter.update(loss, batch_size)
-            acc_meter.update(acc, 1)
+            loss, accuracy = self.train_step(batch, epoch, n_iter)
+            self.stats.add(loss, accuracy, batch[0].shape[0])
+            num_batches = n_iter
             if n_iter % self.cfg.SOLVER.LOG_PERIOD == 0:
-                self.logger.info("Epoch[{}] Iteration[{}/{}] Loss: {:.3f}, Acc: {:.3f}, Base Lr: {:.2e}"
-                                 .format(epoch, n_iter, num_iters, loss_meter.avg, acc_meter.avg,
-                                         self.scheduler._get_lr(epoch)[0]))
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
+                self._log_progress(epoch, n_iter, num_iters, self.read_stats())
+        reading = self.read_stats()  # waits for the device: the timing below is complete
         elapsed = time.perf_counter() - start
         self.logger.info("Epoch {} done. Loss: {:.3f}, Acc: {:.3f}, Time per batch: {:.3f}[s] "
                          "Speed: {:.1f}[samples/s]".format(
-                             epoch, loss_meter.avg, acc_meter.avg, elapsed / max(num_batches, 1),
-                             num_images * self.world_size / elapsed))
+                             epoch, reading.loss, reading.accuracy, elapsed / max(num_batches, 1),
+                             self.stats.images * self.world_size / elapsed))
 
     def validate(self, epoch: int, rng: List[dict]) -> EvalResult:
         """Evaluate; a new best mAP is recorded in the resume state before its weights are
