@@ -21,12 +21,15 @@ from utils.dist_watchdog import start_watchdog
 from utils.errors import UserError
 from utils.metrics import EvalResult
 from utils.progress import Progress
+from utils.run_log import TRAIN_COLUMNS, MetricsLog
 
 from .compiled import CompiledForward, compile_enabled
 from .inference import evaluate, log_result
 from .step_stats import (NON_FINITE_GRADIENT, NON_FINITE_LOSS, Reading, StepStats,
                          any_non_finite, gradients, loss_gate, skip_updates_if)
 
+# The loss parts that metrics.csv has columns for.
+METRIC_PARTS = tuple(name for name in TRAIN_COLUMNS if name.endswith("_loss"))
 AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': None}
 
 
@@ -111,6 +114,9 @@ class Trainer:
             self.model, optimizer, optimizer_center, self.center_criterion, self.scaler))
         self.best_mAP = -1.0
         self.start_epoch = 1
+        self.loss_parts: dict = {}
+        # Replaced by the run's metrics.csv writer in `run`; steps outside a run log nowhere.
+        self.metrics = MetricsLog(cfg.OUTPUT_DIR, 1, enabled=False)
 
     def _place_model(self, model: torch.nn.Module) -> torch.nn.Module:
         model.to(self.device)
@@ -189,6 +195,7 @@ class Trainer:
             loss = self.loss_fn(score, feat, target, target_cam)
         global_score = score[0] if isinstance(score, list) else score
         accuracy = (global_score.argmax(1) == target).float().mean()
+        self.loss_parts = dict(getattr(self.loss_fn, "last_parts", {}))
         gated = loss * loss_gate(loss, self.stats.halted)
         self.scaler.scale(gated).backward()
         return loss.detach(), accuracy
@@ -252,9 +259,15 @@ class Trainer:
                 f"SOLVER.BASE_LR or resume from it with MODEL.RESUME")
 
     def _log_progress(self, epoch: int, n_iter: int, num_iters: int, reading: Reading) -> None:
+        lr = self.scheduler._get_lr(epoch)[0]
         self.logger.info("Epoch[{}] Iteration[{}/{}] Loss: {:.3f}, Acc: {:.3f}, Base Lr: {:.2e}"
-                         .format(epoch, n_iter, num_iters, reading.loss, reading.accuracy,
-                                 self.scheduler._get_lr(epoch)[0]))
+                         .format(epoch, n_iter, num_iters, reading.loss, reading.accuracy, lr))
+        self.metrics.log_progress(epoch, n_iter, self._metric_values(reading, lr))
+
+    @staticmethod
+    def _metric_values(reading: Reading, lr: float) -> dict:
+        parts = {name: value for name, value in reading.parts.items() if name in METRIC_PARTS}
+        return {"loss": reading.loss, "accuracy": reading.accuracy, "lr": lr, **parts}
 
     def train_epoch(self, epoch: int) -> None:
         self.scheduler.step(epoch)
@@ -269,16 +282,19 @@ class Trainer:
                            enabled=self.is_main and os.isatty(2))
         for n_iter, batch in enumerate(batches, start=1):
             loss, accuracy = self.train_step(batch, epoch, n_iter)
-            self.stats.add(loss, accuracy, batch[0].shape[0])
+            self.stats.add(loss, accuracy, batch[0].shape[0], self.loss_parts)
             num_batches = n_iter
             if n_iter % self.cfg.SOLVER.LOG_PERIOD == 0:
                 self._log_progress(epoch, n_iter, num_iters, self.read_stats())
         reading = self.read_stats()  # waits for the device: the timing below is complete
         elapsed = time.perf_counter() - start
+        speed = self.stats.images * self.world_size / elapsed
         self.logger.info("Epoch {} done. Loss: {:.3f}, Acc: {:.3f}, Time per batch: {:.3f}[s] "
                          "Speed: {:.1f}[samples/s]".format(
                              epoch, reading.loss, reading.accuracy, elapsed / max(num_batches, 1),
-                             self.stats.images * self.world_size / elapsed))
+                             speed))
+        self.metrics.log_epoch(epoch, num_batches, {
+            **self._metric_values(reading, self.scheduler._get_lr(epoch)[0]), "img_per_s": speed})
 
     def validate(self, epoch: int, rng: List[dict]) -> EvalResult:
         """Evaluate; a new best mAP is recorded in the resume state before its weights are
@@ -286,6 +302,7 @@ class Trainer:
         result = evaluate(self.cfg, unwrap(self.model), self.val_loader, self.num_query,
                           self.device)
         log_result(self.logger, result, f"Validation Results - Epoch: {epoch}")
+        self.metrics.log_eval(epoch, result)
         if result.mAP > self.best_mAP:
             self.best_mAP = result.mAP
             self.checkpointer.save_state(epoch, self.best_mAP, rng)
@@ -301,6 +318,17 @@ class Trainer:
         max_epochs = self.cfg.SOLVER.MAX_EPOCHS
         self.logger.info("start training: epochs %d to %d on %s%s", self.start_epoch, max_epochs,
                          self.device, f" x {self.world_size} processes" if self.distributed else "")
+        result = None
+        # Opened here, after a resume set start_epoch: rows of epochs trained again are dropped.
+        self.metrics = MetricsLog(self.cfg.OUTPUT_DIR, len(self.train_loader), self.start_epoch,
+                                  enabled=self.is_main and bool(self.cfg.OUTPUT_DIR))
+        with self.metrics:
+            result = self._train_epochs(max_epochs)
+        if self.distributed:
+            self.watchdog.finish()
+        return result
+
+    def _train_epochs(self, max_epochs: int) -> Optional[EvalResult]:
         result = None
         if self.start_epoch > max_epochs:
             self.logger.warning("Nothing to train: the run is at epoch %d and SOLVER.MAX_EPOCHS "
@@ -326,8 +354,6 @@ class Trainer:
                     result = self.validate(epoch, rng)
             if self.distributed:
                 self.watchdog.wait_for_all(f"epoch_{epoch}")
-        if self.distributed:
-            self.watchdog.finish()
         return result
 
 

@@ -15,7 +15,7 @@ halving the scale, not a fault.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -40,10 +40,12 @@ class Fault:
 
 @dataclass(frozen=True)
 class Reading:
-    """Means since the epoch started (loss weighted by images, accuracy by steps)."""
+    """Means since the epoch started (loss and its parts weighted by images, accuracy by
+    steps); `parts` are the loss's unweighted terms by name (`ReIDLoss.last_parts`)."""
     loss: float
     accuracy: float
     fault: Optional[Fault]
+    parts: Dict[str, float] = field(default_factory=dict)
 
 
 class StepStats:
@@ -58,6 +60,7 @@ class StepStats:
 
     def start_epoch(self) -> None:
         self.loss_sum, self.accuracy_sum = self._zero(), self._zero()
+        self.part_sums: Dict[str, torch.Tensor] = {}
         self.images = self.steps = 0  # host counts: batch sizes are known there
         self.fault_kind, self.fault_epoch, self.fault_iteration = (
             self._zero(torch.int64), self._zero(torch.int64), self._zero(torch.int64))
@@ -68,8 +71,11 @@ class StepStats:
         """Device bool: a fault was recorded, so no update may happen until the read stops."""
         return self.fault_kind != 0
 
-    def add(self, loss: torch.Tensor, accuracy: torch.Tensor, batch_size: int) -> None:
+    def add(self, loss: torch.Tensor, accuracy: torch.Tensor, batch_size: int,
+            parts: Optional[Dict[str, torch.Tensor]] = None) -> None:
         self.loss_sum += loss.detach().float() * batch_size
+        for name, part in (parts or {}).items():
+            self.part_sums[name] = self.part_sums.get(name, self._zero()) + part.detach().float() * batch_size
         self.accuracy_sum += accuracy.detach().float()
         self.images += batch_size
         self.steps += 1
@@ -86,12 +92,15 @@ class StepStats:
 
     def read(self) -> Reading:
         """The one host read (a device sync) of everything above."""
+        names = sorted(self.part_sums)
         values = torch.stack([t.double() for t in (
             self.loss_sum, self.accuracy_sum, self.fault_kind, self.fault_epoch,
-            self.fault_iteration, self.fault_loss)]).tolist()
-        loss_sum, accuracy_sum, kind, epoch, iteration, fault_loss = values
+            self.fault_iteration, self.fault_loss, *(self.part_sums[n] for n in names))]).tolist()
+        loss_sum, accuracy_sum, kind, epoch, iteration, fault_loss, *part_sums = values
         fault = Fault(int(kind), int(epoch), int(iteration), fault_loss) if kind else None
-        return Reading(loss_sum / max(self.images, 1), accuracy_sum / max(self.steps, 1), fault)
+        images = max(self.images, 1)
+        return Reading(loss_sum / images, accuracy_sum / max(self.steps, 1), fault,
+                       {name: total / images for name, total in zip(names, part_sums)})
 
 
 def loss_gate(loss: torch.Tensor, halted: torch.Tensor) -> torch.Tensor:

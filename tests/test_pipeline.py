@@ -14,6 +14,7 @@ import torch.distributed as dist
 from config import load_config
 import processor.processor as processor_module
 from processor import do_train, evaluate
+from tests.test_run_log import check_metrics_csv
 from processor.processor import (LAST_CHECKPOINT, NonFiniteLossError, ResumeError, Trainer,
                                  check_output_dir_is_free)
 from solver.scheduler_factory import create_scheduler
@@ -61,6 +62,7 @@ def failing_loss(parts, epoch_to_fail, make_failure):
 
     def wrapped(score, feat, target, target_cam):
         loss = loss_fn(score, feat, target, target_cam)
+        wrapped.last_parts = loss_fn.last_parts  # the trainer logs the parts of the real loss
         return make_failure(loss) if next(calls) == failing_call else loss
     return wrapped
 
@@ -95,6 +97,13 @@ def test_interrupted_and_resumed_training_ends_with_the_same_weights(tiny_opts, 
     assert uninterrupted.keys() == resumed.keys()
     for name, tensor in uninterrupted.items():
         assert torch.equal(tensor, resumed[name]), name
+    # metrics.csv: the resumed run appends epoch 3 once, and its numbers are the straight run's.
+    expected = check_metrics_csv(str(tmp_path / "straight"), [1, 2, 3], cfg.SOLVER.LOG_PERIOD,
+                                 eval_epochs=[2, 3], weights=parts["loss_fn"].weights)
+    rows = check_metrics_csv(str(tmp_path / "interrupted"), [1, 2, 3], cfg.SOLVER.LOG_PERIOD,
+                             eval_epochs=[2, 3], weights=parts["loss_fn"].weights)
+    numbers = lambda row: {k: v for k, v in row.items() if k != "img_per_s"}  # noqa: E731
+    assert [numbers(row) for row in rows] == [numbers(row) for row in expected]
 
 
 def test_the_number_of_loader_workers_does_not_change_the_trained_weights(tiny_opts, tmp_path):
