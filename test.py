@@ -14,6 +14,7 @@ from datasets import load_eval_dataset, make_val_loader
 from model.trained import load_trained
 from processor import EvalResult, evaluate
 from processor.inference import log_result
+from utils.checkpoint import atomic_write_text
 from utils.cli import base_parser, exits_on_user_error, load_cli_config, start_run
 from utils.device import select_device
 
@@ -69,8 +70,8 @@ def write_results(cfg, result: EvalResult, logger) -> None:
     summary = {"weight": cfg.TEST.WEIGHT, "dataset": cfg.DATASETS.NAMES,
                "re_ranking": switches(cfg).re_ranking, "flip_feats": switches(cfg).flip_feats,
                **result.as_dict()}
-    with open(path, "w") as handle:
-        json.dump(summary, handle, indent=2)
+    # Atomic: a full disk or a kill mid-write leaves the previous results, not an empty file.
+    atomic_write_text(path, json.dumps(summary, indent=2))
     logger.info("Results written to %s", path)
 
 

@@ -1,6 +1,8 @@
 """Train a TransReID model: python train.py --config_file configs/... [KEY VALUE ...]"""
-import os
+import contextlib
+import signal
 from datetime import timedelta
+from typing import Iterator
 
 import torch.distributed as dist
 
@@ -11,7 +13,7 @@ from processor import do_train
 from processor.processor import check_output_dir_is_free
 from solver import make_optimizer
 from solver.scheduler_factory import create_scheduler
-from utils.checkpoint import LAST_CHECKPOINT, load_checkpoint
+from utils.checkpoint import load_checkpoint, resume_hint
 from utils.cli import base_parser, env_int, exits_on_user_error, load_cli_config, set_seed, start_run
 from utils.device import select_device, uses_gpu
 from utils.run_lock import lock_output_dir, remove_stale_temp_files
@@ -42,11 +44,29 @@ def build_training(cfg) -> dict:
                 scheduler=scheduler, loss_fn=loss_fn, num_query=num_query)
 
 
-def resume_hint(cfg) -> str:
-    path = os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)
-    if not os.path.isfile(path):
-        return "No epoch had finished, so there is nothing to resume."
-    return f"Continue from the last finished epoch with MODEL.RESUME {path}"
+class Terminated(BaseException):
+    """SIGTERM, which schedulers send before they kill a job: raised in the main thread like
+    KeyboardInterrupt (and, like it, not an Exception, so no `except Exception` swallows it)."""
+
+
+# The shell's convention: 128 + the signal's number.
+EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the main thread inside the block. Checkpoints are written
+    by a background thread (utils/checkpoint.py), which signals never interrupt: a stop lands
+    between writes, and the files being written are finished before the process exits."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @exits_on_user_error
@@ -84,10 +104,14 @@ def train(cfg, args) -> None:
     set_seed(cfg.SOLVER.SEED + rank)
 
     try:
-        do_train(cfg, **build_training(cfg), local_rank=args.local_rank)
-    except KeyboardInterrupt:
-        logger.warning("Interrupted. %s", resume_hint(cfg))
-        raise SystemExit(130)
+        with sigterm_raises():
+            do_train(cfg, **build_training(cfg), local_rank=args.local_rank)
+    except (KeyboardInterrupt, Terminated) as stop:
+        # do_train has waited for the checkpoint writes in flight: the hint names the last one.
+        what, code = (("Terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, Terminated)
+                      else ("Interrupted", EXIT_INTERRUPTED))
+        logger.warning("%s. %s", what, resume_hint(cfg.OUTPUT_DIR))
+        raise SystemExit(code)
     finally:
         if cfg.MODEL.DIST_TRAIN and dist.is_initialized():
             dist.destroy_process_group()

@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from datasets import set_train_epoch
 from datasets.device_augment import DeviceAugment
 from utils.checkpoint import (LAST_CHECKPOINT, Checkpointer, ResumeError, TrainingObjects,
-                              restore_rng_states, rng_states, unwrap)
+                              load_checkpoint, restore_rng_states, rng_states, unwrap)
 from utils.cli import set_seed
 from utils.device import select_device
 from utils.dist_watchdog import start_watchdog
@@ -34,17 +34,40 @@ AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': None}
 
 
 def check_output_dir_is_free(cfg) -> None:
-    """Refuse to start a new run over the resume state of an earlier one in OUTPUT_DIR.
+    """Refuse to start over the resume state of another run in OUTPUT_DIR.
 
     A restart that forgets MODEL.RESUME would replace that state after one epoch; with the
-    reference's configs (model files only at the last epoch) that loses the whole run.
+    reference's configs (model files only at the last epoch) that loses the whole run. So
+    would resuming run A's state into run B's folder, which then mixes the two runs' files.
+    Resuming is allowed into an empty or new folder (a copy of the run continues there), and
+    into the folder the state came from: MODEL.RESUME is that folder's `last_checkpoint.pth`
+    (the same file, however the paths are spelt), or a state whose recorded OUTPUT_DIR
+    (`output_dir`, a real path) is this folder (a copy kept there, e.g. to roll back).
     """
     path = os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)
-    if not cfg.MODEL.RESUME and os.path.isfile(path):
+    if not os.path.isfile(path):
+        return
+    if not cfg.MODEL.RESUME:
         raise ResumeError(
             f"OUTPUT_DIR '{cfg.OUTPUT_DIR}' holds the resume state of an earlier run ({path}); "
             f"continue it with MODEL.RESUME {path}, or choose another OUTPUT_DIR, or delete that "
             "file to start over there")
+    if _state_belongs_to(cfg.MODEL.RESUME, cfg.OUTPUT_DIR):
+        return
+    raise ResumeError(
+        f"MODEL.RESUME '{cfg.MODEL.RESUME}' is the state of another run than the one in OUTPUT_DIR "
+        f"'{cfg.OUTPUT_DIR}' ({path}, which resuming there would replace); set OUTPUT_DIR to the "
+        f"folder it came from, or to a new folder to continue it there, or continue that "
+        f"folder's own run with MODEL.RESUME {path}")
+
+
+def _state_belongs_to(resume: str, output_dir: str) -> bool:
+    """Whether the training state `resume` was written by a run in `output_dir`."""
+    path = os.path.join(output_dir, LAST_CHECKPOINT)
+    if os.path.exists(resume) and os.path.samefile(resume, path):
+        return True
+    recorded = load_checkpoint(resume, mmap=True).get("output_dir")
+    return recorded is not None and recorded == os.path.realpath(output_dir)
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -298,7 +321,8 @@ class Trainer:
 
     def validate(self, epoch: int, rng: List[dict]) -> EvalResult:
         """Evaluate; a new best mAP is recorded in the resume state before its weights are
-        written, so a crash between the two can never let a worse model replace the best."""
+        written (the checkpointer writes in the order queued, and drops what follows a failed
+        write), so a crash between the two can never let a worse model replace the best."""
         result = evaluate(self.cfg, unwrap(self.model), self.val_loader, self.num_query,
                           self.device)
         log_result(self.logger, result, f"Validation Results - Epoch: {epoch}")
@@ -322,7 +346,9 @@ class Trainer:
         # Opened here, after a resume set start_epoch: rows of epochs trained again are dropped.
         self.metrics = MetricsLog(self.cfg.OUTPUT_DIR, len(self.train_loader), self.start_epoch,
                                   enabled=self.is_main and bool(self.cfg.OUTPUT_DIR))
-        with self.metrics:
+        # Leaving the block waits for the queued checkpoint writes: a failed one is raised (when
+        # nothing else is), so the last epoch's files are checked too.
+        with self.metrics, self.checkpointer:
             result = self._train_epochs(max_epochs)
         if self.distributed:
             self.watchdog.finish()
@@ -335,6 +361,7 @@ class Trainer:
                                 "is %d; raise SOLVER.MAX_EPOCHS to train on", self.start_epoch - 1,
                                 max_epochs)
         for epoch in range(self.start_epoch, max_epochs + 1):
+            self.checkpointer.check()  # a write of an earlier epoch that failed stops here
             self.train_epoch(epoch)
             last = epoch == max_epochs
             evaluate_now = epoch % self.cfg.SOLVER.EVAL_PERIOD == 0 or last
@@ -342,10 +369,11 @@ class Trainer:
             rng = self.all_rng_states()
             # Rank 0 alone evaluates and saves; the others wait at the barrier instead of
             # entering the unwrapped model's forward (the reference hangs there). Weights and
-            # resume state are on disk before evaluation starts, so a failing evaluation loses
-            # nothing; the state is written every epoch whatever CHECKPOINT_PERIOD says (the
-            # reference's configs set it to the epoch count, and a crash would lose the run),
-            # and again after an evaluation that raised the best mAP, which it records.
+            # resume state are queued, in this order, before evaluation starts, so a failing
+            # evaluation loses nothing; the state is written every epoch whatever
+            # CHECKPOINT_PERIOD says (the reference's configs set it to the epoch count, and a
+            # crash would lose the run), and again after an evaluation that raised the best
+            # mAP, which it records.
             if self.is_main:
                 if checkpoint_now:
                     self.checkpointer.save_weights(epoch)
