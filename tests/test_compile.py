@@ -70,7 +70,9 @@ def test_compiled_training_and_features_match_eager_and_keep_the_names(tiny_opts
     # The trainer's model, and so checkpoints, keep the reference's names.
     names = set(compiled.model.state_dict())
     assert names == set(eager.model.state_dict())
-    saved = torch.load(compiled.checkpointer.save_weights(1), weights_only=True)
+    path = compiled.checkpointer.save_weights(1)
+    compiled.checkpointer.writer.wait()  # written in the background
+    saved = torch.load(path, weights_only=True)
     assert set(saved) == names and not any("_orig_mod" in name for name in names)
 
     eval_batch = random_batch(cfg, 8, SIZES, torch.device("cpu"), train=False)

@@ -16,6 +16,7 @@ from yacs.config import CfgNode
 
 from config import ConfigError, load_config
 from utils.device import apply_visible_devices
+from utils.checkpoint import atomic_write_text
 from utils.errors import UserError
 from utils.logger import setup_logger
 
@@ -97,8 +98,8 @@ def start_run(cfg, config_file: str, if_train: bool, rank: int = 0,
     logger.info("Running with config:\n%s", cfg)
     if output_dir and rank == 0:
         name = "config.yaml" if if_train else "test_config.yaml"
-        with open(os.path.join(output_dir, name), "w") as handle:
-            handle.write(cfg.dump())
+        # Atomic: a full disk leaves no empty or half-written config.
+        atomic_write_text(os.path.join(output_dir, name), cfg.dump())
     return logger
 
 
