@@ -8,7 +8,8 @@ MODEL_NAMES = ('resnet50', 'transformer')
 # The keys of model/backbones/specs.py VIT_SPECS (checked equal there).
 TRANSFORMER_TYPES = ('vit_base_patch16_224_TransReID', 'deit_base_patch16_224_TransReID',
                      'vit_small_patch16_224_TransReID', 'deit_small_patch16_224_TransReID',
-                     'deit_tiny_patch16_224_TransReID', 'exp_d6', 'exp_d4w')
+                     'deit_tiny_patch16_224_TransReID',
+                     'vit_tiny5_patch16_224_TransReID')
 PRETRAIN_CHOICES = ('imagenet', 'self', 'finetune', 'none')
 NECK_TYPES = ('bnneck', 'no')
 NECK_FEATS = ('after', 'before')

@@ -23,8 +23,12 @@ VIT_SPECS: Dict[str, Dict[str, Any]] = {
     # Not in the reference: small enough to train the embedded synthetic default on a CPU.
     'deit_tiny_patch16_224_TransReID': dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0,
                                             qkv_bias=True),
-    'exp_d6': dict(embed_dim=192, depth=6, num_heads=3, mlp_ratio=4.0, qkv_bias=True),
-    'exp_d4w': dict(embed_dim=256, depth=4, num_heads=4, mlp_ratio=4.0, qkv_bias=True),
+    # Not in the reference: DeiT-Tiny's widths with 5 blocks, the quickstart's backbone. From
+    # scratch on the synthetic set it learns as much as 12 blocks (mAP 41.1% vs 40.1% after the
+    # quickstart's 40 epochs) for 40% of the training FLOPs, so the quickstart fits 5 minutes
+    # on 2 CPU cores.
+    'vit_tiny5_patch16_224_TransReID': dict(embed_dim=192, depth=5, num_heads=3, mlp_ratio=4.0,
+                                            qkv_bias=True),
 }
 
 RESNET50_FEATURE_DIM = 2048
