@@ -122,9 +122,12 @@ def test_transient_file_system_errors_are_retried(tmp_path, monkeypatch, caplog)
 
 def test_dataloader_worker_error_reaches_the_user_as_the_one_line(tmp_path):
     path = make(tmp_path, "html")
-    loader = DataLoader(ImageDataset([(path, 1, 0, 1)]), batch_size=1, num_workers=1)
-    with pytest.raises(ImageReadError) as err:
-        next(iter(loader))
+    batches = iter(DataLoader(ImageDataset([(path, 1, 0, 1)]), batch_size=1, num_workers=1))
+    try:
+        with pytest.raises(ImageReadError) as err:
+            next(batches)
+    finally:
+        batches._shutdown_workers()  # now, not at garbage collection after a 5 s join timeout
     assert str(err.value) == (f"cannot read image '{path}': it is an HTML/XML page saved under "
                               "an image name, not an image; replace or remove the file")
 

@@ -97,6 +97,9 @@ def child(scenario: str, rank: int, folder: str, port_queue) -> None:
         with open(os.path.join(folder, f"{scenario}.marks.{rank}"), "a") as f:
             f.write(json.dumps([event, time.time()]) + "\n")
     code = 1
+    # Forked from a process whose OpenMP pool may be running (earlier tests' matmuls): a
+    # parallel region in the child can then hang, so the children compute on one thread.
+    torch.set_num_threads(1)
     try:
         kind, *programs, _ = SCENARIOS[scenario]
         if kind == "file":
