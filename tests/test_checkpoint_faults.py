@@ -205,7 +205,10 @@ def test_test_py_results_on_a_full_disk_keep_the_previous_file(tmpfs):
 # write is midway: the test sends its signal then. (A KeyboardInterrupt there used to come out
 # of torch as "RuntimeError: unexpected pos", a traceback and exit status 1.)
 SLOW_WRITE_DRIVER = """
-import runpy, sys, time, torch
+import runpy, signal, sys, time, torch
+# A shell without job control starts background jobs with SIGINT ignored, which the child would
+# inherit (and Python then keeps): give it the default Ctrl-C, as a terminal would.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real_save = torch.save
 class SlowFile:
     def __init__(self, handle):
