@@ -194,6 +194,9 @@ _C.TEST.NECK_FEAT = 'after'
 _C.TEST.FEAT_NORM = 'yes'
 # New: the feature of an image is the mean of its and its mirror image's (before normalising)
 _C.TEST.FLIP_FEATS = False
+# New: precision of feature extraction: 'fp32' (the reference's), 'bf16' (autocast; CUDA and
+# CPUs with bf16 units), or 'fp16' (autocast on CUDA)
+_C.TEST.AMP_DTYPE = 'fp32'
 # New: distance between features: 'euclidean' (the reference) or 'cosine'
 _C.TEST.DIST_METRIC = 'euclidean'
 # New: number of random query/gallery trials averaged on VehicleID (the reference uses 10)

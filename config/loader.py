@@ -227,6 +227,7 @@ def _value_rules() -> Tuple[ValueRule, ...]:
         _choice_rule('SOLVER.OPTIMIZER_NAME', choices.OPTIMIZERS),
         _choice_rule('SOLVER.WARMUP_METHOD', choices.WARMUP_METHODS),
         _choice_rule('SOLVER.AMP_DTYPE', choices.AMP_DTYPES),
+        _choice_rule('TEST.AMP_DTYPE', choices.AMP_DTYPES),
         _choice_rule('MODEL.COMPILE', choices.COMPILE_MODES),
     )
 

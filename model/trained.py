@@ -29,9 +29,9 @@ logger = logging.getLogger("transreid.model")
 
 # Settings besides the weights that change the features of an image.
 FEATURE_SETTINGS = ("MODEL.TRANSFORMER_TYPE", "MODEL.JPM", "TEST.NECK_FEAT", "INPUT.SIZE_TEST",
-                    "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD", "TEST.FLIP_FEATS")
+                    "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD", "TEST.FLIP_FEATS", "TEST.AMP_DTYPE")
 # Settings added after feature files were first written: a record without them had these.
-SETTING_DEFAULTS = {"TEST.FLIP_FEATS": False}
+SETTING_DEFAULTS = {"TEST.FLIP_FEATS": False, "TEST.AMP_DTYPE": "fp32"}
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from model.trained import SideInfoCounts, TrainedModel, load_trained, sie_counts
 from utils.device import select_device
 from utils.errors import ToolError
 from utils.metrics import EvalResult, R1_mAP_eval, query_gallery_distance
+from utils.precision import autocast, inference_dtype
 from utils.progress import Progress
 
 from .compiled import CompiledForward, compile_enabled
@@ -78,6 +79,10 @@ class FeatureExtractor:
         self.counts = counts or sie_counts_of(model)
         self.camera, self.view = camera, view
         self.flip = switches(cfg).flip_feats
+        self.amp_dtype = inference_dtype(cfg.TEST.AMP_DTYPE, self.device)
+        if self.amp_dtype is not None:
+            logger.info("Features under %s autocast (TEST.AMP_DTYPE %s)", self.amp_dtype,
+                        cfg.TEST.AMP_DTYPE)
         self.transform = build_test_transforms(cfg)
         self.trained: Optional[TrainedModel] = None
         if self.flip:
@@ -156,10 +161,11 @@ class FeatureExtractor:
         self.model.eval()
         images = images.to(self.device, non_blocking=True)
         labels = dict(cam_label=cam_label.to(self.device), view_label=view_label.to(self.device))
-        feats = self.forward(images, **labels).float()
-        if self.flip:
-            # Mean before normalisation, as fast-reid's TEST.FLIP.ENABLED.
-            feats = (feats + self.forward(images.flip(3), **labels).float()) / 2
+        with autocast(self.device, self.amp_dtype):
+            feats = self.forward(images, **labels).float()
+            if self.flip:
+                # Mean before normalisation, as fast-reid's TEST.FLIP.ENABLED.
+                feats = (feats + self.forward(images.flip(3), **labels).float()) / 2
         return feats
 
     def averaged_features(self, images: torch.Tensor, cam_options: Sequence[Sequence[int]],

@@ -1,7 +1,6 @@
 """Training and evaluation loops: `do_train` and `do_inference`, as the reference names them."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -20,6 +19,7 @@ from utils.device import select_device
 from utils.dist_watchdog import start_watchdog
 from utils.errors import UserError
 from utils.metrics import EvalResult
+from utils.precision import AMP_DTYPES, autocast
 from utils.progress import Progress
 from utils.run_log import TRAIN_COLUMNS, MetricsLog
 
@@ -30,7 +30,6 @@ from .step_stats import (NON_FINITE_GRADIENT, NON_FINITE_LOSS, Reading, StepStat
 
 # The loss parts that metrics.csv has columns for.
 METRIC_PARTS = tuple(name for name in TRAIN_COLUMNS if name.endswith("_loss"))
-AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': None}
 
 
 def check_output_dir_is_free(cfg) -> None:
@@ -79,12 +78,6 @@ def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
     """Mixed-precision dtype on CUDA per SOLVER.AMP_DTYPE (checked by load_config); None (full
     precision) elsewhere."""
     return AMP_DTYPES[cfg.SOLVER.AMP_DTYPE] if device.type == 'cuda' else None
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def do_inference(cfg, model: torch.nn.Module, val_loader, num_query: int):

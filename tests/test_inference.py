@@ -108,6 +108,20 @@ def test_flip_features_average_the_image_and_its_mirror(trained):
     torch.testing.assert_close(extractor(paths, cameras=[0] * len(paths)), expected)
 
 
+def test_bf16_features_stay_close_to_fp32_and_are_recorded(trained):
+    opts, _, weight, _, paths = trained
+    full = FeatureExtractor.from_files("", weight, opts)(paths, cameras=[0] * len(paths))
+    bf16 = FeatureExtractor.from_files("", weight, opts + ["TEST.AMP_DTYPE", "bf16"])
+    feats = bf16(paths, cameras=[0] * len(paths))
+    assert feats.dtype == torch.float32 and not torch.equal(feats, full)  # really in bf16
+    cosine = torch.nn.functional.cosine_similarity(feats, full, dim=1)
+    assert cosine.min() > 0.999, cosine
+    assert bf16.trained.provenance["TEST.AMP_DTYPE"] == "bf16"
+    # fp16 has no fast CPU kernels: on the CPU it stays full precision.
+    fp16 = FeatureExtractor.from_files("", weight, opts + ["TEST.AMP_DTYPE", "fp16"])
+    assert torch.equal(fp16(paths, cameras=[0] * len(paths)), full)
+
+
 def test_a_feature_record_without_the_flip_key_means_flip_off():
     current = {"weight": "w.pth", "weight_sha256": "ab", "TEST.FLIP_FEATS": False}
     check_same_model({"weight": "w.pth", "weight_sha256": "ab"}, current, "old.npy")
