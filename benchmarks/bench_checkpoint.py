@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import describe_device  # noqa: E402
 from config import load_config  # noqa: E402
 from loss.center_loss import CenterLoss  # noqa: E402
 from model import make_model  # noqa: E402
@@ -105,9 +106,9 @@ def main() -> None:
         results = {mode: run(checkpointer, device, mode, args.epochs, args.epoch_seconds)
                    for mode in ("sync", "async")}
         size = os.path.getsize(checkpointer.last_path) / 2**20
-    load = os.getloadavg()[0]
-    print(f"device: {device}; {os.path.basename(args.config_file)}; last_checkpoint.pth "
-          f"{size:.0f} MiB; {args.epochs} epochs; {os.cpu_count()} CPUs, load average {load:.1f}")
+    print(f"device: {describe_device(device)}; torch {torch.__version__}; "
+          f"{os.path.basename(args.config_file)}; last_checkpoint.pth {size:.0f} MiB; "
+          f"{args.epochs} epochs")
     print(f"{'save':<28}{'stall per epoch (median ms)':>30}{'write (median ms)':>20}   stalls (ms)")
     for mode, label in (("sync", "write in the loop (before)"), ("async", "save_state (after)")):
         stalls, writes = results[mode]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import reference_eval  # noqa: E402
+from benchmarks.common import benchmark_device, describe_device  # noqa: E402
 from utils.metrics import R1_mAP_eval, eval_func  # noqa: E402
 
 FEAT_DIM = 3840
@@ -87,14 +87,6 @@ def synthetic_split(num_query: int, num_gallery: int, num_ids: int,
     qf, q_pids, q_camids = images(num_query)
     gf, g_pids, g_camids = images(num_gallery)
     return Split(qf, gf, q_pids, g_pids, q_camids, g_camids)
-
-
-def benchmark_device(name: str) -> torch.device:
-    """The --device to time on; a GPU that is not there is a usage error, not a traceback."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} but no GPU is available here; use --device cpu")
-    return device
 
 
 def median_time(run: Callable[[], float], repeats: int, device: torch.device,
@@ -171,11 +163,10 @@ def bench_reranking(name: str, split: Split, device: torch.device, repeats: int,
                ref_map, new_map, f"{repeats} (ref 1)" if with_reference else str(repeats))
 
 
-def describe_device(device: torch.device) -> str:
-    cpu = (f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-           f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f})")
+def describe_sides(device: torch.device) -> str:
+    cpu = describe_device(torch.device("cpu"))
     if device.type == "cuda":
-        return f"new: {torch.cuda.get_device_name(device)}; reference: numpy on the {cpu}"
+        return f"new: {describe_device(device)}; reference: numpy on the {cpu}"
     return f"new and reference: {cpu}"
 
 
@@ -194,7 +185,8 @@ def print_table(rows: List[Row], device: torch.device) -> None:
         lines.append((row.task, row.size, seconds(row.reference_s), seconds(row.new_s), speedup,
                       points(row.reference_map), points(row.new_map), row.repeats))
     widths = [max(len(line[col]) for line in lines) for col in range(len(header))]
-    print(f"device: {describe_device(device)}; {FEAT_DIM}-d features; median seconds")
+    print(f"device: {describe_sides(device)}; torch {torch.__version__}; {FEAT_DIM}-d features; "
+          "median seconds")
     for index, line in enumerate(lines):
         print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths)))
         if index == 0:

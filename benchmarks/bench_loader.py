@@ -34,6 +34,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import describe_device  # noqa: E402
 from config import load_config  # noqa: E402
 from datasets import make_dataloader, set_train_epoch  # noqa: E402
 from datasets.device_augment import NUM_PARAMS, DeviceAugment, Param  # noqa: E402
@@ -116,15 +117,6 @@ def augment_only_rate(device: torch.device) -> float:
     return repeats * BATCH / (time.perf_counter() - start)
 
 
-def device_line(device: torch.device) -> str:
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads in main)"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"device: {where}; torch {torch.__version__}; load average {load:.1f}"
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -135,7 +127,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = torch.device("cpu" if name == "auto" else name)
-    print(device_line(device))
+    print(f"device: {describe_device(device)}; torch {torch.__version__}")
     print(f"{args.images} JPEGs {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} -> {OUTPUT_SIZE[0]}x"
           f"{OUTPUT_SIZE[1]}, batch {BATCH}; median img/s of {args.epochs} epochs after a warm-up")
     with tempfile.TemporaryDirectory() as root:

@@ -33,7 +33,6 @@ import contextlib
 import gc
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,6 +44,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import benchmark_device, describe_device  # noqa: E402
 from loss import make_loss  # noqa: E402
 from model import make_model  # noqa: E402
 from model.backbones.vit_pytorch import Block  # noqa: E402
@@ -72,14 +72,6 @@ class Row:
     step_s: float
     peak_gib: Optional[float]
     note: str = ""
-
-
-def benchmark_device(name: str) -> torch.device:
-    """The --device to time on; a GPU that is not there is a usage error, not a traceback."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} but no GPU is available here; use --device cpu")
-    return device
 
 
 def split_sizes(cfg, args: argparse.Namespace) -> Tuple[int, int, int]:
@@ -266,20 +258,6 @@ def bench_inference(cfg, sizes, device, args, dtype: Optional[torch.dtype]) -> R
     median, _ = time_steps(step, device, args.warmup, args.steps)
     precision = "bf16 autocast" if dtype is not None else "fp32"
     return Row("inference", precision, batch_size, median, peak_gib(device))
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model_name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model_name = next(line.split(":", 1)[1].strip() for line in handle
-                              if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"CPU {model_name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-            f"load average {os.getloadavg()[0]:.1f}")
 
 
 def print_table(rows: List[Row]) -> None:

@@ -10,9 +10,9 @@ import textwrap
 from typing import Sequence
 
 from processor.inference import AUTO, MEAN, LabelChoice
-from utils.cli import base_parser, exits_on_user_error, load_cli_config  # noqa: F401
+from utils.cli import base_parser, load_cli_config
 from utils.device import apply_visible_devices
-from utils.errors import ToolError, UserError  # noqa: F401 (ToolError: the tools' error type)
+from utils.errors import ToolError
 
 logger = logging.getLogger("transreid.tools")
 
