@@ -7,16 +7,13 @@ checkpoint, so a model trained on another dataset can be tested (cross-dataset e
 import json
 import os
 
-import numpy as np
-
 from config import ConfigError, switches
 from datasets import load_eval_dataset, make_val_loader
 from model.trained import load_trained
-from processor import EvalResult, evaluate
+from processor import EvalResult, do_inference
 from processor.inference import log_result
-from utils.checkpoint import atomic_write_text
-from utils.cli import base_parser, exits_on_user_error, load_cli_config, start_run
-from utils.device import select_device
+from utils.files import atomic_write_text
+from processor.cli import base_parser, exits_on_user_error, load_cli_config, start_run
 
 
 # The trained weights replace every parameter: building the network skips the ImageNet
@@ -30,39 +27,23 @@ def check_weight_given(cfg) -> None:
                           "TEST.WEIGHT logs/market_vit_transreid_stride/transformer_120.pth")
 
 
-def average_trials(results) -> EvalResult:
-    cmc = np.mean([r.cmc for r in results], axis=0)
-    return EvalResult(mAP=float(np.mean([r.mAP for r in results])), cmc=cmc,
-                      mINP=float(np.mean([r.mINP for r in results])),
-                      num_valid_queries=sum(r.num_valid_queries for r in results),
-                      num_queries=sum(r.num_queries for r in results),
-                      extra={"trials": [r.as_dict() for r in results]})
-
-
-def run_vehicleid_trials(cfg, model, device, logger) -> EvalResult:
-    """VehicleID draws query and gallery at random: average TEST.VEHICLEID_TRIALS draws."""
-    results = []
-    for trial in range(cfg.TEST.VEHICLEID_TRIALS):
-        val_loader, num_query = make_val_loader(cfg, trial=trial)
-        result = evaluate(cfg, model, val_loader, num_query, device)
-        logger.info("trial %d: mAP %.1f%%, rank-1 %.1f%%, rank-5 %.1f%%", trial,
-                    100 * result.mAP, 100 * result.cmc[0], 100 * result.cmc[4])
-        results.append(result)
-    return average_trials(results)
-
-
-def run_evaluation(cfg, logger):
-    """-> (result, title) of TEST.WEIGHT on the query and gallery of DATASETS.NAMES."""
+def run_evaluation(cfg, logger) -> EvalResult:
+    """mAP/CMC/mINP of TEST.WEIGHT on the query and gallery of DATASETS.NAMES; the mean over the
+    dataset's query/gallery draws where its protocol has several (VehicleID)."""
     # Loaded (and checked: an empty query or gallery is named here) before any model runs.
     dataset = load_eval_dataset(cfg)
     model = load_trained(cfg, dataset).model
-    device = select_device(cfg.MODEL.DEVICE)
-    model.to(device)
-    if cfg.DATASETS.NAMES == 'VehicleID':
-        title = f"Validation Results (mean of {cfg.TEST.VEHICLEID_TRIALS} trials)"
-        return run_vehicleid_trials(cfg, model, device, logger), title
-    val_loader, num_query = make_val_loader(cfg, dataset=dataset)
-    return evaluate(cfg, model, val_loader, num_query, device), "Validation Results"
+    if dataset.num_trials == 1:
+        val_loader, num_query = make_val_loader(cfg, dataset=dataset)
+        return do_inference(cfg, model, val_loader, num_query)
+    results = []
+    for trial in range(dataset.num_trials):
+        val_loader, num_query = make_val_loader(cfg, trial=trial)
+        results.append(do_inference(cfg, model, val_loader, num_query,
+                                    title=f"Validation Results - trial {trial}"))
+    result = EvalResult.mean(results)
+    log_result(logger, result, f"Validation Results (mean of {len(results)} trials)")
+    return result
 
 
 def write_results(cfg, result: EvalResult, logger) -> None:
@@ -82,8 +63,7 @@ def main() -> None:
     cfg = load_cli_config(args.config_file, list(args.opts or []) + NO_IMAGENET_INIT)
     check_weight_given(cfg)
     logger = start_run(cfg, args.config_file, if_train=False)
-    result, title = run_evaluation(cfg, logger)
-    log_result(logger, result, title)
+    result = run_evaluation(cfg, logger)
     if cfg.OUTPUT_DIR:
         write_results(cfg, result, logger)
 

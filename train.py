@@ -10,13 +10,11 @@ from datasets import make_dataloader
 from loss import make_loss
 from model import make_model
 from processor import do_train
-from processor.processor import check_output_dir_is_free
+from processor.checkpoint import claim_output_dir, load_checkpoint, resume_hint
+from processor.cli import base_parser, env_int, exits_on_user_error, load_cli_config, set_seed, start_run
 from solver import make_optimizer
 from solver.scheduler_factory import create_scheduler
-from utils.checkpoint import load_checkpoint, resume_hint
-from utils.cli import base_parser, env_int, exits_on_user_error, load_cli_config, set_seed, start_run
 from utils.device import select_device, uses_gpu
-from utils.run_lock import lock_output_dir, remove_stale_temp_files
 
 # Rank 0 evaluates while the others wait at a barrier; evaluating MSMT17 can outlast
 # NCCL's default 10-minute timeout.
@@ -60,7 +58,7 @@ def _raise_terminated(signum, frame) -> None:
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """SIGTERM raises `Terminated` in the main thread inside the block. Checkpoints are written
-    by a background thread (utils/checkpoint.py), which signals never interrupt: a stop lands
+    by a background thread (utils/background_writer.py), which signals never interrupt: a stop lands
     between writes, and the files being written are finished before the process exits."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
@@ -80,8 +78,7 @@ def main() -> None:
     if cfg.MODEL.RESUME:
         load_checkpoint(cfg.MODEL.RESUME, mmap=True)  # named now if bad, before anything is built
     # Global rank 0 alone writes OUTPUT_DIR; it locks it before the others even meet.
-    is_writer = env_int("RANK", 0) == 0 and cfg.OUTPUT_DIR
-    run_lock = lock_output_dir(cfg.OUTPUT_DIR) if is_writer else None
+    run_lock = claim_output_dir(cfg) if env_int("RANK", 0) == 0 else None
     try:
         train(cfg, args)
     finally:
@@ -90,11 +87,7 @@ def main() -> None:
 
 
 def train(cfg, args) -> None:
-    """Everything after the OUTPUT_DIR lock: checks, the process group, training."""
-    check_output_dir_is_free(cfg)
-    if env_int("RANK", 0) == 0 and cfg.OUTPUT_DIR:
-        remove_stale_temp_files(cfg.OUTPUT_DIR)  # of killed writes: no writer is alive now
-
+    """Everything after rank 0 has claimed OUTPUT_DIR: the process group, training."""
     if cfg.MODEL.DIST_TRAIN:
         init_distributed(cfg, args.local_rank)
     rank = dist.get_rank() if cfg.MODEL.DIST_TRAIN else 0

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import build_dataset  # noqa: E402
 from datasets.bases import ImageDataset, SeededImageDataset  # noqa: E402
 from datasets.transforms import build_train_transforms  # noqa: E402
-from utils.cli import base_parser, load_config_or_exit  # noqa: E402
+from processor.cli import base_parser, load_config_or_exit  # noqa: E402
 
 QUICKSTART = "configs/Synthetic/vit_transreid_tiny.yml"
 PASSES = 9

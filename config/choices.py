@@ -3,6 +3,7 @@
 Kept here, free of torch imports, so that `load_config` checks every choice before any data
 or model is built; the modules that act on a choice import its tuple from here.
 """
+from utils.options import DIST_METRICS  # noqa: F401  (the metrics utils/distance.py computes)
 
 MODEL_NAMES = ('resnet50', 'transformer')
 # The keys of model/backbones/specs.py VIT_SPECS (checked equal there).
@@ -21,4 +22,3 @@ OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
 WARMUP_METHODS = ('constant', 'linear')
 AMP_DTYPES = ('fp16', 'bf16', 'fp32')
 COMPILE_MODES = ('auto', 'on', 'off')
-DIST_METRICS = ('euclidean', 'cosine')

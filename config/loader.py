@@ -9,25 +9,11 @@ from typing import Any, Callable, Sequence, Tuple
 import yaml
 from yacs.config import CfgNode
 
-from utils.errors import UserError
+from utils.errors import ConfigError
+from utils.options import yes_no
 
 from . import choices
 from .defaults import _C
-
-
-class ConfigError(UserError, ValueError):
-    """A config file or override that cannot be used; the message says which and why."""
-
-
-def yes_no(value: Any, key: str) -> bool:
-    """A switch given as a bool or as the reference's 'yes' / 'no' strings (the reference took
-    any string as yes, 'no' included); `key` names it in the error."""
-    text = str(value).strip().lower()
-    if text in ('yes', 'true', 'on'):
-        return True
-    if text in ('no', 'false', 'off'):
-        return False
-    raise ConfigError(f"{key} must be 'yes' or 'no', got '{value}'")
 
 
 @dataclass(frozen=True)

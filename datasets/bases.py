@@ -55,11 +55,14 @@ class BaseImageDataset:
         dataset_dir: folder of the dataset under `DATASETS.ROOT_DIR` ('' = ROOT_DIR itself).
         display_name: name used in logs.
         has_views: whether the dataset carries real view labels (needed by MODEL.SIE_VIEW).
+        num_trials: how many query/gallery draws its protocol averages (VehicleID's random
+            draws); trial t of them is built with `trial=t`.
     """
 
     dataset_dir: str = ""
     display_name: str = "dataset"
     has_views: bool = False
+    num_trials: int = 1
 
     def __init__(self, root: str, verbose: bool = True, dataset_dir: Optional[str] = None,
                  display_name: Optional[str] = None, require_train: bool = True):

@@ -57,7 +57,8 @@ def _veri(cfg, trial: int, require_train: bool) -> BaseImageDataset:
 @register_dataset("VehicleID")
 def _vehicleid(cfg, trial: int, require_train: bool) -> BaseImageDataset:
     return VehicleID(_root(cfg), test_size=cfg.DATASETS.VEHICLEID_TEST_SIZE,
-                     seed=cfg.SOLVER.SEED, trial=trial, require_train=require_train)
+                     seed=cfg.SOLVER.SEED, trial=trial, require_train=require_train,
+                     num_trials=cfg.TEST.VEHICLEID_TRIALS)
 
 
 @register_dataset("list")

@@ -29,11 +29,12 @@ class VehicleID(BaseImageDataset):
     display_name = "VehicleID"
 
     def __init__(self, root: str, test_size: int = 800, seed: int = 0, trial: int = 0,
-                 verbose: bool = True, require_train: bool = True):
+                 verbose: bool = True, require_train: bool = True, num_trials: int = 10):
         if test_size not in TEST_SIZES:
             raise DatasetError(f"DATASETS.VEHICLEID_TEST_SIZE is {test_size}; choose one of "
                                f"{TEST_SIZES}")
         self.test_size, self.seed, self.trial = test_size, seed, trial
+        self.num_trials = num_trials
         super().__init__(root, verbose, require_train=require_train)
 
     def expected_tree(self) -> str:

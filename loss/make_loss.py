@@ -35,6 +35,11 @@ def _global_and_local_average(loss_fn: Callable[[torch.Tensor, torch.Tensor], to
     return 0.5 * local_loss + 0.5 * global_loss
 
 
+# Every part ReIDLoss can compute, by the names of `last_parts`: metrics.csv's loss columns,
+# TensorBoard and tools/plot_training.py iterate this tuple.
+LOSS_PARTS = ('id_loss', 'triplet_loss', 'center_loss')
+
+
 class ReIDLoss(nn.Module):
     """ID_LOSS_WEIGHT × ID + TRIPLET_LOSS_WEIGHT × triplet + CENTER_LOSS_WEIGHT × center.
 

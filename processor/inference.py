@@ -276,12 +276,14 @@ def evaluate(cfg, model: nn.Module, val_loader, num_query: int,
 
 
 def log_result(logger_: logging.Logger, result: EvalResult, title: str) -> None:
+    """The reference's result lines ('mAP: ..', 'CMC curve, Rank-1  :..'), one per METRICS."""
     logger_.info(title)
-    logger_.info("mAP: {:.1%}".format(result.mAP))
-    for r in (1, 5, 10):
-        if r <= len(result.cmc):
-            logger_.info("CMC curve, Rank-{:<3}:{:.1%}".format(r, result.cmc[r - 1]))
-    logger_.info("mINP: {:.1%}".format(result.mINP))
+    for name, value in result.metrics().items():
+        if name.startswith("rank"):
+            if int(name[len("rank"):]) <= len(result.cmc):
+                logger_.info("CMC curve, Rank-{:<3}:{:.1%}".format(name[len("rank"):], value))
+        else:
+            logger_.info("{}: {:.1%}".format(name, value))
     skipped = f", {result.num_skipped_queries} skipped without a valid match" \
         if result.num_skipped_queries else ""
     logger_.info("Scored %d of %d queries%s", result.num_valid_queries, result.num_queries, skipped)

@@ -12,61 +12,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from datasets import set_train_epoch
 from datasets.device_augment import DeviceAugment
-from utils.checkpoint import (LAST_CHECKPOINT, Checkpointer, ResumeError, TrainingObjects,
-                              load_checkpoint, restore_rng_states, rng_states, unwrap)
-from utils.cli import set_seed
 from utils.device import select_device
-from utils.dist_watchdog import start_watchdog
 from utils.errors import UserError
 from utils.metrics import EvalResult
 from utils.precision import AMP_DTYPES, autocast
 from utils.progress import Progress
-from utils.run_log import TRAIN_COLUMNS, MetricsLog
 
+from .checkpoint import Checkpointer, TrainingObjects, restore_rng_states, rng_states, unwrap
+from .cli import set_seed
 from .compiled import CompiledForward, compile_enabled
+from .dist_watchdog import start_watchdog
 from .inference import evaluate, log_result
+from .run_log import MetricsLog
 from .step_stats import (NON_FINITE_GRADIENT, NON_FINITE_LOSS, Reading, StepStats,
                          any_non_finite, gradients, loss_gate, skip_updates_if)
-
-# The loss parts that metrics.csv has columns for.
-METRIC_PARTS = tuple(name for name in TRAIN_COLUMNS if name.endswith("_loss"))
-
-
-def check_output_dir_is_free(cfg) -> None:
-    """Refuse to start over the resume state of another run in OUTPUT_DIR.
-
-    A restart that forgets MODEL.RESUME would replace that state after one epoch; with the
-    reference's configs (model files only at the last epoch) that loses the whole run. So
-    would resuming run A's state into run B's folder, which then mixes the two runs' files.
-    Resuming is allowed into an empty or new folder (a copy of the run continues there), and
-    into the folder the state came from: MODEL.RESUME is that folder's `last_checkpoint.pth`
-    (the same file, however the paths are spelt), or a state whose recorded OUTPUT_DIR
-    (`output_dir`, a real path) is this folder (a copy kept there, e.g. to roll back).
-    """
-    path = os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)
-    if not os.path.isfile(path):
-        return
-    if not cfg.MODEL.RESUME:
-        raise ResumeError(
-            f"OUTPUT_DIR '{cfg.OUTPUT_DIR}' holds the resume state of an earlier run ({path}); "
-            f"continue it with MODEL.RESUME {path}, or choose another OUTPUT_DIR, or delete that "
-            "file to start over there")
-    if _state_belongs_to(cfg.MODEL.RESUME, cfg.OUTPUT_DIR):
-        return
-    raise ResumeError(
-        f"MODEL.RESUME '{cfg.MODEL.RESUME}' is the state of another run than the one in OUTPUT_DIR "
-        f"'{cfg.OUTPUT_DIR}' ({path}, which resuming there would replace); set OUTPUT_DIR to the "
-        f"folder it came from, or to a new folder to continue it there, or continue that "
-        f"folder's own run with MODEL.RESUME {path}")
-
-
-def _state_belongs_to(resume: str, output_dir: str) -> bool:
-    """Whether the training state `resume` was written by a run in `output_dir`."""
-    path = os.path.join(output_dir, LAST_CHECKPOINT)
-    if os.path.exists(resume) and os.path.samefile(resume, path):
-        return True
-    recorded = load_checkpoint(resume, mmap=True).get("output_dir")
-    return recorded is not None and recorded == os.path.realpath(output_dir)
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -80,14 +39,16 @@ def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
     return AMP_DTYPES[cfg.SOLVER.AMP_DTYPE] if device.type == 'cuda' else None
 
 
-def do_inference(cfg, model: torch.nn.Module, val_loader, num_query: int):
-    """Evaluate `model` and log mAP/CMC; returns (rank-1, rank-5) as the reference does."""
-    logger = logging.getLogger("transreid.test")
+def do_inference(cfg, model: torch.nn.Module, val_loader, num_query: int,
+                 title: str = "Validation Results") -> EvalResult:
+    """Evaluate `model` on a query-then-gallery loader and log mAP, CMC and mINP, as the
+    reference's do_inference; returns the whole EvalResult (the reference returned its
+    `cmc[0], cmc[4]`)."""
     device = select_device(cfg.MODEL.DEVICE)
     model.to(device)
     result = evaluate(cfg, model, val_loader, num_query, device)
-    log_result(logger, result, "Validation Results")
-    return result.cmc[0], result.cmc[4]
+    log_result(logging.getLogger("transreid.test"), result, title)
+    return result
 
 
 class Trainer:
@@ -104,7 +65,7 @@ class Trainer:
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.device = select_device(cfg.MODEL.DEVICE, local_rank)
-        # A stuck rank ends the job within MODEL.DIST_HANG_TIMEOUT (see utils/dist_watchdog.py).
+        # A stuck rank ends the job within MODEL.DIST_HANG_TIMEOUT (see processor/dist_watchdog.py).
         self.watchdog = start_watchdog(cfg.MODEL.DIST_HANG_TIMEOUT) if self.distributed else None
         self.device_augment = (DeviceAugment.from_cfg(cfg).to(self.device)
                                if cfg.INPUT.DEVICE_AUGMENT else None)
@@ -282,8 +243,7 @@ class Trainer:
 
     @staticmethod
     def _metric_values(reading: Reading, lr: float) -> dict:
-        parts = {name: value for name, value in reading.parts.items() if name in METRIC_PARTS}
-        return {"loss": reading.loss, "accuracy": reading.accuracy, "lr": lr, **parts}
+        return {"loss": reading.loss, "accuracy": reading.accuracy, "lr": lr, **reading.parts}
 
     def train_epoch(self, epoch: int) -> None:
         self.scheduler.step(epoch)

@@ -19,9 +19,9 @@ from torch import nn
 
 from config import load_config
 from processor import EvalResult
-from processor.processor import ResumeError, check_output_dir_is_free
-from utils.checkpoint import (LAST_CHECKPOINT, Checkpointer, CheckpointWriteError, DiskFullError,
-                              TrainingObjects, atomic_save, is_disk_full)
+from processor.checkpoint import ResumeError, check_output_dir_is_free
+from processor.checkpoint import (LAST_CHECKPOINT, Checkpointer, CheckpointWriteError, TrainingObjects)
+from utils.files import DiskFullError, atomic_save, is_disk_full
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -275,7 +275,7 @@ def test_save_state_returns_before_the_write_and_copies_the_state_first(tmp_path
         started.set()
         assert release.wait(10)
         atomic_save(obj, path)
-    monkeypatch.setattr("utils.checkpoint.atomic_save", blocked_save)
+    monkeypatch.setattr("utils.background_writer.atomic_save", blocked_save)
     checkpointer.save_state(1, 0.0, [])
     assert started.wait(10) and not os.path.exists(checkpointer.last_path)
     with torch.no_grad():
@@ -296,7 +296,7 @@ def test_a_failed_write_stops_the_next_save_and_drops_the_writes_queued_behind_i
         if path.endswith(LAST_CHECKPOINT):
             raise PermissionError(13, "Permission denied", path)
         atomic_save(obj, path)
-    monkeypatch.setattr("utils.checkpoint.atomic_save", broken_state_write)
+    monkeypatch.setattr("utils.background_writer.atomic_save", broken_state_write)
     # A new best: the state is queued before the best weights, which must not land without it.
     checkpointer.save_state(2, 0.9, [])
     best = checkpointer.path(f"{checkpointer.cfg.MODEL.NAME}_best.pth")
@@ -316,7 +316,7 @@ def test_the_last_write_is_checked_when_training_ends(tmp_path, monkeypatch):
 
     def full(obj, path):
         raise DiskFullError(path)
-    monkeypatch.setattr("utils.checkpoint.atomic_save", full)
+    monkeypatch.setattr("utils.background_writer.atomic_save", full)
     with pytest.raises(DiskFullError, match="nothing to resume"):
         with checkpointer:
             checkpointer.save_state(1, 0.0, [])

@@ -14,10 +14,10 @@ import torch.distributed as dist
 
 from config import load_config
 from processor import do_train
-from processor.processor import LAST_CHECKPOINT
+from processor.checkpoint import LAST_CHECKPOINT
 from tools import extract_features
 from train import build_training
-from utils.cli import set_seed
+from processor.cli import set_seed
 from utils.metrics import R1_mAP_eval
 from utils.reranking import re_ranking
 

@@ -15,11 +15,11 @@ from config import load_config
 import processor.processor as processor_module
 from processor import do_train, evaluate
 from tests.test_run_log import check_metrics_csv
-from processor.processor import (LAST_CHECKPOINT, NonFiniteLossError, ResumeError, Trainer,
-                                 check_output_dir_is_free)
+from processor.processor import NonFiniteLossError, Trainer
+from processor.checkpoint import LAST_CHECKPOINT, ResumeError, check_output_dir_is_free
 from solver.scheduler_factory import create_scheduler
 from train import build_training
-from utils.cli import set_seed
+from processor.cli import set_seed
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

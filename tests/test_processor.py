@@ -11,9 +11,11 @@ import torch
 from config import cfg as default_cfg
 from config import load_config, yes_no
 from processor.processor import amp_dtype
-from utils import checkpoint
-from utils.checkpoint import atomic_save, restore_rng_states, rng_states
-from utils.cli import load_config_or_exit
+from processor import checkpoint
+from utils import files
+from processor.checkpoint import restore_rng_states, rng_states
+from utils.files import atomic_save
+from processor.cli import load_config_or_exit
 from utils.device import _gpu_index, apply_visible_devices, select_device
 from utils.progress import Progress
 
@@ -90,7 +92,7 @@ def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkey
         handle.write(b"partial bytes")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint.torch, "save", crash_midway)
+    monkeypatch.setattr(files.torch, "save", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         atomic_save({"epoch": 2}, path)
     monkeypatch.undo()

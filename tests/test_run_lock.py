@@ -12,15 +12,16 @@ import threading
 import pytest
 
 from tests.conftest import REPO_ROOT
-from utils.run_lock import (RUN_LOCK_FILE, FileLock, OutputDirInUseError, lock_output_dir,
-                            remove_stale_temp_files)
+from processor.checkpoint import RUN_LOCK_FILE, OutputDirInUseError, lock_output_dir
+from utils.file_lock import FileLock
+from utils.files import remove_stale_temp_files
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Takes the lock, says so on stdout, then waits for a line on stdin (or to be killed).
 HOLDER = textwrap.dedent("""
     import sys
-    from utils.run_lock import lock_output_dir
+    from processor.checkpoint import lock_output_dir
     lock = lock_output_dir(sys.argv[1])
     print("locked", flush=True)
     sys.stdin.readline()
@@ -83,7 +84,7 @@ def test_lock_survives_a_taker_racing_with_removal(tmp_path):
 
 
 def test_remove_stale_temp_files_of_a_killed_atomic_write(tmp_path):
-    from utils.checkpoint import atomic_output
+    from utils.files import atomic_output
     target = tmp_path / "transformer_120.pth"
     pid = os.fork()
     if pid == 0:  # a write killed midway: the block never finishes

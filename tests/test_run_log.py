@@ -2,6 +2,7 @@
 the progress bar. `check_metrics_csv` is the helper a trainer-level test can call on the
 OUTPUT_DIR of a real run (`from test_run_log import check_metrics_csv`)."""
 import io
+import json
 import logging
 import math
 import os
@@ -20,8 +21,7 @@ from tools.drawing import ChartLayout, draw_cmc_summary
 from utils.errors import ToolError
 from utils.metrics import EvalResult
 from utils.progress import Progress
-from utils.run_log import (COLUMNS, TENSORBOARD_DIR, MetricsFileError, MetricsLog, metrics_path,
-                           read_metrics)
+from processor.run_log import (COLUMNS, TENSORBOARD_DIR, MetricsFileError, MetricsLog, metrics_path, read_metrics)
 
 
 # ------------------------------------------------------------------------ helper for trainers
@@ -119,16 +119,18 @@ def test_rows_hold_the_logged_values_and_leave_the_rest_empty(tmp_path):
         log.log_progress(1, 2, {"loss": 2.5, "id_loss": 2.0, "triplet_loss": 0.5,
                                 "accuracy": 0.125, "lr": 3.5e-6})
         log.log_epoch(1, 4, {"loss": 2.25, "accuracy": 0.25, "img_per_s": 812.5})
-        log.log_eval(1, _result(mAP=0.375, rank1=0.625, mINP=0.0625))
+        result = _result(mAP=0.375, rank1=0.625, mINP=0.0625)
+        log.log_eval(1, result)
     rows = read_metrics(metrics_path(str(tmp_path)))
     empty = dict.fromkeys(COLUMNS, "")
+    rank5, rank10 = (repr(float(result.cmc[rank - 1])) for rank in (5, 10))
     assert rows == [
         {**empty, "epoch": "1", "iteration": "2", "loss": "2.5", "id_loss": "2.0",
          "triplet_loss": "0.5", "accuracy": "0.125", "lr": "3.5e-06"},
         {**empty, "epoch": "1", "iteration": "4", "loss": "2.25", "accuracy": "0.25",
          "img_per_s": "812.5"},
         {**empty, "epoch": "1", "iteration": "4", "mAP": "0.375", "rank1": "0.625",
-         "mINP": "0.0625"},
+         "rank5": rank5, "rank10": rank10, "mINP": "0.0625"},
     ]
 
 
@@ -321,3 +323,61 @@ def test_progress_on_a_terminal_draws_a_tqdm_bar_with_log_lines_above_it(monkeyp
     assert [line for line in lines if line.startswith("step")] == [f"step {i}" for i in range(4)]
     assert "not on the console" not in text
     assert console.stream is terminal  # the handler has its own stream back
+
+
+# ------------------------------------------------------------------------ one list of metrics
+@pytest.fixture
+def one_more_metric(monkeypatch):
+    """utils.metrics.METRICS with 'rank20' added, and the modules that build their columns and
+    panels from it at import reloaded; afterwards every name is put back as it was, so other
+    tests keep the classes they imported."""
+    import importlib
+    import test as test_script
+    import utils.metrics
+    from processor import run_log
+    monkeypatch.setattr(utils.metrics, "METRICS", utils.metrics.METRICS + ("rank20",))
+    saved = {module: dict(vars(module)) for module in (run_log, plot_training)}
+    for module in saved:
+        importlib.reload(module)
+    yield run_log, plot_training, test_script
+    for module, names in saved.items():
+        vars(module).clear()
+        vars(module).update(names)
+
+
+def test_a_metric_added_to_the_list_reaches_every_output(one_more_metric, tmp_path, caplog):
+    run_log, plot, test_script = one_more_metric
+    result = _result(mAP=0.4)
+    expected = float(result.cmc[19])
+    with caplog.at_level(logging.INFO, logger="transreid.test"):
+        from processor.inference import log_result
+        log_result(logging.getLogger("transreid.test"), result, "title")
+    assert f"CMC curve, Rank-20 :{expected:.1%}" in caplog.text
+
+    out = str(tmp_path / "run")
+    with run_log.MetricsLog(out, iters_per_epoch=4) as log:
+        log.log_eval(1, result)
+    rows = read_metrics(metrics_path(out))
+    assert float(rows[0]["rank20"]) == pytest.approx(expected)
+    pytest.importorskip("tensorboard", reason="optional: pip install tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(os.path.join(out, TENSORBOARD_DIR))
+    events.Reload()
+    assert [e.value for e in events.Scalars("val/rank20")] == [pytest.approx(expected)]
+
+    from config import load_config
+    cfg = load_config("", ["OUTPUT_DIR", out, "TEST.WEIGHT", "w.pth"])
+    test_script.write_results(cfg, result, logging.getLogger("transreid.test"))
+    with open(os.path.join(out, "test_results.json")) as handle:
+        assert json.load(handle)["rank20"] == pytest.approx(expected)
+
+    evaluation = [columns for title, _, columns in plot.PANELS if title == "Evaluation"][0]
+    assert ("rank20", "Rank-20") in [(column, label) for column, _, _, label in evaluation]
+
+
+def test_every_loss_part_is_a_metrics_column_and_a_plotted_line():
+    from loss import LOSS_PARTS
+    loss_lines = [column for column, *_ in plot_training.PANELS[0][2]]
+    assert "center_loss" in LOSS_PARTS
+    for part in LOSS_PARTS:
+        assert part in COLUMNS and part in loss_lines

@@ -1,6 +1,6 @@
 """What the tools share: their command line. The work itself is the library's: the trained
 model (`model.trained`), images (`datasets.image_list`), features (`processor.FeatureExtractor`,
-whose doc explains the SIE label choices) and feature files (`utils.feature_files`).
+whose doc explains the SIE label choices) and feature files (`tools.feature_files`).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 from typing import Sequence
 
 from processor.inference import AUTO, MEAN, LabelChoice
-from utils.cli import base_parser, load_cli_config
+from processor.cli import base_parser, load_cli_config
 from utils.device import apply_visible_devices
 from utils.errors import ToolError
 

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from datasets.bases import read_image
 from datasets.image_list import ImageRecord
-from utils.checkpoint import atomic_output
+from utils.files import atomic_output
 from utils.errors import ToolError
 
 RGB = Tuple[int, int, int]

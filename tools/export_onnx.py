@@ -24,8 +24,8 @@ from torch import nn
 from model.trained import SideInfoCounts, load_trained
 from tools.common import (ToolError, add_sie_count_arguments, configure_logging,
                           load_tool_config, tool_parser)
-from utils.checkpoint import atomic_output
-from utils.cli import exits_on_user_error
+from utils.files import atomic_output
+from processor.cli import exits_on_user_error
 
 logger = logging.getLogger("transreid.tools")
 

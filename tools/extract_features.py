@@ -19,8 +19,8 @@ from model.trained import load_trained
 from processor import FeatureExtractor
 from tools.common import (add_label_arguments, add_sie_count_arguments, configure_logging,
                           load_tool_config, tool_parser)
-from utils.cli import exits_on_user_error
-from utils.feature_files import check_writable_folder, save_feature_index
+from processor.cli import exits_on_user_error
+from tools.feature_files import check_writable_folder, save_feature_index
 
 logger = logging.getLogger("transreid.tools")
 

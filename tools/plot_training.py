@@ -23,24 +23,41 @@ from typing import Dict, List, Optional, Sequence, Tuple
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from loss import LOSS_PARTS
+from processor.cli import exits_on_user_error
+from processor.run_log import METRICS_NAME, Row, metrics_path, read_metrics
 from tools.common import ToolError, configure_logging
 from tools.drawing import figure_image, new_figure, save_png
-from utils.cli import exits_on_user_error
-from utils.run_log import METRICS_NAME, Row, metrics_path, read_metrics
+from utils.metrics import METRICS
 
 logger = logging.getLogger("transreid.tools")
 
 OUTPUT_NAME = "training.png"
 WIDTH, HEIGHT = 1200, 800
+LINE_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)))
+MARKERS = ("o", "s", "^", "v", "D")
+
+
+def loss_lines() -> list:
+    """The total loss and each of ReIDLoss's parts (loss.LOSS_PARTS)."""
+    parts = [(name, LINE_STYLES[i % len(LINE_STYLES)], "", name[:-len("_loss")].replace("id", "ID"))
+             for i, name in enumerate(LOSS_PARTS)]
+    return [("loss", "-", "", "total"), *parts]
+
+
+def metric_label(name: str) -> str:
+    return f"Rank-{name[len('rank'):]}" if name.startswith("rank") else name
+
+
 # (panel title, y label, [(column, line style, marker, legend name)])
 PANELS = (
-    ("Loss", "loss", [("loss", "-", "", "total"), ("id_loss", "--", "", "ID"),
-                      ("triplet_loss", ":", "", "triplet")]),
+    ("Loss", "loss", loss_lines()),
     ("Training accuracy", "accuracy", [("accuracy", "-", "", "accuracy")]),
     ("Learning rate", "base lr", [("lr", "-", "", "lr")]),
-    ("Evaluation", "score", [("mAP", "-", "o", "mAP"), ("rank1", "--", "s", "Rank-1")]),
+    ("Evaluation", "score", [(name, ("-", *LINE_STYLES)[i % 5], MARKERS[i % len(MARKERS)],
+                              metric_label(name)) for i, name in enumerate(METRICS)]),
 )
-PERCENT_COLUMNS = {"accuracy", "mAP", "rank1"}
+PERCENT_COLUMNS = {"accuracy", *METRICS}
 
 Series = Tuple[List[float], List[float]]
 

@@ -23,8 +23,8 @@ from processor import FeatureExtractor, distance_matrix
 from tools.common import (ToolError, add_label_arguments, add_sie_count_arguments,
                           configure_logging, load_tool_config, tool_parser)
 from tools.drawing import draw_rank_list, save_png
-from utils.cli import exits_on_user_error
-from utils.feature_files import check_same_model, load_feature_index
+from processor.cli import exits_on_user_error
+from tools.feature_files import check_same_model, load_feature_index
 
 logger = logging.getLogger("transreid.tools")
 

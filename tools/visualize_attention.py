@@ -49,8 +49,8 @@ from tools.common import (ToolError, add_label_arguments, add_sie_count_argument
                           configure_logging, load_tool_config, positive_int, tool_parser)
 from tools.drawing import BLACK, WHITE, font, save_png
 from tools.visualize_ranks import choose_queries, index_list
-from utils.cli import exits_on_user_error
-from utils.feature_files import check_writable_folder
+from processor.cli import exits_on_user_error
+from tools.feature_files import check_writable_folder
 
 logger = logging.getLogger("transreid.tools")
 

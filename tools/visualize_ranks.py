@@ -22,7 +22,7 @@ from model.trained import load_trained
 from processor import FeatureExtractor, distance_matrix, make_evaluator
 from tools.common import ToolError, configure_logging, load_tool_config, tool_parser
 from tools.drawing import draw_cmc_summary, draw_rank_list, new_figure, save_png
-from utils.cli import exits_on_user_error
+from processor.cli import exits_on_user_error
 
 logger = logging.getLogger("transreid.tools")
 

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from config import ConfigError
+from utils.errors import ConfigError
 
 logger = logging.getLogger("transreid.device")
 

@@ -6,7 +6,7 @@ fault and says how to fix it. The subclasses keep the built-in base they always 
 (`ConfigError` is a `ValueError`, `WeightsNotFoundError` a `FileNotFoundError`, ...), so
 existing `except` clauses keep working.
 
-Command-line entry points (`utils.cli.run_main`) print a `UserError` as one `error:` line and
+Command-line entry points (`processor.cli.exits_on_user_error`) print a `UserError` as one `error:` line and
 exit with status 1; any other exception is a bug and keeps its traceback.
 """
 
@@ -17,3 +17,7 @@ class UserError(Exception):
 
 class ToolError(UserError, RuntimeError):
     """Input that a tool or the inference API cannot use: images, feature files, arguments."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or override that cannot be used; the message says which and why."""

@@ -17,24 +17,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from config import ConfigError, yes_no
-from config.choices import DIST_METRICS
+from utils.distance import (DIST_METRICS, check_dist_metric, distance_chunks,  # noqa: F401
+                            normalize_rows_, pairwise_distance, query_gallery_distance,
+                            rows_per_chunk)
 from utils.errors import UserError
-from utils.reranking import DEFAULT_CHUNK_BYTES, re_ranked_distance_chunks, row_chunks, \
-    squared_euclidean_distance
+from utils.options import yes_no
+from utils.reranking import DEFAULT_CHUNK_BYTES, row_chunks
 
 logger = logging.getLogger("transreid.metrics")
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[int]]
 
-# Distance, sort key, searchsorted slot, masks and temporaries of one query × gallery entry.
-_BYTES_PER_ENTRY = 40
 _INT64_MAX = torch.iinfo(torch.int64).max
 # Above this size compute() leaves out the query × gallery matrix unless asked for it
 # (MSMT17: 11,659 × 82,161 float32 is 3.8 GB).
@@ -43,6 +41,12 @@ _AUTO_DISTMAT_LIMIT_BYTES = 2 * 1024 ** 3
 
 class NoValidQueryError(UserError, ValueError):
     """No query of a test set has a gallery image of its identity from another camera."""
+
+
+# The figures an evaluation reports, in the order every output shows them: the log lines,
+# metrics.csv and TensorBoard, test_results.json and tools/plot_training.py all iterate this
+# tuple. 'rank<k>' is CMC at rank k; any other name is an attribute of EvalResult.
+METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
 
 @dataclass
@@ -61,11 +65,32 @@ class EvalResult:
     def num_skipped_queries(self) -> int:
         return self.num_queries - self.num_valid_queries
 
+    def metric(self, name: str) -> float:
+        """One of METRICS; NaN for a rank beyond the CMC's length."""
+        if name.startswith("rank"):
+            rank = int(name[len("rank"):])
+            return float(self.cmc[rank - 1]) if rank <= len(self.cmc) else float("nan")
+        return float(getattr(self, name))
+
+    def metrics(self) -> Dict[str, float]:
+        """{name: value} of METRICS, in its order."""
+        return {name: self.metric(name) for name in METRICS}
+
     def as_dict(self) -> dict:
-        ranks = {f"rank{r}": float(self.cmc[r - 1]) for r in (1, 5, 10) if r <= len(self.cmc)}
-        return {"mAP": float(self.mAP), **ranks, "mINP": float(self.mINP),
-                "num_valid_queries": self.num_valid_queries, "num_queries": self.num_queries,
-                "cmc": [float(v) for v in self.cmc], **self.extra}
+        return {**self.metrics(), "num_valid_queries": self.num_valid_queries,
+                "num_queries": self.num_queries, "cmc": [float(v) for v in self.cmc],
+                **self.extra}
+
+    @classmethod
+    def mean(cls, results: Sequence["EvalResult"]) -> "EvalResult":
+        """The average of several evaluations (VehicleID's random query/gallery draws); each
+        one's figures are kept under extra['trials']."""
+        return cls(mAP=float(np.mean([r.mAP for r in results])),
+                   cmc=np.mean([r.cmc for r in results], axis=0),
+                   mINP=float(np.mean([r.mINP for r in results])),
+                   num_valid_queries=sum(r.num_valid_queries for r in results),
+                   num_queries=sum(r.num_queries for r in results),
+                   extra={"trials": [r.as_dict() for r in results]})
 
 
 def _as_tensor(values: ArrayLike, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -76,71 +101,6 @@ def _as_tensor(values: ArrayLike, device: Optional[torch.device] = None) -> torc
 
 def _as_ids(values: ArrayLike, device: torch.device) -> torch.Tensor:
     return _as_tensor(values, device).long().reshape(-1)
-
-
-def _check_dist_metric(metric: str) -> str:
-    name = str(metric).lower()
-    if name not in DIST_METRICS:
-        raise ConfigError(f"TEST.DIST_METRIC '{metric}' is unknown; use one of {DIST_METRICS}")
-    return name
-
-
-def pairwise_distance(qf: torch.Tensor, gf: torch.Tensor,
-                      metric: str = "euclidean") -> torch.Tensor:
-    """Query × gallery distances: squared Euclidean (as the reference) or 1 − cosine similarity."""
-    return _GalleryDistance(gf, metric)(qf)
-
-
-class _GalleryDistance:
-    """Distances from query chunks to a fixed gallery; the gallery-side terms are computed once."""
-
-    def __init__(self, gf: torch.Tensor, metric: str):
-        self.cosine = _check_dist_metric(metric) == "cosine"
-        self.gallery = F.normalize(gf, dim=1) if self.cosine else gf
-        self.gallery_sq = None if self.cosine else gf.pow(2).sum(1)
-
-    def __call__(self, qf: torch.Tensor) -> torch.Tensor:
-        if self.cosine:
-            # 1 − cos ranks like the reference's arccos(cos) without its clipping, which made
-            # all pairs with cos > 1 − 1e-5 tie
-            return torch.addmm(torch.ones((), device=qf.device), F.normalize(qf, dim=1),
-                               self.gallery.T, alpha=-1)
-        return squared_euclidean_distance(qf, self.gallery, y_sq=self.gallery_sq)
-
-
-def distance_chunks(qf: torch.Tensor, gf: torch.Tensor, dist_metric: str = "euclidean",
-                    reranking: bool = False, k1: int = 50, k2: int = 15, lambda_value: float = 0.3,
-                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Tuple[slice, torch.Tensor]]:
-    """(query rows, their distances to every gallery image), chunk by chunk, as R1_mAP_eval
-    ranks them: `dist_metric`, or k-reciprocal re-ranking (TEST.RE_RANKING_K1/K2/LAMBDA)."""
-    if reranking:
-        if _check_dist_metric(dist_metric) == "cosine":
-            # re-ranking divides each row by its maximum, so squared Euclidean distances of
-            # unit vectors, 2 (1 − cos), give exactly the result of 1 − cos
-            qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
-        yield from re_ranked_distance_chunks(qf, gf, k1, k2, lambda_value,
-                                             chunk_bytes=chunk_bytes)
-        return
-    distance = _GalleryDistance(gf, dist_metric)
-    for rows in row_chunks(len(qf), _rows_per_chunk(len(gf), chunk_bytes)):
-        yield rows, distance(qf[rows])
-
-
-def normalize_rows_(feats: torch.Tensor) -> torch.Tensor:
-    """L2-normalise each row in place (MSMT17's features are large), as TEST.FEAT_NORM does."""
-    return feats.div_(feats.norm(dim=1, keepdim=True).clamp_min_(1e-12))
-
-
-def query_gallery_distance(qf: torch.Tensor, gf: torch.Tensor, feat_norm: bool,
-                           dist_metric: str = "euclidean", reranking: bool = False, k1: int = 50,
-                           k2: int = 15, lambda_value: float = 0.3) -> torch.Tensor:
-    """The whole query x gallery matrix as R1_mAP_eval ranks it: TEST.FEAT_NORM, then
-    re-ranking or `dist_metric`; on the CPU."""
-    qf, gf = qf.float(), gf.float()
-    if feat_norm:
-        qf, gf = normalize_rows_(qf.clone()), normalize_rows_(gf.clone())
-    chunks = distance_chunks(qf, gf, dist_metric, reranking, k1, k2, lambda_value)
-    return torch.cat([dist.cpu() for _, dist in chunks])
 
 
 def _stable_order_keys(dist: torch.Tensor) -> torch.Tensor:
@@ -255,13 +215,9 @@ class _ScoreAccumulator:
         return cmc, float(np.mean(np.concatenate(self.aps)))
 
 
-def _rows_per_chunk(num_gallery: int, chunk_bytes: int) -> int:
-    return max(1, chunk_bytes // (_BYTES_PER_ENTRY * max(1, num_gallery)))
-
-
 def _score_rows(protocol: _MarketProtocol, scores: _ScoreAccumulator, dist: torch.Tensor,
                 q_pids: torch.Tensor, q_camids: torch.Tensor, chunk_bytes: int) -> None:
-    for rows in row_chunks(len(dist), _rows_per_chunk(dist.shape[1], chunk_bytes)):
+    for rows in row_chunks(len(dist), rows_per_chunk(dist.shape[1], chunk_bytes)):
         scores.add(*protocol.rank_matches(dist[rows], q_pids[rows], q_camids[rows]))
 
 
@@ -303,7 +259,7 @@ class R1_mAP_eval:
         self.max_rank = max_rank
         self.feat_norm = yes_no(feat_norm, "TEST.FEAT_NORM")
         self.reranking = yes_no(reranking, "TEST.RE_RANKING")
-        self.dist_metric = _check_dist_metric(dist_metric)
+        self.dist_metric = check_dist_metric(dist_metric)
         self.k1, self.k2, self.lambda_value = k1, k2, lambda_value
         self.return_distmat = return_distmat
         self.chunk_bytes = chunk_bytes

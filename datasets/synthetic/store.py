@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from utils.run_lock import FileLock, describe_holder
+from utils.file_lock import FileLock, describe_holder
 
 logger = logging.getLogger("transreid.datasets")
 

@@ -1,13 +1,10 @@
-"""One run per output folder: an OS file lock on OUTPUT_DIR, and cleanup of what killed runs left.
+"""An exclusive OS file lock that names its holder.
 
-The lock is `fcntl.flock` on a file in the folder. The kernel drops it when the holding process
-ends in any way (exit, exception, SIGKILL, OOM kill), so a crashed run never leaves the folder
-locked; the file records the holder's host and PID only to name it in the refusal. On NFS,
-Linux maps flock to POSIX byte-range locks, which hold across hosts when the mount has locking
-(NFSv4, or NFSv3 with lockd; not mounts with `nolock`).
-
-Under torch.distributed only rank 0 locks OUTPUT_DIR (it alone writes there); a second run's
-rank 0 is refused and exits, and the launcher (torchrun) then stops that run's other ranks.
+The lock is `fcntl.flock` on a file. The kernel drops it when the holding process ends in any
+way (exit, exception, SIGKILL, OOM kill), so a crashed process never leaves it held; the file
+records the holder's host and PID only to name it in a refusal. On NFS, Linux maps flock to
+POSIX byte-range locks, which hold across hosts when the mount has locking (NFSv4, or NFSv3
+with lockd; not mounts with `nolock`).
 """
 from __future__ import annotations
 
@@ -16,37 +13,20 @@ import errno
 import json
 import logging
 import os
-import re
 import socket
 import time
 from datetime import datetime
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; locking is skipped with a warning.
     fcntl = None  # type: ignore[assignment]
 
-from config import ConfigError
-from utils.errors import UserError
-
-logger = logging.getLogger("transreid.run_lock")
-
-RUN_LOCK_FILE = ".transreid_run.lock"
-"""Lock file of a run in OUTPUT_DIR (removed again when the run ends normally)."""
-
-# utils/checkpoint.py's atomic_output: tempfile.mkstemp(prefix=".tmp_", suffix=<target's ext>),
-# whose random part is 8 characters of [a-z0-9_]. Matching exactly that keeps user files safe.
-_TEMP_FILE = re.compile(r"\.tmp_[a-z0-9_]{8}(\.[A-Za-z0-9]+)?")
+logger = logging.getLogger("transreid.file_lock")
 
 # Lock-taking fails this way on file systems without flock support (some FUSE mounts).
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
-
-
-class OutputDirInUseError(UserError, RuntimeError):
-    """Another live run holds the lock of this OUTPUT_DIR; the message names its PID and host.
-
-    """
 
 
 class FileLock:
@@ -135,45 +115,6 @@ def describe_holder(holder: Dict[str, Any]) -> str:
         return "another process (which has not recorded its PID yet)"
     host, since = holder.get("host", "?"), holder.get("since", "?")
     return f"PID {holder['pid']} on host {host} (since {since})"
-
-
-def lock_output_dir(folder: str) -> FileLock:
-    """Lock `folder` (OUTPUT_DIR) for this run, creating it if needed; call `release()` (or
-    use `with`) when the run ends. Raises OutputDirInUseError while another run holds it."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        lock = FileLock(os.path.join(folder, RUN_LOCK_FILE))
-        holder = lock.try_acquire()
-    except (FileExistsError, NotADirectoryError, PermissionError) as err:
-        raise ConfigError(f"OUTPUT_DIR '{folder}' cannot hold this run's files "
-                                  f"({err.strerror}: '{err.filename}'); choose another "
-                                  "OUTPUT_DIR") from None
-    if holder is not None:
-        raise OutputDirInUseError(
-            f"OUTPUT_DIR '{folder}' is in use by {describe_holder(holder)}; wait for it to "
-            "finish or choose another OUTPUT_DIR")
-    return lock
-
-
-def remove_stale_temp_files(folder: str) -> List[str]:
-    """Remove the `.tmp_*` files that a write killed midway left in `folder` (not its
-    subfolders); returns their paths. Call it only while holding the folder's run lock, which
-    guarantees that no live writer of this folder owns them."""
-    try:
-        names = sorted(os.listdir(folder))
-    except FileNotFoundError:
-        return []
-    removed = []
-    for name in names:
-        path = os.path.join(folder, name)
-        if not _TEMP_FILE.fullmatch(name) or os.path.islink(path) or not os.path.isfile(path):
-            continue
-        size = os.path.getsize(path)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-            removed.append(path)
-            logger.info("removed '%s' (%.1f MB), left by an interrupted write", path, size / 1e6)
-    return removed
 
 
 def _same_file(fd: int, path: str) -> bool:

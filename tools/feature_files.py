@@ -14,7 +14,7 @@ import numpy as np
 
 from datasets.image_list import ImageRecord
 from model.trained import SETTING_DEFAULTS
-from utils.checkpoint import atomic_output
+from utils.files import atomic_output
 from utils.errors import ToolError
 
 logger = logging.getLogger("transreid.tools")

@@ -8,7 +8,7 @@ Each row of metrics.csv is one moment of the run:
 * a progress row every LOG_PERIOD iterations (`log_progress`): running averages of the epoch;
 * an epoch row at the end of each epoch (`log_epoch`), whose iteration is the epoch's batch
   count;
-* an evaluation row after each evaluation (`log_eval`): mAP, rank1 and mINP.
+* an evaluation row after each evaluation (`log_eval`): utils.metrics.METRICS.
 
 Columns a row does not measure are left empty. On resume the rows of the epochs the run is
 about to train again are dropped first, so an epoch never appears twice.
@@ -21,16 +21,17 @@ import numbers
 import os
 from typing import Dict, List, Mapping, Optional
 
-from utils.checkpoint import atomic_output
+from loss import LOSS_PARTS
 from utils.errors import UserError
-from utils.metrics import EvalResult
+from utils.files import atomic_output
+from utils.metrics import METRICS, EvalResult
 
 logger = logging.getLogger("transreid.run_log")
 
 METRICS_NAME = "metrics.csv"
 TENSORBOARD_DIR = "tb"
-TRAIN_COLUMNS = ("loss", "id_loss", "triplet_loss", "accuracy", "lr", "img_per_s")
-EVAL_COLUMNS = ("mAP", "rank1", "mINP")
+TRAIN_COLUMNS = ("loss", *LOSS_PARTS, "accuracy", "lr", "img_per_s")
+EVAL_COLUMNS = METRICS
 COLUMNS = ("epoch", "iteration") + TRAIN_COLUMNS + EVAL_COLUMNS
 
 Row = Dict[str, str]
@@ -48,11 +49,6 @@ def read_metrics(path: str) -> List[Row]:
     """The rows of a metrics.csv as dicts of strings ('' where a column was not measured)."""
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def eval_values(result: EvalResult) -> Dict[str, float]:
-    """The evaluation columns of `result`."""
-    return {"mAP": float(result.mAP), "rank1": float(result.cmc[0]), "mINP": float(result.mINP)}
 
 
 class MetricsLog:
@@ -99,7 +95,7 @@ class MetricsLog:
 
     def log_eval(self, epoch: int, result: EvalResult) -> None:
         """An evaluation after `epoch`; its row has the epoch's last logged iteration."""
-        self._write(epoch, self._last_iteration.get(epoch), eval_values(result))
+        self._write(epoch, self._last_iteration.get(epoch), result.metrics())
 
     def close(self) -> None:
         if self._handle is not None:

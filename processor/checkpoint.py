@@ -1,128 +1,32 @@
-"""Files written atomically, and training checkpoints with everything needed to resume exactly.
+"""The one owner of a training run's folder (OUTPUT_DIR): its files, their formats, its lock
+and resume.
+
+* `<MODEL.NAME>_<epoch>.pth`, `<MODEL.NAME>_best.pth`: the model's state dict alone, in the
+  reference's format (what test.py, the tools and MODEL.PRETRAIN_PATH read);
+* `last_checkpoint.pth`: everything needed to resume exactly (`STATE_KEYS`);
+* `.transreid_run.lock`: one live run per folder (`lock_output_dir`).
 
 Checkpoints are written off the training loop's critical path: `Checkpointer` copies the state
-off the device and a background thread writes it, one file at a time in the order asked for.
+off the device and a background thread (utils/background_writer.py) writes it, one file at a
+time in the order asked for, each atomically (utils/files.py).
 """
 from __future__ import annotations
 
-import collections
-import contextlib
-import errno
 import logging
 import os
 import random
-import shutil
-import tempfile
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Iterator, List, Optional, Set, Union
+from typing import Any, Dict, List, Optional, Set, Union
 
 import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from utils.errors import UserError
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# errno values of a write that found no room: the disk, or the user's quota on it, is full.
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
-def is_disk_full(err: BaseException) -> bool:
-    """Whether `err`, or an exception it was raised from or while handling, is an OSError of
-    a full disk. torch's writer reports one as RuntimeError('unexpected pos ...'), raised
-    while handling the OSError of Python's write."""
-    seen: Set[int] = set()
-    current: Optional[BaseException] = err
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError) and current.errno in _NO_SPACE:
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _free_space(folder: str) -> str:
-    try:
-        usage = shutil.disk_usage(folder)
-    except OSError:
-        return "free space unknown"
-    return f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB"
-
-
-class DiskFullError(UserError, OSError):
-    """A file could not be written for lack of space; the previous version of it is intact."""
-
-    def __init__(self, path: str, fix: str = "") -> None:
-        self.path = path
-        self.fix = fix
-        folder = os.path.dirname(os.path.abspath(path))
-        super().__init__(
-            f"the disk is full: no space left in '{folder}' to write '{os.path.basename(path)}' "
-            f"({_free_space(folder)} now); "
-            + (fix or "the previous file of that name, if any, is intact: free space there or "
-               "write to another folder"))
-        self.errno = errno.ENOSPC
-
-    def with_fix(self, fix: str) -> "DiskFullError":
-        return DiskFullError(self.path, fix)
-
-
-def _remove_if_present(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str) -> Iterator[str]:
-    """A temporary path next to `path`, renamed to `path` only if the block succeeds: a crash
-    mid-write leaves the previous file intact instead of a truncated one. A full disk raises
-    a DiskFullError naming `path` (after the partial file is removed)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    try:
-        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp_",
-                                        suffix=os.path.splitext(path)[1])
-    except OSError as err:
-        if is_disk_full(err):  # no room left even for an empty file's inode
-            raise DiskFullError(path) from err
-        raise
-    os.close(fd)
-    try:
-        yield tmp_path
-        # mkstemp makes the file private (0600); give it the mode open() would have.
-        os.chmod(tmp_path, 0o666 & ~_current_umask())
-        os.replace(tmp_path, path)
-    except Exception as err:
-        if not is_disk_full(err):
-            raise
-        _remove_if_present(tmp_path)  # first, so that the message tells the space there is
-        raise DiskFullError(path) from err
-    finally:
-        _remove_if_present(tmp_path)
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save through `atomic_output`, synced to disk before the rename."""
-    with atomic_output(path) as tmp_path, open(tmp_path, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """`text` as the file `path`, through `atomic_output`, synced to disk before the rename."""
-    with atomic_output(path) as tmp_path, open(tmp_path, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+from model.weights import WeightsNotFoundError, load_file
+from utils.background_writer import BackgroundWriter, Write, copies_done, layout, snapshot, tensors_in
+from utils.errors import ConfigError, UserError
+from utils.file_lock import FileLock, describe_holder
+from utils.files import DiskFullError, remove_stale_temp_files
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -174,8 +78,6 @@ RESUME_IGNORED_KEYS = ("MODEL.RESUME",)
 def load_checkpoint(path: str, mmap: bool = False) -> Dict[str, Any]:
     """The training state in `path` (MODEL.RESUME); a file that is none raises a ResumeError
     naming what it is. `mmap` leaves the tensors on disk: a quick check before a run starts."""
-    from model.weights import WeightsNotFoundError, load_file  # model imports utils
-
     if not os.path.exists(path):
         raise ResumeStateNotFoundError(f"checkpoint '{path}' (MODEL.RESUME) does not exist; it is "
                                        "the 'last_checkpoint.pth' that training writes to OUTPUT_DIR")
@@ -248,135 +150,6 @@ def resume_hint(output_dir: str) -> str:
     if epoch is None:
         return "No epoch had been saved, so there is nothing to resume: start the run again."
     return f"Continue from the last saved epoch ({epoch}) with MODEL.RESUME {path}"
-
-
-def tensors_in(obj: Any) -> List[torch.Tensor]:
-    """The tensors of nested dicts, lists and tuples, in the order `snapshot` visits them."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    values = obj if isinstance(obj, (list, tuple)) else ()
-    return [tensor for value in values for tensor in tensors_in(value)]
-
-
-def layout(tensors: List[torch.Tensor]) -> tuple:
-    """What decides whether the copies of one snapshot can take another's buffers."""
-    return tuple((tuple(t.shape), t.dtype, t.is_cuda) for t in tensors)
-
-
-def snapshot(obj: Any, cuda_devices: Set[torch.device],
-             buffers: Optional[Iterator[torch.Tensor]] = None) -> Any:
-    """A copy of `obj` (nested dicts, lists and tuples of tensors and plain values) whose
-    tensors are on the CPU and no longer shared with training, which goes on changing the
-    originals in place. `buffers` (CPU tensors of the same `layout`, in `tensors_in` order)
-    receive the copies when given: copying into memory already mapped is several times faster
-    than into new allocations, which fault in every page. CUDA tensors are copied
-    asynchronously (into pinned memory) on the current stream: their devices are added to
-    `cuda_devices`, whose streams must be synced before the copies are read."""
-    if isinstance(obj, torch.Tensor):
-        source = obj.detach()
-        if obj.is_cuda:
-            cuda_devices.add(obj.device)
-        if buffers is not None:
-            return next(buffers).copy_(source, non_blocking=obj.is_cuda)
-        return source.to("cpu", non_blocking=True) if obj.is_cuda else source.clone()
-    if isinstance(obj, dict):
-        return type(obj)((key, snapshot(value, cuda_devices, buffers))
-                         for key, value in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(value, cuda_devices, buffers) for value in obj)
-    return obj  # numbers, strings, None: immutable
-
-
-def copies_done(cuda_devices: Set[torch.device]) -> List["torch.cuda.Event"]:
-    """Events that complete when the copies `snapshot` queued on these devices are done."""
-    events = []
-    for device in cuda_devices:
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(device))
-        events.append(event)
-    return events
-
-
-class _Write:
-    """One queued file: the object to save, where, the line to log once it is there, and the
-    key under which its tensors go back to the buffer pool after the write."""
-
-    def __init__(self, obj: Any, path: str, done_message: str, events: List[Any],
-                 buffer_key: tuple) -> None:
-        self.obj, self.path, self.done_message, self.events = obj, path, done_message, events
-        self.buffer_key = buffer_key
-
-
-class BackgroundWriter:
-    """Writes files atomically in one thread, in the order they are queued.
-
-    After a failed write, the writes queued behind it are dropped: the order of the files is
-    part of their meaning (the model of an epoch before the state that says it was written,
-    the state that records a new best mAP before the best weights), so a later file must not
-    land without an earlier one. The failure is kept for `check` to raise in the caller's
-    thread. Writes still queued when the interpreter exits are finished first (the executor's
-    thread is joined at exit), so a stop between two epochs never loses the last one.
-    """
-
-    def __init__(self, logger: logging.Logger) -> None:
-        self.logger = logger
-        self._executor: Optional[ThreadPoolExecutor] = None
-        self._pending: Deque[Future] = collections.deque()
-        self._lock = threading.Lock()
-        self._failure: Optional[tuple] = None  # (path, exception) of the first failed write
-        # One set of snapshot buffers per layout, free once its file is written: the next
-        # snapshot of that layout (the next epoch's state) copies into it.
-        self._free_buffers: Dict[tuple, List[torch.Tensor]] = {}
-
-    def take_buffers(self, key: tuple) -> Optional[List[torch.Tensor]]:
-        with self._lock:
-            return self._free_buffers.pop(key, None)
-
-    def submit(self, write: _Write) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1,
-                                                thread_name_prefix="checkpoint-writer")
-        self._pending.append(self._executor.submit(self._run, write))
-
-    def _run(self, write: _Write) -> None:
-        with self._lock:
-            if self._failure is not None:
-                return
-        try:
-            for event in write.events:
-                event.synchronize()  # the device-to-host copies of `snapshot`
-            atomic_save(write.obj, write.path)
-        except BaseException as err:  # kept for the training thread, which stops on it
-            with self._lock:
-                self._failure = (write.path, err)
-            return
-        with self._lock:
-            self._free_buffers[write.buffer_key] = tensors_in(write.obj)
-        self.logger.info(write.done_message)
-
-    @property
-    def num_pending(self) -> int:
-        while self._pending and self._pending[0].done():
-            self._pending.popleft()
-        return len(self._pending)
-
-    def wait(self, max_pending: int = 0) -> None:
-        """Wait until at most `max_pending` writes are queued or running."""
-        while self.num_pending > max_pending:
-            self._pending[0].result()
-
-    def failure(self) -> Optional[tuple]:
-        with self._lock:
-            return self._failure
-
-    def shutdown(self) -> None:
-        """Wait for every queued write and stop the thread."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        self._pending.clear()
 
 
 # A checkpoint epoch queues its model file and the resume state back to back; a third
@@ -452,7 +225,7 @@ class Checkpointer:
         buffers = self.writer.take_buffers(key)
         cuda_devices: Set[torch.device] = set()
         state = snapshot(live, cuda_devices, iter(buffers) if buffers is not None else None)
-        self.writer.submit(_Write(state, path, done_message, copies_done(cuda_devices), key))
+        self.writer.submit(Write(state, path, done_message, copies_done(cuda_devices), key))
 
     def check(self) -> None:
         """Raise the failure of an earlier write, if one failed: as a UserError naming the
@@ -516,3 +289,84 @@ class Checkpointer:
         o.optimizer_center.load_state_dict(state["optimizer_center"])
         o.center_criterion.load_state_dict(state["center_criterion"])
         o.scaler.load_state_dict(state["scaler"])
+
+
+# ---------------------------------------------------------------------------- the run's folder
+# Under torch.distributed only rank 0 locks OUTPUT_DIR (it alone writes there); a second run's
+# rank 0 is refused and exits, and the launcher (torchrun) then stops that run's other ranks.
+RUN_LOCK_FILE = ".transreid_run.lock"
+"""Lock file of a run in OUTPUT_DIR (removed again when the run ends normally)."""
+
+
+class OutputDirInUseError(UserError, RuntimeError):
+    """Another live run holds the lock of this OUTPUT_DIR; the message names its PID and host."""
+
+
+def lock_output_dir(folder: str) -> FileLock:
+    """Lock `folder` (OUTPUT_DIR) for this run, creating it if needed; call `release()` (or
+    use `with`) when the run ends. Raises OutputDirInUseError while another run holds it."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        lock = FileLock(os.path.join(folder, RUN_LOCK_FILE))
+        holder = lock.try_acquire()
+    except (FileExistsError, NotADirectoryError, PermissionError) as err:
+        raise ConfigError(f"OUTPUT_DIR '{folder}' cannot hold this run's files "
+                          f"({err.strerror}: '{err.filename}'); choose another OUTPUT_DIR") from None
+    if holder is not None:
+        raise OutputDirInUseError(
+            f"OUTPUT_DIR '{folder}' is in use by {describe_holder(holder)}; wait for it to "
+            "finish or choose another OUTPUT_DIR")
+    return lock
+
+
+def check_output_dir_is_free(cfg) -> None:
+    """Refuse to start over the resume state of another run in OUTPUT_DIR.
+
+    A restart that forgets MODEL.RESUME would replace that state after one epoch; with the
+    reference's configs (model files only at the last epoch) that loses the whole run. So
+    would resuming run A's state into run B's folder, which then mixes the two runs' files.
+    Resuming is allowed into an empty or new folder (a copy of the run continues there), and
+    into the folder the state came from: MODEL.RESUME is that folder's `last_checkpoint.pth`
+    (the same file, however the paths are spelt), or a state whose recorded OUTPUT_DIR
+    (`output_dir`, a real path) is this folder (a copy kept there, e.g. to roll back).
+    """
+    path = os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)
+    if not os.path.isfile(path):
+        return
+    if not cfg.MODEL.RESUME:
+        raise ResumeError(
+            f"OUTPUT_DIR '{cfg.OUTPUT_DIR}' holds the resume state of an earlier run ({path}); "
+            f"continue it with MODEL.RESUME {path}, or choose another OUTPUT_DIR, or delete that "
+            "file to start over there")
+    if _state_belongs_to(cfg.MODEL.RESUME, cfg.OUTPUT_DIR):
+        return
+    raise ResumeError(
+        f"MODEL.RESUME '{cfg.MODEL.RESUME}' is the state of another run than the one in OUTPUT_DIR "
+        f"'{cfg.OUTPUT_DIR}' ({path}, which resuming there would replace); set OUTPUT_DIR to the "
+        f"folder it came from, or to a new folder to continue it there, or continue that "
+        f"folder's own run with MODEL.RESUME {path}")
+
+
+def _state_belongs_to(resume: str, output_dir: str) -> bool:
+    """Whether the training state `resume` was written by a run in `output_dir`."""
+    path = os.path.join(output_dir, LAST_CHECKPOINT)
+    if os.path.exists(resume) and os.path.samefile(resume, path):
+        return True
+    recorded = load_checkpoint(resume, mmap=True).get("output_dir")
+    return recorded is not None and recorded == os.path.realpath(output_dir)
+
+
+def claim_output_dir(cfg) -> FileLock:
+    """What the writing rank does before anything is built: lock OUTPUT_DIR (the current folder
+    when empty, where the files then go), refuse another run's resume state there, and remove
+    the temporary files of killed writes (no writer of the folder is alive once the lock is
+    held). Release the lock when the run ends."""
+    folder = cfg.OUTPUT_DIR or os.curdir
+    lock = lock_output_dir(folder)
+    try:
+        check_output_dir_is_free(cfg)
+        remove_stale_temp_files(folder)
+    except BaseException:
+        lock.release()
+        raise
+    return lock

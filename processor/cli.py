@@ -16,7 +16,7 @@ from yacs.config import CfgNode
 
 from config import ConfigError, load_config
 from utils.device import apply_visible_devices
-from utils.checkpoint import atomic_write_text
+from utils.files import atomic_write_text
 from utils.errors import UserError
 from utils.logger import setup_logger
 

@@ -1,0 +1,147 @@
+"""Files written whole or not at all, and one clear error for a full disk.
+
+Every file the project writes goes through `atomic_output`: a temporary file beside the target,
+renamed over it only once complete, so a crash, a kill or a full disk mid-write leaves the
+previous version intact instead of a truncated one.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+import tempfile
+from typing import Any, Iterator, List, Optional, Set
+
+import torch
+
+from utils.errors import UserError
+
+logger = logging.getLogger("transreid.files")
+
+# Temporary files of `atomic_output`: mkstemp(prefix=TEMP_PREFIX, suffix=<target's extension>),
+# whose random part is 8 characters of [a-z0-9_]. Matching exactly that keeps user files safe.
+TEMP_PREFIX = ".tmp_"
+_TEMP_FILE = re.compile(re.escape(TEMP_PREFIX) + r"[a-z0-9_]{8}(\.[A-Za-z0-9]+)?")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# errno values of a write that found no room: the disk, or the user's quota on it, is full.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err`, or an exception it was raised from or while handling, is an OSError of
+    a full disk. torch's writer reports one as RuntimeError('unexpected pos ...'), raised
+    while handling the OSError of Python's write."""
+    seen: Set[int] = set()
+    current: Optional[BaseException] = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in _NO_SPACE:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _free_space(folder: str) -> str:
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return "free space unknown"
+    return f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB"
+
+
+class DiskFullError(UserError, OSError):
+    """A file could not be written for lack of space; the previous version of it is intact."""
+
+    def __init__(self, path: str, fix: str = "") -> None:
+        self.path = path
+        self.fix = fix
+        folder = os.path.dirname(os.path.abspath(path))
+        super().__init__(
+            f"the disk is full: no space left in '{folder}' to write '{os.path.basename(path)}' "
+            f"({_free_space(folder)} now); "
+            + (fix or "the previous file of that name, if any, is intact: free space there or "
+               "write to another folder"))
+        self.errno = errno.ENOSPC
+
+    def with_fix(self, fix: str) -> "DiskFullError":
+        return DiskFullError(self.path, fix)
+
+
+def _remove_if_present(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """A temporary path next to `path`, renamed to `path` only if the block succeeds: a crash
+    mid-write leaves the previous file intact instead of a truncated one. A full disk raises
+    a DiskFullError naming `path` (after the partial file is removed)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    try:
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX,
+                                        suffix=os.path.splitext(path)[1])
+    except OSError as err:
+        if is_disk_full(err):  # no room left even for an empty file's inode
+            raise DiskFullError(path) from err
+        raise
+    os.close(fd)
+    try:
+        yield tmp_path
+        # mkstemp makes the file private (0600); give it the mode open() would have.
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
+        os.replace(tmp_path, path)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        _remove_if_present(tmp_path)  # first, so that the message tells the space there is
+        raise DiskFullError(path) from err
+    finally:
+        _remove_if_present(tmp_path)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save through `atomic_output`, synced to disk before the rename."""
+    with atomic_output(path) as tmp_path, open(tmp_path, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """`text` as the file `path`, through `atomic_output`, synced to disk before the rename."""
+    with atomic_output(path) as tmp_path, open(tmp_path, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+def remove_stale_temp_files(folder: str) -> List[str]:
+    """Remove the temporary files that a write killed midway left in `folder` (not its
+    subfolders); returns their paths. Call it only while holding the folder's lock, which
+    guarantees that no live writer of this folder owns them."""
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not _TEMP_FILE.fullmatch(name) or os.path.islink(path) or not os.path.isfile(path):
+            continue
+        size = os.path.getsize(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+            removed.append(path)
+            logger.info("removed '%s' (%.1f MB), left by an interrupted write", path, size / 1e6)
+    return removed
