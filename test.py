@@ -12,13 +12,14 @@ from datasets import load_eval_dataset, make_val_loader
 from model.trained import load_trained
 from processor import EvalResult, do_inference
 from processor.inference import log_result
-from utils.files import atomic_write_text
+from utils.files import atomic_write_text, check_output
 from processor.cli import base_parser, exits_on_user_error, load_cli_config, start_run
 
 
 # The trained weights replace every parameter: building the network skips the ImageNet
 # initialisation (and the need for its file), and the saved test_config.yaml says so.
 NO_IMAGENET_INIT = ["MODEL.PRETRAIN_CHOICE", "none"]
+RESULTS_NAME = "test_results.json"
 
 
 def check_weight_given(cfg) -> None:
@@ -47,7 +48,7 @@ def run_evaluation(cfg, logger) -> EvalResult:
 
 
 def write_results(cfg, result: EvalResult, logger) -> None:
-    path = os.path.join(cfg.OUTPUT_DIR, "test_results.json")
+    path = results_path(cfg)
     summary = {"weight": cfg.TEST.WEIGHT, "dataset": cfg.DATASETS.NAMES,
                "re_ranking": switches(cfg).re_ranking, "flip_feats": switches(cfg).flip_feats,
                **result.as_dict()}
@@ -56,12 +57,21 @@ def write_results(cfg, result: EvalResult, logger) -> None:
     logger.info("Results written to %s", path)
 
 
+def results_path(cfg) -> str:
+    return os.path.join(cfg.OUTPUT_DIR, RESULTS_NAME)
+
+
 @exits_on_user_error
 def main() -> None:
     parser = base_parser("Test a trained TransReID model")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace OUTPUT_DIR/{RESULTS_NAME} of an earlier test")
     args = parser.parse_args()
     cfg = load_cli_config(args.config_file, list(args.opts or []) + NO_IMAGENET_INIT)
     check_weight_given(cfg)
+    if cfg.OUTPUT_DIR:  # before the evaluation, not after it
+        check_output(results_path(cfg), ".json", [cfg.TEST.WEIGHT, args.config_file],
+                     args.overwrite, option=f"OUTPUT_DIR/{RESULTS_NAME}")
     logger = start_run(cfg, args.config_file, if_train=False)
     result = run_evaluation(cfg, logger)
     if cfg.OUTPUT_DIR:

@@ -1,5 +1,6 @@
 """Train a TransReID model: python train.py --config_file configs/... [KEY VALUE ...]"""
 import contextlib
+import logging
 import signal
 from datetime import timedelta
 from typing import Iterator
@@ -51,20 +52,32 @@ class Terminated(BaseException):
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
+STOP_EXCEPTIONS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
 
 
 @contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises `Terminated` in the main thread inside the block. Checkpoints are written
-    by a background thread (utils/background_writer.py), which signals never interrupt: a stop lands
-    between writes, and the files being written are finished before the process exits."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+def stop_signals_raise_once(logger: logging.Logger) -> Iterator[None]:
+    """Inside the block SIGINT raises KeyboardInterrupt and SIGTERM `Terminated` in the main
+    thread, once: later ones are logged and ignored, so that a second signal cannot cut short
+    the wait for the checkpoint writes in flight, and the resume hint names the epoch that is
+    really on disk. Checkpoints are written by a background thread
+    (utils/background_writer.py), which signals never interrupt."""
+    stopping = []
+
+    def on_signal(signum: int, frame) -> None:
+        if stopping:
+            logger.warning("%s again: already stopping once the checkpoint writes in flight are "
+                           "done", signal.Signals(signum).name)
+            return
+        stopping.append(signum)
+        raise STOP_EXCEPTIONS[signum]()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_EXCEPTIONS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @exits_on_user_error
@@ -97,17 +110,22 @@ def train(cfg, args) -> None:
     set_seed(cfg.SOLVER.SEED + rank)
 
     try:
-        with sigterm_raises():
-            do_train(cfg, **build_training(cfg), local_rank=args.local_rank)
+        with stop_signals_raise_once(logger):
+            train_until_stopped(cfg, args, logger)
+    finally:
+        if cfg.MODEL.DIST_TRAIN and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train_until_stopped(cfg, args, logger: logging.Logger) -> None:
+    try:
+        do_train(cfg, **build_training(cfg), local_rank=args.local_rank)
     except (KeyboardInterrupt, Terminated) as stop:
         # do_train has waited for the checkpoint writes in flight: the hint names the last one.
         what, code = (("Terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, Terminated)
                       else ("Interrupted", EXIT_INTERRUPTED))
         logger.warning("%s. %s", what, resume_hint(cfg.OUTPUT_DIR))
-        raise SystemExit(code)
-    finally:
-        if cfg.MODEL.DIST_TRAIN and dist.is_initialized():
-            dist.destroy_process_group()
+        raise SystemExit(code) from None
 
 
 if __name__ == "__main__":

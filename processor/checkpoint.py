@@ -309,7 +309,7 @@ def lock_output_dir(folder: str) -> FileLock:
         os.makedirs(folder, exist_ok=True)
         lock = FileLock(os.path.join(folder, RUN_LOCK_FILE))
         holder = lock.try_acquire()
-    except (FileExistsError, NotADirectoryError, PermissionError) as err:
+    except OSError as err:  # a file in the way, no permission, a read-only file system
         raise ConfigError(f"OUTPUT_DIR '{folder}' cannot hold this run's files "
                           f"({err.strerror}: '{err.filename}'); choose another OUTPUT_DIR") from None
     if holder is not None:

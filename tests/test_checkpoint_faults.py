@@ -71,10 +71,11 @@ def tmpfs(tmp_path):
     """Mount a tmpfs of the given size (a real file system that fills up); unmounted after."""
     mounted = []
 
-    def mount(size: str) -> str:
+    def mount(size: str, read_only: bool = False) -> str:
         folder = str(tmp_path / f"tmpfs{len(mounted)}")
         os.makedirs(folder)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder],
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", folder],
                               capture_output=True, text=True)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs to fill up (needs root): {done.stderr.strip()}")
@@ -233,10 +234,9 @@ runpy.run_path("train.py", run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("signum, exit_code, said", [
-    (signal.SIGINT, 130, "Interrupted."), (signal.SIGTERM, 143, "Terminated (SIGTERM).")])
-def test_a_signal_during_a_checkpoint_write_exits_with_the_resume_command(tiny_opts, tmp_path,
-                                                                          signum, exit_code, said):
+def signal_during_state_write(tiny_opts, tmp_path, signals):
+    """Run the slowed train.py, send `signals` ((signal, seconds to wait before it), ...) once
+    the first state write is midway; its (returncode, stdout, stderr, OUTPUT_DIR)."""
     driver = tmp_path / "slow_write_train.py"
     driver.write_text(SLOW_WRITE_DRIVER)
     out = str(tmp_path / "out")
@@ -250,17 +250,35 @@ def test_a_signal_during_a_checkpoint_write_exits_with_the_resume_command(tiny_o
             if "STATE WRITE STARTED" in line or time.monotonic() > deadline:
                 break
         time.sleep(0.3)  # inside the slowed write
-        proc.send_signal(signum)
+        for signum, wait in signals:
+            time.sleep(wait)
+            proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == exit_code, stdout[-2000:] + stderr[-3000:]
+    return proc.returncode, stdout, stderr, out
+
+
+@pytest.mark.parametrize("signum, exit_code, said", [
+    (signal.SIGINT, 130, "Interrupted."), (signal.SIGTERM, 143, "Terminated (SIGTERM).")])
+@pytest.mark.parametrize("repeated", [False, True])
+def test_a_signal_during_a_checkpoint_write_exits_with_the_resume_command(tiny_opts, tmp_path,
+                                                                          signum, exit_code, said,
+                                                                          repeated):
+    # More signals 20 ms and 300 ms after the first used to cut short the wait for the write
+    # in flight, so the hint named the epoch before the one that then landed. (Python runs one
+    # handler for signals that arrive together: the one at 300 ms is surely seen apart.)
+    returncode, stdout, stderr, out = signal_during_state_write(
+        tiny_opts, tmp_path, [(signum, 0.0)] + ([(signum, 0.02), (signum, 0.3)] if repeated else []))
+    assert returncode == exit_code, stdout[-2000:] + stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     path = os.path.join(out, LAST_CHECKPOINT)
     with open(os.path.join(out, "train_log.txt")) as log:
-        hint = f"{said} Continue from the last saved epoch (1) with MODEL.RESUME {path}"
-        assert hint in log.read()
-    assert torch.load(path, weights_only=True)["epoch"] == 1
+        text = log.read()
+    epoch = torch.load(path, weights_only=True)["epoch"]
+    assert epoch == 1
+    assert f"{said} Continue from the last saved epoch ({epoch}) with MODEL.RESUME {path}" in text
+    assert ("again: already stopping" in text) == repeated
     assert temp_files(out) == []
 
 

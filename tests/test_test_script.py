@@ -170,10 +170,15 @@ def test_vehicleid_trials_are_averaged_on_a_test_only_tree(setup, tmp_path):
                           "DATASETS.ROOT_DIR", str(tmp_path), "TEST.VEHICLEID_TRIALS", "2",
                           "TEST.WEIGHT", weight], tmp_path / "out")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "trial 0: mAP" in result.stdout and "trial 1: mAP" in result.stdout
+    # Each trial's results through do_inference, then their mean.
+    for title in ("Validation Results - trial 0", "Validation Results - trial 1",
+                  "Validation Results (mean of 2 trials)"):
+        assert result.stdout.count(f"INFO: {title}\n") == 1, title
     scores = results_of(tmp_path / "out")
     assert len(scores["trials"]) == 2
     assert scores["mAP"] == pytest.approx(sum(t["mAP"] for t in scores["trials"]) / 2)
+    mean_block = result.stdout.split("(mean of 2 trials)")[1]
+    assert f"mAP: {scores['mAP']:.1%}" in mean_block
 
 
 def test_visualize_ranks_draws_a_test_only_tree(setup, tmp_path):

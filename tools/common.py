@@ -94,3 +94,8 @@ def load_tool_config(args: argparse.Namespace, extra_opts: Sequence[str] = ()):
 def configure_logging() -> None:
     """Log lines to stderr when the tool runs as a script (library code only uses loggers)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that exist (never an input of the command)")

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from model.trained import SideInfoCounts, load_trained
-from tools.common import (ToolError, add_sie_count_arguments, configure_logging,
+from tools.common import (ToolError, add_overwrite_argument, add_sie_count_arguments, configure_logging,
                           load_tool_config, tool_parser)
-from utils.files import atomic_output
+from utils.files import atomic_output, check_output
 from processor.cli import exits_on_user_error
 
 logger = logging.getLogger("transreid.tools")
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="",
                         help="ONNX file to write (default: TEST.WEIGHT with .onnx)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    add_overwrite_argument(parser)
     parser.add_argument("--check-batch", type=int, default=3,
                         help=f"batch size of the check (default 3; the export traces {EXPORT_BATCH}, "
                              "so the check also proves the batch size is dynamic)")
@@ -137,7 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_tool_config(args, ["MODEL.DEVICE", "cpu"])  # exported and checked on the CPU
     modules = require_optional_packages()
-    output = args.output or os.path.splitext(cfg.TEST.WEIGHT)[0] + ".onnx"
+    output = check_output(args.output or os.path.splitext(cfg.TEST.WEIGHT)[0] + ".onnx", ".onnx",
+                          [cfg.TEST.WEIGHT, args.config_file], args.overwrite)
     trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
     graph, counts = InferenceGraph(trained.model), trained.counts
     with atomic_output(output) as tmp_path:

@@ -17,10 +17,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from datasets.image_list import collect_images
 from model.trained import load_trained
 from processor import FeatureExtractor
-from tools.common import (add_label_arguments, add_sie_count_arguments, configure_logging,
+from tools.common import (add_label_arguments, add_overwrite_argument, add_sie_count_arguments,
+                          configure_logging,
                           load_tool_config, tool_parser)
 from processor.cli import exits_on_user_error
-from tools.feature_files import check_writable_folder, save_feature_index
+from tools.feature_files import check_feature_outputs, save_feature_index
 
 logger = logging.getLogger("transreid.tools")
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "with .csv")
     add_label_arguments(parser)
     add_sie_count_arguments(parser)
+    add_overwrite_argument(parser)
     return parser
 
 
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_tool_config(args)
-    check_writable_folder(args.output)
+    check_feature_outputs(args.output, [args.config_file, cfg.TEST.WEIGHT, args.images],
+                          args.overwrite)
     records = collect_images(args.images)
     trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
     extractor = FeatureExtractor.from_trained(cfg, trained, camera=args.camera, view=args.view)

@@ -14,7 +14,7 @@ import numpy as np
 
 from datasets.image_list import ImageRecord
 from model.trained import SETTING_DEFAULTS
-from utils.files import atomic_output
+from utils.files import atomic_output, check_output
 from utils.errors import ToolError
 
 logger = logging.getLogger("transreid.tools")
@@ -48,21 +48,11 @@ def check_same_model(saved: Optional[Dict[str, object]], current: Dict[str, obje
                         "it again with tools/extract_features.py and this --weight and config")
 
 
-def check_writable_folder(path: str) -> None:
-    """Fail before a long extraction, not after it, when the output cannot be written; creates
-    nothing (the folder is made only when the output is saved)."""
-    existing = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ToolError(f"cannot write '{path}': '{existing}' is a file, not a folder; choose "
-                        "another --output")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise ToolError(f"cannot write '{path}': creating a file in '{existing}' failed "
-                        f"({err.strerror}); choose another --output") from None
+def check_feature_outputs(path: str, inputs: Sequence[str], overwrite: bool) -> None:
+    """utils.files.check_output for the three files of a feature set, before extraction."""
+    for name, suffix in ((path, ".npy"), (index_csv_path(path), ".csv"),
+                         (provenance_path(path), ".json")):
+        check_output(name, suffix, inputs, overwrite)
 
 
 def _cell(value: Optional[int]) -> str:

@@ -26,8 +26,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from loss import LOSS_PARTS
 from processor.cli import exits_on_user_error
 from processor.run_log import METRICS_NAME, Row, metrics_path, read_metrics
-from tools.common import ToolError, configure_logging
+from tools.common import ToolError, add_overwrite_argument, configure_logging
 from tools.drawing import figure_image, new_figure, save_png
+from utils.files import check_output
 from utils.metrics import METRICS
 
 logger = logging.getLogger("transreid.tools")
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="OUTPUT_DIR of a run (the folder holding its metrics.csv)")
     parser.add_argument("--output", default="",
                         help=f"PNG to write (default: FIRST_OUTPUT_DIR/{OUTPUT_NAME})")
+    add_overwrite_argument(parser)
     return parser
 
 
@@ -164,9 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     new_figure(1, 1, "training curves")  # fails now, not after reading, without matplotlib
+    output = args.output or os.path.join(args.output_dirs[0], OUTPUT_NAME)
+    check_output(output, ".png", [metrics_path(path) for path in args.output_dirs],
+                 args.overwrite)
     names = run_names(args.output_dirs)
     runs = [load_run(path, name) for path, name in zip(args.output_dirs, names)]
-    output = args.output or os.path.join(args.output_dirs[0], OUTPUT_NAME)
     save_png(draw_training(runs), output)
     logger.info("training curves of %d run(s) in %s", len(runs), output)
     return 0

@@ -20,10 +20,12 @@ import torch
 from datasets.image_list import ImageRecord, collect_images
 from model.trained import load_trained
 from processor import FeatureExtractor, distance_matrix
-from tools.common import (ToolError, add_label_arguments, add_sie_count_arguments,
-                          configure_logging, load_tool_config, tool_parser)
+from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
+                          add_sie_count_arguments, configure_logging, load_tool_config,
+                          tool_parser)
 from tools.drawing import draw_rank_list, save_png
 from processor.cli import exits_on_user_error
+from utils.files import check_output_folder
 from tools.feature_files import check_same_model, load_feature_index
 
 logger = logging.getLogger("transreid.tools")
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "TEST.RE_RANKING_K1/K2/LAMBDA)")
     add_label_arguments(parser)
     add_sie_count_arguments(parser)
+    add_overwrite_argument(parser)
     return parser
 
 
@@ -108,6 +111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = load_tool_config(args, ["TEST.RE_RANKING", "True"] if args.rerank else [])
     queries = [record for source in args.query for record in collect_images(source)]
+    check_output_folder(args.output_dir, [picture_name(i, q) for i, q in enumerate(queries)],
+                        [args.config_file, cfg.TEST.WEIGHT, args.gallery, *args.query],
+                        args.overwrite)
     trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
     extractor = FeatureExtractor.from_trained(cfg, trained, camera=args.camera, view=args.view)
     gallery_feats, gallery = gallery_features(args, extractor)

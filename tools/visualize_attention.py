@@ -45,12 +45,13 @@ from datasets.image_list import ImageRecord, collect_images
 from model.trained import TrainedModel, load_trained
 from processor import FeatureExtractor
 from processor.inference import LabelChoice
-from tools.common import (ToolError, add_label_arguments, add_sie_count_arguments,
-                          configure_logging, load_tool_config, positive_int, tool_parser)
+from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
+                          add_sie_count_arguments, configure_logging, load_tool_config,
+                          positive_int, tool_parser)
 from tools.drawing import BLACK, WHITE, font, save_png
 from tools.visualize_ranks import choose_queries, index_list
 from processor.cli import exits_on_user_error
-from tools.feature_files import check_writable_folder
+from utils.files import check_output_folder
 
 logger = logging.getLogger("transreid.tools")
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "./attention when OUTPUT_DIR is empty)")
     parser.add_argument("--grid-size", type=positive_int, default=8,
                         help="images in grid.png, the first ones (default 8)")
+    add_overwrite_argument(parser)
     parser.add_argument("--scale", type=positive_int, default=2,
                         help="each panel is INPUT.SIZE_TEST times this (default 2)")
     parser.add_argument("--alpha", type=float, default=0.5,
@@ -248,8 +250,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = load_tool_config(args, ["TEST.FLIP_FEATS", "False"])
     colormap = load_colormap(args.colormap)  # before any work: matplotlib may be missing
     output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR or ".", "attention")
-    check_writable_folder(os.path.join(output_dir, GRID_NAME))
     records, names = chosen_images(cfg, args)
+    check_output_folder(output_dir, [*(f"{name}.png" for name in names), GRID_NAME],
+                        [args.config_file, cfg.TEST.WEIGHT, *(args.images or [])], args.overwrite)
     trained = load_model(cfg, args)
     model = trained.model
     log_jpm_layout(model)

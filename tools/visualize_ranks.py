@@ -20,9 +20,11 @@ from datasets import load_eval_dataset, make_val_loader
 from datasets.image_list import ImageRecord
 from model.trained import load_trained
 from processor import FeatureExtractor, distance_matrix, make_evaluator
-from tools.common import ToolError, configure_logging, load_tool_config, tool_parser
+from tools.common import (ToolError, add_overwrite_argument, configure_logging, load_tool_config,
+                          tool_parser)
 from tools.drawing import draw_cmc_summary, draw_rank_list, new_figure, save_png
 from processor.cli import exits_on_user_error
+from utils.files import check_output_folder
 
 logger = logging.getLogger("transreid.tools")
 
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default="",
                         help="folder of the pictures (default: OUTPUT_DIR/rank_lists, or "
                              "./rank_lists when OUTPUT_DIR is empty)")
+    add_overwrite_argument(parser)
     return parser
 
 
@@ -78,6 +81,10 @@ def choose_queries(args: argparse.Namespace, num_query: int) -> List[int]:
     return sorted(rng.choice(num_query, size=min(args.num_queries, num_query), replace=False).tolist())
 
 
+def picture_name(query_index: int) -> str:
+    return f"query_{query_index:05d}.png"
+
+
 def protocol_ranking(distances: np.ndarray, q_pid: int, q_camid: int, g_pids: np.ndarray,
                      g_camids: np.ndarray) -> np.ndarray:
     """Gallery indices by increasing distance, without the query's own identity-and-camera
@@ -97,6 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dataset = load_eval_dataset(cfg)
     val_loader, num_query = make_val_loader(cfg, dataset=dataset)
     chosen = choose_queries(args, num_query)
+    check_output_folder(output_dir, [*(picture_name(i) for i in chosen), SUMMARY_NAME],
+                        [args.config_file, cfg.TEST.WEIGHT], args.overwrite)
     extractor = FeatureExtractor.from_trained(cfg, load_trained(cfg, dataset))
     feats, pids, camids, paths = extractor.extract_loader(val_loader)
     evaluator = make_evaluator(cfg, num_query)
@@ -113,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for query_index, distances in zip(chosen, distmat):
         query = queries[query_index]
         order = protocol_ranking(distances, query.pid, query.camid, g_pids, g_camids)[:args.topk]
-        picture = os.path.join(output_dir, f"query_{query_index:05d}.png")
+        picture = os.path.join(output_dir, picture_name(query_index))
         save_png(draw_rank_list(query, [gallery[i] for i in order], distances[order]), picture)
         logger.info("query %d (%s): rank list in %s", query_index, query.path, picture)
     title = f"{cfg.DATASETS.NAMES}: {os.path.basename(cfg.TEST.WEIGHT)}"

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Iterator, List, Optional, Set
+from typing import Any, Iterable, Iterator, List, Optional, Set
 
 import torch
 
@@ -145,3 +145,69 @@ def remove_stale_temp_files(folder: str) -> List[str]:
             removed.append(path)
             logger.info("removed '%s' (%.1f MB), left by an interrupted write", path, size / 1e6)
     return removed
+
+
+# ---------------------------------------------------------------------------- the output rule
+class UnsafeOutputError(UserError, ValueError):
+    """An output path that would replace an input, a file of another kind or an earlier result
+    without --overwrite, or that cannot be written; checked before the work starts."""
+
+
+def _same_path(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)  # hard links and symlinks included
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_writable_location(path: str, option: str = "--output") -> None:
+    """Fail now, not after the work, when no file can be created where `path` goes: its first
+    existing ancestor must be a folder in which a file can be made (a read-only file system,
+    missing permission or a file in the way are named). Creates nothing that stays."""
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UnsafeOutputError(f"cannot write '{path}': '{existing}' is a file, not a folder; "
+                                f"choose another {option}")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=TEMP_PREFIX):
+            pass
+    except OSError as err:
+        raise UnsafeOutputError(f"cannot write '{path}': creating a file in '{existing}' failed "
+                                f"({err.strerror}); choose another {option}") from None
+
+
+def check_output(path: str, suffix: str, inputs: Iterable[str] = (), overwrite: bool = False,
+                 option: str = "--output") -> str:
+    """The one rule for a file the project is about to write, checked before the work starts.
+
+    `path` must end in `suffix` (the kind of file written: a PNG is never written over a
+    `.pth`), must not be any of `inputs` (however the paths are spelt), must not be a folder,
+    replaces an existing file only with `overwrite`, and must be creatable. Returns `path`.
+    Writers then go through `atomic_output`, so a crash leaves the previous file whole.
+    """
+    if not path.lower().endswith(suffix.lower()):
+        raise UnsafeOutputError(f"{option} '{path}' does not end in {suffix}, the kind of file "
+                                f"written here; give a name ending in {suffix}")
+    for source in inputs:
+        if source and _same_path(path, source):
+            raise UnsafeOutputError(f"{option} '{path}' is an input of this command ('{source}'); "
+                                    "writing it would replace that input: choose another name")
+    if os.path.isdir(path):
+        raise UnsafeOutputError(f"{option} '{path}' is a folder; give a file name ending in {suffix}")
+    if os.path.lexists(path) and not overwrite:
+        raise UnsafeOutputError(f"{option} '{path}' exists; pass --overwrite to replace it, or "
+                                "choose another name")
+    check_writable_location(path, option)
+    return path
+
+
+def check_output_folder(folder: str, names: Iterable[str], inputs: Iterable[str] = (),
+                        overwrite: bool = False, option: str = "--output-dir") -> str:
+    """`check_output` for each file `names` will put in `folder`, which must not be a file."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UnsafeOutputError(f"{option} '{folder}' is a file, not a folder; choose a folder")
+    for name in names:
+        check_output(os.path.join(folder, name), os.path.splitext(name)[1], inputs, overwrite,
+                     option)
+    return folder
