@@ -216,3 +216,19 @@ def test_train_py_refuses_an_output_dir_another_run_holds(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: OUTPUT_DIR '{out}' is in use by PID {os.getpid()}")
     assert not (tmp_path / "data").exists() and os.listdir(out) == []  # nothing built or written
+
+
+def test_an_empty_output_dir_locks_the_current_folder_where_the_files_go(tmp_path, monkeypatch):
+    from config import load_config
+    from processor.checkpoint import claim_output_dir
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("", ["OUTPUT_DIR", ""])
+    lock = claim_output_dir(cfg)
+    try:
+        assert os.path.isfile(tmp_path / RUN_LOCK_FILE)
+        # A second run in the same folder is refused instead of mixing its checkpoints in.
+        with pytest.raises(OutputDirInUseError, match=r"OUTPUT_DIR '\.' is in use by PID"):
+            claim_output_dir(cfg)
+    finally:
+        lock.release()
+    assert not os.path.exists(tmp_path / RUN_LOCK_FILE)
