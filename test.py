@@ -11,10 +11,9 @@ from config import ConfigError, switches
 from datasets import load_eval_dataset, make_val_loader
 from model.trained import load_trained
 from processor import EvalResult, do_inference
+from processor.cli import base_parser, exits_on_user_error, load_cli_config, start_run
 from processor.inference import log_result
 from utils.files import atomic_write_text, check_output
-from processor.cli import base_parser, exits_on_user_error, load_cli_config, start_run
-
 
 # The trained weights replace every parameter: building the network skips the ImageNet
 # initialisation (and the need for its file), and the saved test_config.yaml says so.

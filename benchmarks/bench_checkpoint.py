@@ -29,8 +29,8 @@ from config import load_config  # noqa: E402
 from loss.center_loss import CenterLoss  # noqa: E402
 from model import make_model  # noqa: E402
 from processor.checkpoint import Checkpointer, TrainingObjects, rng_states  # noqa: E402
-from utils.files import atomic_save  # noqa: E402
 from utils.device import select_device  # noqa: E402
+from utils.files import atomic_save  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs/Market/vit_transreid_stride.yml")

@@ -48,9 +48,9 @@ from benchmarks.common import benchmark_device, describe_device  # noqa: E402
 from loss import make_loss  # noqa: E402
 from model import make_model  # noqa: E402
 from model.backbones.vit_pytorch import Block  # noqa: E402
+from processor.cli import base_parser, load_config_or_exit  # noqa: E402
 from processor.processor import Trainer  # noqa: E402
 from solver import create_scheduler, make_optimizer  # noqa: E402
-from processor.cli import base_parser, load_config_or_exit  # noqa: E402
 
 DEFAULT_CONFIG = "configs/Synthetic/vit_transreid_tiny.yml"
 # (identities, cameras, views) of the training splits, as make_dataloader would count them.

@@ -23,7 +23,8 @@ import torch
 from yacs.config import CfgNode
 
 from model.weights import WeightsNotFoundError, load_file
-from utils.background_writer import BackgroundWriter, Write, copies_done, layout, snapshot, tensors_in
+from utils.background_writer import (BackgroundWriter, Write, copies_done, layout, snapshot,
+                                     tensors_in)
 from utils.errors import ConfigError, UserError
 from utils.file_lock import FileLock, describe_holder
 from utils.files import DiskFullError, remove_stale_temp_files

@@ -16,8 +16,8 @@ from yacs.config import CfgNode
 
 from config import ConfigError, load_config
 from utils.device import apply_visible_devices
-from utils.files import atomic_write_text
 from utils.errors import UserError
+from utils.files import atomic_write_text
 from utils.logger import setup_logger
 
 T = TypeVar("T")

@@ -24,8 +24,8 @@ from .compiled import CompiledForward, compile_enabled
 from .dist_watchdog import start_watchdog
 from .inference import evaluate, log_result
 from .run_log import MetricsLog
-from .step_stats import (NON_FINITE_GRADIENT, NON_FINITE_LOSS, Reading, StepStats,
-                         any_non_finite, gradients, loss_gate, skip_updates_if)
+from .step_stats import (NON_FINITE_GRADIENT, NON_FINITE_LOSS, Reading, StepStats, any_non_finite,
+                         gradients, loss_gate, skip_updates_if)
 
 
 class NonFiniteLossError(UserError, FloatingPointError):

@@ -1,10 +1,10 @@
 """Checkpoints under real faults: resuming into another run's folder, a full disk (a real
 tmpfs), SIGINT/SIGTERM to a real training process while it writes, and the background writer's
 order and failure rules."""
+import contextlib
 import importlib.util
 import json
 import logging
-import contextlib
 import os
 import shutil
 import signal
@@ -19,8 +19,8 @@ from torch import nn
 
 from config import load_config
 from processor import EvalResult
-from processor.checkpoint import ResumeError, check_output_dir_is_free
-from processor.checkpoint import (LAST_CHECKPOINT, Checkpointer, CheckpointWriteError, TrainingObjects)
+from processor.checkpoint import (LAST_CHECKPOINT, Checkpointer, CheckpointWriteError, ResumeError,
+                                  TrainingObjects, check_output_dir_is_free)
 from utils.files import DiskFullError, atomic_save, is_disk_full
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,9 +15,9 @@ import torch.distributed as dist
 from config import load_config
 from processor import do_train
 from processor.checkpoint import LAST_CHECKPOINT
+from processor.cli import set_seed
 from tools import extract_features
 from train import build_training
-from processor.cli import set_seed
 from utils.metrics import R1_mAP_eval
 from utils.reranking import re_ranking
 

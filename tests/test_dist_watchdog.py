@@ -18,7 +18,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from processor.dist_watchdog import (HANG_EXIT_CODE, DistributedHangError, RankWatchdog, start_watchdog)
+from processor.dist_watchdog import (HANG_EXIT_CODE, DistributedHangError, RankWatchdog,
+                                     start_watchdog)
 
 BOUND_S = 3.0  # generous: 10 processes share 2 CI cores, and a starved pulse thread must not trip
 INTERVAL_S = 0.3

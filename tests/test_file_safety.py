@@ -5,16 +5,16 @@ import hashlib
 import os
 import shutil
 import sys
+import test as test_script
 
 import pytest
 import torch
 
-import test as test_script
 from tests.test_checkpoint_faults import tmpfs  # noqa: F401  (a fixture)
 from tests.test_pipeline import run_script
 from tests.test_tools import Setup
-from tools import export_onnx, extract_features, plot_training, search, visualize_attention, \
-    visualize_ranks
+from tools import (export_onnx, extract_features, plot_training, search, visualize_attention,
+                   visualize_ranks)
 from utils.files import UnsafeOutputError, check_output, check_output_folder
 
 

@@ -71,6 +71,7 @@ def test_a_fixed_seed_run_reproduces_the_recorded_outputs(tiny_opts):
 
 if __name__ == "__main__":
     import tempfile
+
     from tests.conftest import TINY_TRANSREID_OPTS
     with tempfile.TemporaryDirectory() as tmp:
         out = run_fixed_seed(TINY_TRANSREID_OPTS + ["DATASETS.ROOT_DIR", os.path.join(tmp, "data"),

@@ -15,12 +15,12 @@ from datasets.bases import DatasetError
 from model import CheckpointMismatchError, WeightsNotFoundError, make_model
 from model.trained import load_trained
 from processor import FeatureExtractor, evaluate
-from processor.processor import NonFiniteLossError
 from processor.checkpoint import ResumeError
-from tests.conftest import REPO_ROOT, TINY_TRANSREID_OPTS
 from processor.cli import exits_on_user_error
-from utils.errors import ToolError, UserError
+from processor.processor import NonFiniteLossError
+from tests.conftest import REPO_ROOT, TINY_TRANSREID_OPTS
 from tools.feature_files import check_same_model
+from utils.errors import ToolError, UserError
 from utils.metrics import R1_mAP_eval
 
 NUM_CAMERAS = 3  # DATASETS.SYNTHETIC.NUM_CAMERAS of TINY_TRANSREID_OPTS

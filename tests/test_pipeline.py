@@ -11,15 +11,15 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from config import load_config
 import processor.processor as processor_module
+from config import load_config
 from processor import do_train, evaluate
-from tests.test_run_log import check_metrics_csv
-from processor.processor import NonFiniteLossError, Trainer
 from processor.checkpoint import LAST_CHECKPOINT, ResumeError, check_output_dir_is_free
-from solver.scheduler_factory import create_scheduler
-from train import build_training
 from processor.cli import set_seed
+from processor.processor import NonFiniteLossError, Trainer
+from solver.scheduler_factory import create_scheduler
+from tests.test_run_log import check_metrics_csv
+from train import build_training
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,13 +10,13 @@ import torch
 
 from config import cfg as default_cfg
 from config import load_config, yes_no
-from processor.processor import amp_dtype
 from processor import checkpoint
-from utils import files
 from processor.checkpoint import restore_rng_states, rng_states
-from utils.files import atomic_save
 from processor.cli import load_config_or_exit
+from processor.processor import amp_dtype
+from utils import files
 from utils.device import _gpu_index, apply_visible_devices, select_device
+from utils.files import atomic_save
 from utils.progress import Progress
 
 

@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from tests.conftest import REPO_ROOT
 from processor.checkpoint import RUN_LOCK_FILE, OutputDirInUseError, lock_output_dir
+from tests.conftest import REPO_ROOT
 from utils.file_lock import FileLock
 from utils.files import remove_stale_temp_files
 

@@ -16,12 +16,13 @@ from PIL import Image
 
 from loss import CenterLoss, CrossEntropyLabelSmooth, TripletLoss
 from loss.make_loss import ReIDLoss
+from processor.run_log import (COLUMNS, TENSORBOARD_DIR, MetricsFileError, MetricsLog, metrics_path,
+                               read_metrics)
 from tools import plot_training
 from tools.drawing import ChartLayout, draw_cmc_summary
 from utils.errors import ToolError
 from utils.metrics import EvalResult
 from utils.progress import Progress
-from processor.run_log import (COLUMNS, TENSORBOARD_DIR, MetricsFileError, MetricsLog, metrics_path, read_metrics)
 
 
 # ------------------------------------------------------------------------ helper for trainers
@@ -333,6 +334,7 @@ def one_more_metric(monkeypatch):
     tests keep the classes they imported."""
     import importlib
     import test as test_script
+
     import utils.metrics
     from processor import run_log
     monkeypatch.setattr(utils.metrics, "METRICS", utils.metrics.METRICS + ("rank20",))

@@ -10,11 +10,11 @@ import torch
 from benchmarks.bench_train import build_trainer, random_batch
 from config import load_config
 from processor import do_train
-from processor.processor import NonFiniteLossError
 from processor.checkpoint import LAST_CHECKPOINT
+from processor.cli import set_seed
+from processor.processor import NonFiniteLossError
 from processor.step_stats import any_non_finite, loss_gate, skip_updates_if
 from train import build_training
-from processor.cli import set_seed
 
 SIZES = (8, 3, 1)  # classes, cameras, views of the direct trainers
 

@@ -9,8 +9,8 @@ import logging
 import textwrap
 from typing import Sequence
 
-from processor.inference import AUTO, MEAN, LabelChoice
 from processor.cli import base_parser, load_cli_config
+from processor.inference import AUTO, MEAN, LabelChoice
 from utils.device import apply_visible_devices
 from utils.errors import ToolError
 

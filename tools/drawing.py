@@ -10,8 +10,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from datasets.bases import read_image
 from datasets.image_list import ImageRecord
-from utils.files import atomic_output
 from utils.errors import ToolError
+from utils.files import atomic_output
 
 RGB = Tuple[int, int, int]
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (150, 150, 150)

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from model.trained import SideInfoCounts, load_trained
-from tools.common import (ToolError, add_overwrite_argument, add_sie_count_arguments, configure_logging,
-                          load_tool_config, tool_parser)
-from utils.files import atomic_output, check_output
 from processor.cli import exits_on_user_error
+from tools.common import (ToolError, add_overwrite_argument, add_sie_count_arguments,
+                          configure_logging, load_tool_config, tool_parser)
+from utils.files import atomic_output, check_output
 
 logger = logging.getLogger("transreid.tools")
 

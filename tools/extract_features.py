@@ -17,10 +17,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from datasets.image_list import collect_images
 from model.trained import load_trained
 from processor import FeatureExtractor
-from tools.common import (add_label_arguments, add_overwrite_argument, add_sie_count_arguments,
-                          configure_logging,
-                          load_tool_config, tool_parser)
 from processor.cli import exits_on_user_error
+from tools.common import (add_label_arguments, add_overwrite_argument, add_sie_count_arguments,
+                          configure_logging, load_tool_config, tool_parser)
 from tools.feature_files import check_feature_outputs, save_feature_index
 
 logger = logging.getLogger("transreid.tools")

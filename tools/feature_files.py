@@ -14,8 +14,8 @@ import numpy as np
 
 from datasets.image_list import ImageRecord
 from model.trained import SETTING_DEFAULTS
-from utils.files import atomic_output, check_output
 from utils.errors import ToolError
+from utils.files import atomic_output, check_output
 
 logger = logging.getLogger("transreid.tools")
 

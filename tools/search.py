@@ -20,13 +20,12 @@ import torch
 from datasets.image_list import ImageRecord, collect_images
 from model.trained import load_trained
 from processor import FeatureExtractor, distance_matrix
-from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
-                          add_sie_count_arguments, configure_logging, load_tool_config,
-                          tool_parser)
-from tools.drawing import draw_rank_list, save_png
 from processor.cli import exits_on_user_error
-from utils.files import check_output_folder
+from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
+                          add_sie_count_arguments, configure_logging, load_tool_config, tool_parser)
+from tools.drawing import draw_rank_list, save_png
 from tools.feature_files import check_same_model, load_feature_index
+from utils.files import check_output_folder
 
 logger = logging.getLogger("transreid.tools")
 

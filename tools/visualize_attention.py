@@ -39,18 +39,18 @@ from torch import nn
 
 from datasets import load_eval_dataset
 from datasets.bases import read_image
+from datasets.image_list import ImageRecord, collect_images
 from model import build_transformer_local
 from model.attention_rollout import attention_maps, branch_names, jpm_layout, pixel_maps
-from datasets.image_list import ImageRecord, collect_images
 from model.trained import TrainedModel, load_trained
 from processor import FeatureExtractor
+from processor.cli import exits_on_user_error
 from processor.inference import LabelChoice
 from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
                           add_sie_count_arguments, configure_logging, load_tool_config,
                           positive_int, tool_parser)
 from tools.drawing import BLACK, WHITE, font, save_png
 from tools.visualize_ranks import choose_queries, index_list
-from processor.cli import exits_on_user_error
 from utils.files import check_output_folder
 
 logger = logging.getLogger("transreid.tools")

@@ -20,10 +20,10 @@ from datasets import load_eval_dataset, make_val_loader
 from datasets.image_list import ImageRecord
 from model.trained import load_trained
 from processor import FeatureExtractor, distance_matrix, make_evaluator
+from processor.cli import exits_on_user_error
 from tools.common import (ToolError, add_overwrite_argument, configure_logging, load_tool_config,
                           tool_parser)
 from tools.drawing import draw_cmc_summary, draw_rank_list, new_figure, save_png
-from processor.cli import exits_on_user_error
 from utils.files import check_output_folder
 
 logger = logging.getLogger("transreid.tools")

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from utils.errors import ConfigError
 from utils.options import DIST_METRICS
-from utils.reranking import DEFAULT_CHUNK_BYTES, re_ranked_distance_chunks, row_chunks, \
-    squared_euclidean_distance
+from utils.reranking import (DEFAULT_CHUNK_BYTES, re_ranked_distance_chunks, row_chunks,
+                             squared_euclidean_distance)
 
 # Distance, sort key, searchsorted slot, masks and temporaries of one query × gallery entry
 # while a chunk is ranked (utils/metrics.py): what sizes a chunk.
