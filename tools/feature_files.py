@@ -7,7 +7,6 @@ import csv
 import json
 import logging
 import os
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
