@@ -180,7 +180,8 @@ class TransReID(nn.Module):
         self.sie_coe = sie_coe
         self.sie_embed = self._make_sie_table(embed_dim)
         self.pos_drop = nn.Dropout(p=drop_rate)
-        drop_path_rates = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth decay rule
+        # On the CPU also when built under torch.device('meta') (shape checks): the rates are plain numbers.
+        drop_path_rates = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()  # stochastic depth decay
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
                   drop_path=rate, norm_layer=norm_layer)
