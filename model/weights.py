@@ -384,9 +384,9 @@ def load_imagenet_resnet(backbone: nn.Module, source: str) -> None:
 # --------------------------------------------------------------------------------------------
 TRAINED_MISSING_HINT = ("point TEST.WEIGHT (testing) or MODEL.PRETRAIN_PATH (PRETRAIN_CHOICE self/finetune) "
                         "at a model trained by this repository or the reference (transformer_<epoch>.pth)")
-TRAINED_FIX_HINT = ("Build the model with the settings it was trained with (MODEL.NAME, TRANSFORMER_TYPE, JPM, "
-                    "SIE_CAMERA, SIE_VIEW, STRIDE_SIZE, INPUT.SIZE_TRAIN, ID_LOSS_TYPE and the dataset's class "
-                    "and camera counts), or use MODEL.PRETRAIN_CHOICE finetune for new classifiers.")
+TRAINED_FIX_HINT = ("Build the model with the settings it was trained with (MODEL.NAME, TRANSFORMER_TYPE, "
+                    "STEM_CONV, JPM, SIE_CAMERA, SIE_VIEW, STRIDE_SIZE, INPUT.SIZE_TRAIN, ID_LOSS_TYPE and the "
+                    "dataset's class and camera counts), or use MODEL.PRETRAIN_CHOICE finetune for new classifiers.")
 
 
 def _classifier_keys(keys: Iterable[str]) -> List[str]:

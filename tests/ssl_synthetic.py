@@ -43,7 +43,8 @@ def backbone_shapes(embed_dim: int, depth: int, mlp_ratio: float, grid: Tuple[in
     shapes: Dict[str, Tuple[int, ...]] = {
         'cls_token': (1, 1, embed_dim), 'pos_embed': (1, 1 + grid[0] * grid[1], embed_dim)}
     if stem:
-        shapes.update({'patch_embed.conv.0.weight': (STEM_WIDTH, 3, 7, 7), **_ibn_shapes('patch_embed.conv.1', STEM_WIDTH),
+        shapes.update({'patch_embed.conv.0.weight': (STEM_WIDTH, 3, 7, 7),
+                       **_ibn_shapes('patch_embed.conv.1', STEM_WIDTH),
                        'patch_embed.conv.3.weight': (STEM_WIDTH, STEM_WIDTH, 3, 3),
                        **_ibn_shapes('patch_embed.conv.4', STEM_WIDTH),
                        'patch_embed.conv.6.weight': (STEM_WIDTH, STEM_WIDTH, 3, 3),

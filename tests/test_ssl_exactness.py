@@ -55,8 +55,14 @@ def loaded(case: str, checkpoints, form: str) -> TransReID:
     return backbone
 
 
-@pytest.mark.parametrize('form', ['dino', 'bare'])
-@pytest.mark.parametrize('case', sorted(CASES))
+# Every case from the DINO checkpoint; the bare form (the same tensors, unwrapped by their converter)
+# on one case with and one without the stem. tests/test_ssl_loading.py shows that every wrapping
+# gives the same features as the bare file, bit for bit.
+FORMS_AND_CASES = [('dino', case) for case in sorted(CASES)] + [('bare', 'plain_s12_384x128'),
+                                                                 ('bare', 'stem_s16_256x128')]
+
+
+@pytest.mark.parametrize('form, case', FORMS_AND_CASES)
 def test_features_equal_transreid_ssl_code(case, form, checkpoints, expected):
     backbone = loaded(case, checkpoints, form)
     ours = features(backbone, CASES[case][2])

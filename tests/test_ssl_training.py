@@ -39,9 +39,10 @@ def test_training_starts_from_the_ssl_teacher_and_runs(variant, tiny_opts, small
     state = synthetic_state(stem, **TOY)
     path = tmp_path / 'dino.pth'
     torch.save(dino_checkpoint(state, TOY['embed_dim']), path)
-    opts = tiny_opts + ['MODEL.TRANSFORMER_TYPE', 'vit_tiny5_patch16_224_TransReID', 'MODEL.PRETRAIN_CHOICE', 'imagenet',
-                        'MODEL.PRETRAIN_PATH', str(path), 'MODEL.PRETRAIN_HW_RATIO', '2',
-                        'MODEL.STEM_CONV', str(stem), 'MODEL.JPM', str(jpm), 'MODEL.STRIDE_SIZE', f'[{stride}, {stride}]',
+    opts = tiny_opts + ['MODEL.TRANSFORMER_TYPE', 'vit_tiny5_patch16_224_TransReID',
+                        'MODEL.PRETRAIN_CHOICE', 'imagenet', 'MODEL.PRETRAIN_PATH', str(path),
+                        'MODEL.PRETRAIN_HW_RATIO', '2', 'MODEL.STEM_CONV', str(stem), 'MODEL.JPM', str(jpm),
+                        'MODEL.STRIDE_SIZE', f'[{stride}, {stride}]',
                         'SOLVER.WARMUP_METHOD', 'cosine', 'SOLVER.MAX_EPOCHS', '1',
                         'SOLVER.CHECKPOINT_PERIOD', '1', 'SOLVER.EVAL_PERIOD', '1', *SMALL_SET,
                         'DATASETS.ROOT_DIR', small_root]
