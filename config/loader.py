@@ -264,8 +264,8 @@ def _check_ssl_name_clash(cfg: CfgNode, config_file: str) -> None:
         raise ConfigError(
             f"MODEL.TRANSFORMER_TYPE '{REFERENCE_VIT_SMALL}' with TransReID-SSL's PRETRAIN_HW_RATIO or STEM_CONV "
             "looks like a TransReID-SSL config, whose ViT-S (384 wide, 12 blocks) has that name; here, as in "
-            f"TransReID, the name builds the reference's 768-wide 8-block network: set TRANSFORMER_TYPE '{SSL_VIT_SMALL}' "
-            f"(or use configs/Market/vit_small_ssl.yml) ({_where_to_fix(config_file)})")
+            f"TransReID, the name builds the reference's 768-wide 8-block network: set TRANSFORMER_TYPE "
+            f"'{SSL_VIT_SMALL}' (or use configs/Market/vit_small_ssl.yml) ({_where_to_fix(config_file)})")
 
 
 def _check_stem(cfg: CfgNode, config_file: str) -> None:
