@@ -2,10 +2,11 @@
 
 Two kinds of source:
 
-* ImageNet initialisation of a backbone: a local jx ViT / DeiT / torchvision ResNet-50 `.pth`
-  (a state dict, possibly nested under 'model' or 'state_dict'), or `timm:<model name>`, which
-  timm downloads when the machine is online. ViT position embeddings are resized to the
-  re-ID stride grid and old linear patch-embedding weights reshaped to a convolution.
+* Pre-trained initialisation of a backbone: a local jx ViT / DeiT / torchvision ResNet-50 `.pth`
+  (a state dict, possibly nested under 'model' or 'state_dict'), `timm:<model name>`, which
+  timm downloads when the machine is online, or a TransReID-SSL / DINO checkpoint or
+  `.safetensors` file (model/checkpoint_formats.py). ViT position embeddings are resized to the
+  re-ID stride grid (model/pos_embed.py) and old linear patch-embedding weights reshaped.
 * Trained TransReID models: the reference's `transformer_<epoch>.pth` (a bare state dict,
   maybe with DataParallel's `module.` prefixes) or this repository's training checkpoints
   (`{'model': state_dict, 'optimizer': ..., 'epoch': ...}`).
@@ -14,7 +15,8 @@ Unlike the reference, which prints and carries on, every mismatch raises a
 `CheckpointMismatchError` that lists each offending key with both shapes. A path that is a
 directory (its newest .pth files are named) or an empty, truncated or non-PyTorch file raises an
 `UnreadableWeightsError` that names it and says which; a file that pickles Python objects besides
-tensors is not unpickled, for safety, and the error names their classes.
+tensors (and DINO's argparse.Namespace) is not unpickled, for safety, and the error names their
+classes; a TorchScript archive or a CLIP state dict is named as such.
 """
 from __future__ import annotations
 
