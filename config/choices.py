@@ -9,7 +9,7 @@ MODEL_NAMES = ('resnet50', 'transformer')
 # The keys of model/backbones/specs.py VIT_SPECS (checked equal there).
 TRANSFORMER_TYPES = ('vit_base_patch16_224_TransReID', 'deit_base_patch16_224_TransReID',
                      'vit_small_patch16_224_TransReID', 'deit_small_patch16_224_TransReID',
-                     'deit_tiny_patch16_224_TransReID',
+                     'deit_tiny_patch16_224_TransReID', 'vit_small_ssl_patch16_224_TransReID',
                      'vit_tiny5_patch16_224_TransReID')
 PRETRAIN_CHOICES = ('imagenet', 'self', 'finetune', 'none')
 NECK_TYPES = ('bnneck', 'no')
@@ -19,6 +19,9 @@ METRIC_LOSS_TYPES = ('triplet', 'center', 'triplet_center')
 LABEL_SMOOTH = ('on', 'off')
 SAMPLERS = ('softmax', 'softmax_triplet')
 OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
-WARMUP_METHODS = ('constant', 'linear')
+# Warm-up of the multi-step schedule (ResNet-50 baseline); 'cosine' selects TransReID-SSL's
+# cosine schedule for every model (solver/scheduler_factory.py).
+MULTISTEP_WARMUP_METHODS = ('constant', 'linear')
+WARMUP_METHODS = MULTISTEP_WARMUP_METHODS + ('cosine',)
 AMP_DTYPES = ('fp16', 'bf16', 'fp32')
 COMPILE_MODES = ('auto', 'on', 'off')

@@ -51,6 +51,12 @@ _C.MODEL.DROP_OUT = 0.0
 _C.MODEL.ATT_DROP_RATE = 0.0
 _C.MODEL.TRANSFORMER_TYPE = 'None'
 _C.MODEL.STRIDE_SIZE = [16, 16]
+# New (TransReID-SSL's keys and defaults): height : width of the pre-trained position grid, 1 for
+# ImageNet ViTs (square), 2 for TransReID-SSL's LUPerson ViTs (16 x 8, pre-trained at 256x128)
+_C.MODEL.PRETRAIN_HW_RATIO = 1
+# New: TransReID-SSL's ICS convolution stem (7x7/2 convolution, IBN, two 3x3 convolutions)
+# before the patch projection; needs even strides and image sides
+_C.MODEL.STEM_CONV = False
 
 # JPM (jigsaw patch module)
 _C.MODEL.JPM = False

@@ -184,6 +184,9 @@ def _value_rules() -> Tuple[ValueRule, ...]:
         ('INPUT.SIZE_TEST', _positive_int_pair, "two positive integers [height, width], e.g. [256, 128]"),
         ('INPUT.PADDING', _non_negative_int, "an integer >= 0 (pixels padded before the random crop)"),
         ('INPUT.PIXEL_STD', _nonzero_triple, "three non-zero numbers (images are divided by them)"),
+        ('MODEL.PRETRAIN_HW_RATIO', _positive_int,
+         "a positive integer, the height : width of the pre-trained position grid (1 for ImageNet ViTs, "
+         "2 for TransReID-SSL's)"),
         ('SOLVER.MAX_EPOCHS', _positive_int, "a positive integer"),
         ('MODEL.DIST_HANG_TIMEOUT', _positive_number, "a positive number of seconds"),
         ('SOLVER.IMS_PER_BATCH', _positive_int, "a positive integer (training images per batch)"),
@@ -234,9 +237,43 @@ def _check_vit_test_size(cfg: CfgNode, config_file: str) -> None:
                           f"was built for; set INPUT.SIZE_TEST {size_train} ({_where_to_fix(config_file)})")
 
 
+# The reference's vit_small, which TransReID-SSL's configs name for their own, different ViT-S.
+REFERENCE_VIT_SMALL = 'vit_small_patch16_224_TransReID'
+SSL_VIT_SMALL = 'vit_small_ssl_patch16_224_TransReID'
+
+
+def _check_ssl_name_clash(cfg: CfgNode, config_file: str) -> None:
+    # A TransReID-SSL YAML as published: their name with their settings would silently build the
+    # reference's 768-wide network, which their checkpoint then fails to fit key by key.
+    ssl_settings = cfg.MODEL.PRETRAIN_HW_RATIO != 1 or cfg.MODEL.STEM_CONV
+    if cfg.MODEL.TRANSFORMER_TYPE == REFERENCE_VIT_SMALL and ssl_settings:
+        raise ConfigError(
+            f"MODEL.TRANSFORMER_TYPE '{REFERENCE_VIT_SMALL}' with TransReID-SSL's PRETRAIN_HW_RATIO or STEM_CONV "
+            "looks like a TransReID-SSL config, whose ViT-S (384 wide, 12 blocks) has that name; here, as in "
+            f"TransReID, the name builds the reference's 768-wide 8-block network: set TRANSFORMER_TYPE "
+            f"'{SSL_VIT_SMALL}' (or use configs/Market/vit_small_ssl.yml) ({_where_to_fix(config_file)})")
+
+
+def _check_stem(cfg: CfgNode, config_file: str) -> None:
+    # The stem halves the image, then the projection steps by half the stride: both must be even.
+    if not cfg.MODEL.STEM_CONV:
+        return
+    if cfg.MODEL.NAME != 'transformer':
+        raise ConfigError(f"MODEL.STEM_CONV is the convolution stem of a ViT, but MODEL.NAME is "
+                          f"'{cfg.MODEL.NAME}'; set STEM_CONV False ({_where_to_fix(config_file)})")
+    for key in ('MODEL.STRIDE_SIZE', 'INPUT.SIZE_TRAIN'):
+        value = list(_lookup(cfg, key))
+        if any(side % 2 for side in value):
+            raise ConfigError(f"{key} {value} has an odd side, but MODEL.STEM_CONV halves the image and steps "
+                              "its patches by half the stride: use even values, e.g. [16, 16] or [12, 12] and "
+                              f"[256, 128] ({_where_to_fix(config_file)})")
+
+
 def _check_transformer(cfg: CfgNode, config_file: str) -> None:
+    _check_stem(cfg, config_file)
     if cfg.MODEL.NAME != 'transformer':
         return
+    _check_ssl_name_clash(cfg, config_file)
     rules: Tuple[ValueRule, ...] = (
         _choice_rule('MODEL.TRANSFORMER_TYPE', choices.TRANSFORMER_TYPES),
         ('INPUT.SIZE_TRAIN', _size_holds_a_patch,

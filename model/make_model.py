@@ -113,15 +113,16 @@ class Backbone(ReIDModel):
 
 
 def create_transformer_base(cfg, camera_num: int, view_num: int, local_feature: bool) -> TransReID:
-    """The config's ViT backbone, with SIE where enabled, ImageNet-initialised for 'imagenet'."""
+    """The config's ViT backbone, with SIE and the ICS stem where enabled, initialised from
+    pre-trained weights (ImageNet or TransReID-SSL) for 'imagenet'."""
     base = create_vit(cfg.MODEL.TRANSFORMER_TYPE, img_size=cfg.INPUT.SIZE_TRAIN, stride_size=cfg.MODEL.STRIDE_SIZE,
                       drop_rate=cfg.MODEL.DROP_OUT, attn_drop_rate=cfg.MODEL.ATT_DROP_RATE,
                       drop_path_rate=cfg.MODEL.DROP_PATH,
                       camera=camera_num if cfg.MODEL.SIE_CAMERA else 0,
                       view=view_num if cfg.MODEL.SIE_VIEW else 0,
-                      local_feature=local_feature, sie_coe=cfg.MODEL.SIE_COE)
+                      local_feature=local_feature, sie_coe=cfg.MODEL.SIE_COE, stem_conv=cfg.MODEL.STEM_CONV)
     if cfg.MODEL.PRETRAIN_CHOICE == 'imagenet':
-        base.load_param(cfg.MODEL.PRETRAIN_PATH, cfg.MODEL.TRANSFORMER_TYPE)
+        base.load_param(cfg.MODEL.PRETRAIN_PATH, cfg.MODEL.TRANSFORMER_TYPE, cfg.MODEL.PRETRAIN_HW_RATIO)
     return base
 
 

@@ -2,10 +2,11 @@
 
 Two kinds of source:
 
-* ImageNet initialisation of a backbone: a local jx ViT / DeiT / torchvision ResNet-50 `.pth`
-  (a state dict, possibly nested under 'model' or 'state_dict'), or `timm:<model name>`, which
-  timm downloads when the machine is online. ViT position embeddings are resized to the
-  re-ID stride grid and old linear patch-embedding weights reshaped to a convolution.
+* Pre-trained initialisation of a backbone: a local jx ViT / DeiT / torchvision ResNet-50 `.pth`
+  (a state dict, possibly nested under 'model' or 'state_dict'), `timm:<model name>`, which
+  timm downloads when the machine is online, or a TransReID-SSL / DINO checkpoint or
+  `.safetensors` file (model/checkpoint_formats.py). ViT position embeddings are resized to the
+  re-ID stride grid (model/pos_embed.py) and old linear patch-embedding weights reshaped.
 * Trained TransReID models: the reference's `transformer_<epoch>.pth` (a bare state dict,
   maybe with DataParallel's `module.` prefixes) or this repository's training checkpoints
   (`{'model': state_dict, 'optimizer': ..., 'epoch': ...}`).
@@ -14,12 +15,12 @@ Unlike the reference, which prints and carries on, every mismatch raises a
 `CheckpointMismatchError` that lists each offending key with both shapes. A path that is a
 directory (its newest .pth files are named) or an empty, truncated or non-PyTorch file raises an
 `UnreadableWeightsError` that names it and says which; a file that pickles Python objects besides
-tensors is not unpickled, for safety, and the error names their classes.
+tensors (and DINO's argparse.Namespace) is not unpickled, for safety, and the error names their
+classes; a TorchScript archive or a CLIP state dict is named as such.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import re
@@ -27,10 +28,12 @@ import zipfile
 from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from utils.errors import UserError
+
+from . import checkpoint_formats as formats
+from .pos_embed import resize_pos_embed
 
 logger = logging.getLogger("transreid.model")
 
@@ -65,6 +68,9 @@ IMAGENET_SOURCES: Dict[str, Tuple[str, str]] = {
     'deit_tiny_patch16_224_TransReID': (
         'https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth',
         'timm:deit_tiny_patch16_224.fb_in1k'),
+    # TransReID-SSL's LUPerson ViT-S/16 (its README's Google Drive link; the ICS variants: docs/ssl.md).
+    'vit_small_ssl_patch16_224_TransReID': (
+        'https://drive.google.com/file/d/1ODxA7mJv17UfzwfXtY9dTWNsYghoNWGB/view', ''),
     'resnet50': ('https://download.pytorch.org/models/resnet50-19c8e357.pth', 'timm:resnet50.tv_in1k'),
 }
 
@@ -106,7 +112,10 @@ def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> StateDict:
 
 
 def unwrap_state_dict(checkpoint: object, source: str) -> StateDict:
-    """The tensors of `checkpoint`, looking inside the 'model' / 'state_dict' keys that wrap them."""
+    """The tensors of `checkpoint`, looking inside the 'model' / 'state_dict' keys that wrap them,
+    or inside a self-supervised checkpoint's encoder (`teacher`...), whose `backbone.` prefix goes."""
+    encoder = formats.self_supervised_encoder(checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+    self_supervised, checkpoint = encoder is not checkpoint, encoder
     for key in NESTING_KEYS:
         if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
             checkpoint = checkpoint[key]
@@ -117,7 +126,8 @@ def unwrap_state_dict(checkpoint: object, source: str) -> StateDict:
     if not state:
         raise CheckpointMismatchError(f"{source} holds no tensors; its top-level keys are "
                                       f"{sorted(map(str, checkpoint))[:10]}")
-    return strip_module_prefix(state)
+    formats.check_not_clip(state, source)
+    return formats.strip_self_supervised_prefixes(state) if self_supervised else strip_module_prefix(state)
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,16 +185,20 @@ def _check_path(path: str, missing_hint: str) -> None:
 
 
 def _file_format(path: str) -> str:
-    """'zip' or 'legacy' (the two formats of torch.save); any other file raises an
-    UnreadableWeightsError that says what it is."""
+    """'zip' or 'legacy' (the two formats of torch.save), or 'safetensors'; a TorchScript archive
+    raises a CheckpointFormatError and any other file an UnreadableWeightsError, saying what it is."""
     with open(path, 'rb') as handle:
         head = handle.read(512)
     if not head:
         raise UnreadableWeightsError(f"weights file '{path}' is empty (0 bytes), {INTERRUPTED}")
+    if formats.looks_like_safetensors(path, head):
+        return 'safetensors'
     if head.startswith(ZIP_MAGIC):
         if not zipfile.is_zipfile(path):  # the archive's directory, at its end, is missing
             raise UnreadableWeightsError(f"weights file '{path}' is truncated (its ZIP archive has no end), "
                                          f"{INTERRUPTED}")
+        if formats.is_torchscript_archive(path):
+            raise formats.torchscript_error(path)
         return 'zip'
     if head.startswith(LEGACY_TORCH_MAGICS) or head[TAR_MAGIC_OFFSET:].startswith(TAR_MAGIC):
         return 'legacy'
@@ -237,8 +251,13 @@ def load_file(path: str, missing_hint: str, mmap: bool = False) -> object:
     _check_path(path, missing_hint)
     file_format = _file_format(path)
     try:
-        return torch.load(path, map_location='cpu', weights_only=True,
-                          mmap=mmap and file_format == 'zip')
+        if file_format == 'safetensors':
+            return formats.read_safetensors(path)
+        with formats.allowed_globals():
+            return torch.load(path, map_location='cpu', weights_only=True,
+                              mmap=mmap and file_format == 'zip')
+    except UserError:
+        raise
     except pickle.UnpicklingError as err:
         raise _unpickling_error(path, file_format) from None
     except MemoryError:
@@ -315,28 +334,14 @@ def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], sour
 # --------------------------------------------------------------------------------------------
 # ImageNet initialisation
 # --------------------------------------------------------------------------------------------
-def resize_pos_embed(posemb: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize the patch grid of a (1, 1 + g*g, D) position embedding; the class token stays.
-
-    The source grid must be square (as ImageNet ViTs are); the target is the (num_y, num_x) grid
-    that the overlapping patch embedding produces.
-    """
-    num_patches = posemb.shape[1] - 1
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise CheckpointMismatchError(f"pos_embed with {num_patches} patch positions is not a square grid; "
-                                      "only square (ImageNet) position embeddings can be resized")
-    logger.info("Resizing position embedding from a %dx%d grid to %dx%d", side, side, *grid_size)
-    return resample_abs_pos_embed(posemb, new_size=list(grid_size), old_size=[side, side],
-                                  num_prefix_tokens=1, interpolation='bilinear', antialias=False)
-
-
 def adapt_imagenet_vit_state(state: Mapping[str, torch.Tensor], pos_embed_shape: Sequence[int],
-                             grid_size: Tuple[int, int], patch_weight_shape: Sequence[int]) -> StateDict:
-    """Fit a jx ViT / DeiT state dict to a TransReID backbone.
+                             grid_size: Tuple[int, int], patch_weight_shape: Sequence[int],
+                             hw_ratio: int = 1) -> StateDict:
+    """Fit a jx ViT / DeiT or TransReID-SSL state dict to a TransReID backbone.
 
-    Drops the classification heads and the distillation token, reshapes old linear patch-embedding
-    weights to the convolution's, and resizes the position embedding to `grid_size`.
+    Drops the classification (or DINO projection) heads and the distillation token, reshapes old
+    linear patch-embedding weights to the convolution's, and resizes the position embedding, a
+    grid `hw_ratio` times taller than wide, to `grid_size`.
     """
     distilled = DISTILLATION_TOKEN in state
     adapted = {}
@@ -351,20 +356,21 @@ def adapt_imagenet_vit_state(state: Mapping[str, torch.Tensor], pos_embed_shape:
             if distilled:
                 value = torch.cat([value[:, :1], value[:, 2:]], dim=1)
             if tuple(value.shape) != tuple(pos_embed_shape):
-                value = resize_pos_embed(value, grid_size)
+                value = resize_pos_embed(value, grid_size, hw_ratio)
         adapted[key] = value
     return adapted
 
 
-def load_imagenet_vit(backbone: nn.Module, source: str, backbone_name: str) -> None:
-    """ImageNet weights from `source` into a TransReID ViT; only the SIE table may stay untouched."""
+def load_imagenet_vit(backbone: nn.Module, source: str, backbone_name: str, hw_ratio: int = 1) -> None:
+    """Pre-trained weights from `source` into a TransReID ViT; only the SIE table may stay untouched."""
     state = read_pretrained(source, imagenet_download_hint(backbone_name))
     state = adapt_imagenet_vit_state(state, backbone.pos_embed.shape, backbone.patch_embed.grid_size,
-                                     backbone.patch_embed.proj.weight.shape)
+                                     backbone.patch_embed.proj.weight.shape, hw_ratio)
     load_state_strict(backbone, state, source, allowed_missing={'sie_embed'},
-                      fix_hint=f"These are not ImageNet weights for {backbone_name} "
-                               "(MODEL.TRANSFORMER_TYPE); " + imagenet_download_hint(backbone_name))
-    logger.info("Loaded ImageNet weights for %s from %s", backbone_name, source)
+                      fix_hint=f"These are not pre-trained weights for {backbone_name} (MODEL.TRANSFORMER_TYPE) "
+                               f"{'with' if backbone.patch_embed.conv is not None else 'without'} the convolution "
+                               "stem (MODEL.STEM_CONV); " + imagenet_download_hint(backbone_name))
+    logger.info("Loaded pre-trained weights for %s from %s", backbone_name, source)
 
 
 def load_imagenet_resnet(backbone: nn.Module, source: str) -> None:
@@ -380,9 +386,9 @@ def load_imagenet_resnet(backbone: nn.Module, source: str) -> None:
 # --------------------------------------------------------------------------------------------
 TRAINED_MISSING_HINT = ("point TEST.WEIGHT (testing) or MODEL.PRETRAIN_PATH (PRETRAIN_CHOICE self/finetune) "
                         "at a model trained by this repository or the reference (transformer_<epoch>.pth)")
-TRAINED_FIX_HINT = ("Build the model with the settings it was trained with (MODEL.NAME, TRANSFORMER_TYPE, JPM, "
-                    "SIE_CAMERA, SIE_VIEW, STRIDE_SIZE, INPUT.SIZE_TRAIN, ID_LOSS_TYPE and the dataset's class "
-                    "and camera counts), or use MODEL.PRETRAIN_CHOICE finetune for new classifiers.")
+TRAINED_FIX_HINT = ("Build the model with the settings it was trained with (MODEL.NAME, TRANSFORMER_TYPE, "
+                    "STEM_CONV, JPM, SIE_CAMERA, SIE_VIEW, STRIDE_SIZE, INPUT.SIZE_TRAIN, ID_LOSS_TYPE and the "
+                    "dataset's class and camera counts), or use MODEL.PRETRAIN_CHOICE finetune for new classifiers.")
 
 
 def _classifier_keys(keys: Iterable[str]) -> List[str]:

@@ -8,7 +8,7 @@ import torch
 from timm.scheduler.scheduler import Scheduler
 
 from config import check_choice
-from config.choices import WARMUP_METHODS
+from config.choices import MULTISTEP_WARMUP_METHODS
 
 
 
@@ -30,7 +30,7 @@ class WarmupMultiStepLR(Scheduler):
         milestones = [int(m) for m in milestones]
         if milestones != sorted(milestones):
             raise ValueError(f"SOLVER.STEPS must be increasing epochs, got {milestones}")
-        check_choice('SOLVER.WARMUP_METHOD', warmup_method, WARMUP_METHODS)
+        check_choice('SOLVER.WARMUP_METHOD', warmup_method, MULTISTEP_WARMUP_METHODS)
         super().__init__(optimizer, param_group_field="lr")
         self.milestones = milestones
         self.gamma = gamma

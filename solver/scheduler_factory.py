@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Union
+from typing import List, Union
 
 import torch
 from timm.scheduler import CosineLRScheduler
@@ -15,10 +15,27 @@ logger = logging.getLogger("transreid.solver")
 COSINE_LR_MIN_FACTOR = 0.002
 COSINE_WARMUP_LR_INIT_FACTOR = 0.01
 
+
+
+class EpochEndCosineLRScheduler(CosineLRScheduler):
+    """TransReID-SSL's schedule (SOLVER.WARMUP_METHOD 'cosine'): the reference's cosine, stepped
+    at the end of each epoch instead of its start.
+
+    TransReID-SSL calls `scheduler.step(epoch)` after epoch `epoch`, so epoch 1 trains at the
+    warm-up's first value and epoch e at the cosine's value for e - 1. The trainer here steps at
+    the start of each epoch, hence the shift by one: `_get_lr(e)` is the learning rate that epoch
+    e trains with, in both repositories. (TransReID-SSL logs `_get_lr(e)`, one epoch ahead of the
+    rate in use; the log here shows the rate in use.)
+    """
+
+    def _get_lr(self, t: int) -> List[float]:
+        return super()._get_lr(max(t - 1, 0))
+
+
 LRScheduler = Union[CosineLRScheduler, WarmupMultiStepLR]
 
 
-def _cosine_scheduler(cfg, optimizer: torch.optim.Optimizer) -> CosineLRScheduler:
+def _cosine_scheduler(cfg, optimizer: torch.optim.Optimizer, epoch_end: bool = False) -> CosineLRScheduler:
     """Linear warm-up from 0.01 × BASE_LR over WARMUP_EPOCHS, then one cosine cycle of
     MAX_EPOCHS down to 0.002 × BASE_LR, stepped per epoch.
 
@@ -26,7 +43,8 @@ def _cosine_scheduler(cfg, optimizer: torch.optim.Optimizer) -> CosineLRSchedule
     takes over at cos(π · WARMUP_EPOCHS / MAX_EPOCHS) rather than restarting at its peak.
     """
     base_lr = cfg.SOLVER.BASE_LR
-    return CosineLRScheduler(
+    scheduler_class = EpochEndCosineLRScheduler if epoch_end else CosineLRScheduler
+    return scheduler_class(
         optimizer,
         t_initial=cfg.SOLVER.MAX_EPOCHS,
         lr_min=COSINE_LR_MIN_FACTOR * base_lr,
@@ -51,13 +69,19 @@ def _multistep_scheduler(cfg, optimizer: torch.optim.Optimizer) -> WarmupMultiSt
 def create_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRScheduler:
     """Cosine with warm-up for the transformers (the reference's schedule) and, for the
     ResNet-50 baseline, WarmupMultiStepLR on SOLVER.STEPS (the reference uses the cosine for
-    every model and leaves STEPS, GAMMA and WARMUP_FACTOR unused).
+    every model and leaves STEPS, GAMMA and WARMUP_FACTOR unused). SOLVER.WARMUP_METHOD 'cosine'
+    (TransReID-SSL's configs) gives its cosine, one epoch later, for any model.
 
     Both are driven the same way: `scheduler.step(epoch)` at the start of each epoch (counted
     from 1), `scheduler._get_lr(epoch)` for the logged values, and `state_dict()` /
     `load_state_dict()` in checkpoints.
     """
-    if cfg.MODEL.NAME == 'resnet50':
+    if cfg.SOLVER.WARMUP_METHOD == 'cosine':
+        # TransReID-SSL: 'cosine' picks its cosine schedule for any model.
+        scheduler = _cosine_scheduler(cfg, optimizer, epoch_end=True)
+        logger.info("learning rate: TransReID-SSL's cosine over %d epochs after %d warm-up epochs, "
+                    "stepped at the end of each epoch", cfg.SOLVER.MAX_EPOCHS, cfg.SOLVER.WARMUP_EPOCHS)
+    elif cfg.MODEL.NAME == 'resnet50':
         scheduler = _multistep_scheduler(cfg, optimizer)
         logger.info("learning rate: warm-up multi-step, milestones %s, gamma %g",
                     list(cfg.SOLVER.STEPS), cfg.SOLVER.GAMMA)

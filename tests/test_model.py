@@ -99,13 +99,30 @@ def _bn(x, sd, prefix):
                         sd[prefix + 'bias'], training=False, eps=1e-5)
 
 
+def _ibn(x, sd, prefix):
+    half = x.shape[1] // 2
+    normed = F.instance_norm(x[:, :half], weight=sd[prefix + 'IN.weight'], bias=sd[prefix + 'IN.bias'], eps=1e-5)
+    return torch.cat([normed, _bn(x[:, half:], sd, prefix + 'BN.')], dim=1)
+
+
+def _reference_ics_stem(images, sd, prefix='base.patch_embed.conv.'):
+    """TransReID-SSL's ICS stem in eval mode: 7x7/2 conv, IBN, ReLU, 3x3 conv, IBN, ReLU, 3x3 conv, BN, ReLU."""
+    x = F.relu(_ibn(F.conv2d(images, sd[prefix + '0.weight'], stride=2, padding=3), sd, prefix + '1.'))
+    x = F.relu(_ibn(F.conv2d(x, sd[prefix + '3.weight'], padding=1), sd, prefix + '4.'))
+    return F.relu(_bn(F.conv2d(x, sd[prefix + '6.weight'], padding=1), sd, prefix + '7.'))
+
+
 def reference_eval_features(sd: Dict[str, torch.Tensor], cfg, images, cam, view, camera_num, view_num):
-    """Eval-mode features as the reference's build_transformer(_local) computes them (4 JPM parts)."""
+    """Eval-mode features as the reference's build_transformer(_local) computes them (4 JPM parts);
+    with MODEL.STEM_CONV, after TransReID-SSL's stem, whose projection steps by half the stride."""
     spec = VIT_SPECS[cfg.MODEL.TRANSFORMER_TYPE]
     heads, depth = spec['num_heads'], spec['depth']
     scale = spec.get('qk_scale') or (spec['embed_dim'] // heads) ** -0.5
+    stride = tuple(cfg.MODEL.STRIDE_SIZE)
+    if cfg.MODEL.STEM_CONV:
+        images, stride = _reference_ics_stem(images, sd), tuple(side // 2 for side in stride)
     x = F.conv2d(images, sd['base.patch_embed.proj.weight'], sd['base.patch_embed.proj.bias'],
-                 stride=tuple(cfg.MODEL.STRIDE_SIZE)).flatten(2).transpose(1, 2)
+                 stride=stride).flatten(2).transpose(1, 2)
     x = torch.cat([sd['base.cls_token'].expand(x.shape[0], -1, -1), x], dim=1) + sd['base.pos_embed']
     cam_on, view_on = cfg.MODEL.SIE_CAMERA, cfg.MODEL.SIE_VIEW
     if cam_on and view_on:
@@ -361,7 +378,7 @@ def test_resnet50_last_stride_and_bn_neck():
 # Every config: build and run in train and eval mode
 # --------------------------------------------------------------------------------------------
 MODEL_KEYS = ('NAME', 'TRANSFORMER_TYPE', 'STRIDE_SIZE', 'JPM', 'SIE_CAMERA', 'SIE_VIEW', 'SIE_COE', 'NECK',
-              'ID_LOSS_TYPE', 'LAST_STRIDE', 'SHIFT_NUM', 'SHUFFLE_GROUP', 'DEVIDE_LENGTH', 'RE_ARRANGE')
+              'ID_LOSS_TYPE', 'LAST_STRIDE', 'SHIFT_NUM', 'SHUFFLE_GROUP', 'DEVIDE_LENGTH', 'RE_ARRANGE', 'STEM_CONV')
 
 
 def model_settings(cfg) -> tuple:

@@ -20,6 +20,10 @@ VIT_SPECS: Dict[str, Dict[str, Any]] = {
                                             qkv_bias=False, qk_scale=768 ** -0.5),
     'deit_small_patch16_224_TransReID': dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
                                              qkv_bias=True),
+    # Not in the reference: TransReID-SSL's ViT-S (DINO on LUPerson). Its configs call it
+    # vit_small_patch16_224_TransReID, the name that builds the network above here and in TransReID.
+    'vit_small_ssl_patch16_224_TransReID': dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
+                                                qkv_bias=True),
     # Not in the reference: small enough to train the embedded synthetic default on a CPU.
     'deit_tiny_patch16_224_TransReID': dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0,
                                             qkv_bias=True),

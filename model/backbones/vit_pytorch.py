@@ -17,6 +17,7 @@ from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from torch import nn
 
 from .specs import vit_spec
+from .stem import STEM_STRIDE, STEM_WIDTH, make_ics_stem
 from .. import weights
 
 logger = logging.getLogger("transreid.model")
@@ -103,10 +104,16 @@ class PatchEmbedOverlap(nn.Module):
     """16x16 patches taken every `stride_size` pixels (overlapping when the stride is below 16).
 
     Grid: num_y = (H - 16) // stride_y + 1, num_x = (W - 16) // stride_x + 1.
+
+    With `stem_conv`, TransReID-SSL's ICS stem (`conv`) halves the image first and the projection
+    takes 8x8 patches of its features every stride / 2 positions: the same receptive field and
+    the same grid for even image sizes and strides. (TransReID-SSL's own projection always steps
+    by 8, so any stride but 16 breaks its token count; the config check refuses odd strides.)
     """
 
     def __init__(self, img_size: Union[int, Sequence[int]] = 224, patch_size: int = PATCH_SIZE,
-                 stride_size: Union[int, Sequence[int]] = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+                 stride_size: Union[int, Sequence[int]] = 16, in_chans: int = 3, embed_dim: int = 768,
+                 stem_conv: bool = False) -> None:
         super().__init__()
         self.img_size = tuple(to_2tuple(img_size))
         patch = to_2tuple(patch_size)
@@ -114,7 +121,17 @@ class PatchEmbedOverlap(nn.Module):
         self.num_y = (self.img_size[0] - patch[0]) // stride[0] + 1
         self.num_x = (self.img_size[1] - patch[1]) // stride[1] + 1
         self.num_patches = self.num_y * self.num_x
-        logger.info("Patch stride %s: %d x %d patches", stride, self.num_y, self.num_x)
+        logger.info("Patch stride %s: %d x %d patches%s", stride, self.num_y, self.num_x,
+                    " after the ICS convolution stem" if stem_conv else "")
+        self.conv: Optional[nn.Sequential] = None
+        if stem_conv:
+            if any(side % STEM_STRIDE for side in (*stride, *self.img_size)):
+                raise ValueError(f"the convolution stem (MODEL.STEM_CONV) needs even strides and image sides, "
+                                 f"got stride {stride} and size {self.img_size}")
+            self.conv = make_ics_stem(in_chans)
+            in_chans = STEM_WIDTH
+            patch = tuple(side // STEM_STRIDE for side in patch)
+            stride = tuple(side // STEM_STRIDE for side in stride)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch, stride=stride)
         # He initialisation over the output fan, as the reference initialises this convolution.
         fan_out = patch[0] * patch[1] * embed_dim
@@ -130,6 +147,8 @@ class PatchEmbedOverlap(nn.Module):
             raise ValueError(f"input images are {height}x{width} but the model was built for "
                              f"{self.img_size[0]}x{self.img_size[1]} (INPUT.SIZE_TRAIN); resize them or set "
                              "INPUT.SIZE_TEST equal to INPUT.SIZE_TRAIN")
+        if self.conv is not None:
+            x = self.conv(x)
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -148,11 +167,12 @@ class TransReID(nn.Module):
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4., qkv_bias: bool = False,
                  qk_scale: Optional[float] = None, drop_rate: float = 0., attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0., camera: int = 0, view: int = 0, local_feature: bool = False,
-                 sie_coe: float = 1.0, norm_layer: Callable[[int], nn.Module] = LayerNorm) -> None:
+                 sie_coe: float = 1.0, norm_layer: Callable[[int], nn.Module] = LayerNorm,
+                 stem_conv: bool = False) -> None:
         super().__init__()
         self.embed_dim = self.num_features = embed_dim
         self.local_feature = local_feature
-        self.patch_embed = PatchEmbedOverlap(img_size, patch_size, stride_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbedOverlap(img_size, patch_size, stride_size, in_chans, embed_dim, stem_conv)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.cam_num = camera if camera > 1 else 0
@@ -160,7 +180,8 @@ class TransReID(nn.Module):
         self.sie_coe = sie_coe
         self.sie_embed = self._make_sie_table(embed_dim)
         self.pos_drop = nn.Dropout(p=drop_rate)
-        drop_path_rates = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth decay rule
+        # On the CPU also when built under torch.device('meta') (shape checks): the rates are plain numbers.
+        drop_path_rates = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()  # stochastic depth decay
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
                   drop_path=rate, norm_layer=norm_layer)
@@ -220,15 +241,17 @@ class TransReID(nn.Module):
         # Only the class token leaves the last block.
         return self.norm(self.blocks[-1](x, cls_only=True))[:, 0]
 
-    def load_param(self, source: str, backbone_name: str = 'TransReID') -> None:
-        """ImageNet initialisation from a jx ViT / DeiT file or `timm:<model name>`."""
-        weights.load_imagenet_vit(self, source, backbone_name)
+    def load_param(self, source: str, backbone_name: str = 'TransReID', hw_ratio: int = 1) -> None:
+        """Pre-trained initialisation from a jx ViT / DeiT file, `timm:<model name>`, or a
+        TransReID-SSL (DINO) checkpoint; `hw_ratio` is the height : width of its position grid."""
+        weights.load_imagenet_vit(self, source, backbone_name, hw_ratio)
 
 
 def create_vit(name: str, img_size: Sequence[int], stride_size: Sequence[int], drop_rate: float = 0.,
                attn_drop_rate: float = 0., drop_path_rate: float = 0.1, camera: int = 0, view: int = 0,
-               local_feature: bool = False, sie_coe: float = 1.5) -> TransReID:
-    """The backbone `name` of `VIT_SPECS` (a `MODEL.TRANSFORMER_TYPE`)."""
+               local_feature: bool = False, sie_coe: float = 1.5, stem_conv: bool = False) -> TransReID:
+    """The backbone `name` of `VIT_SPECS` (a `MODEL.TRANSFORMER_TYPE`), with TransReID-SSL's ICS
+    convolution stem before the patch projection when `stem_conv`."""
     return TransReID(img_size=img_size, stride_size=stride_size, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
                      drop_path_rate=drop_path_rate, camera=camera, view=view, local_feature=local_feature,
-                     sie_coe=sie_coe, **vit_spec(name))
+                     sie_coe=sie_coe, stem_conv=stem_conv, **vit_spec(name))
