@@ -31,6 +31,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from utils.errors import UserError
+from utils.files import verify_zip
 
 logger = logging.getLogger("transreid.model")
 
@@ -236,6 +237,8 @@ def load_file(path: str, missing_hint: str, mmap: bool = False) -> object:
     maps a ZIP-format file's tensors instead of reading them: a cheap check of the file."""
     _check_path(path, missing_hint)
     file_format = _file_format(path)
+    if file_format == 'zip' and (damage := verify_zip(path)):
+        raise UnreadableWeightsError(f"weights file '{path}' is damaged: {damage}; {INTERRUPTED}")
     try:
         return torch.load(path, map_location='cpu', weights_only=True,
                           mmap=mmap and file_format == 'zip')

@@ -180,6 +180,31 @@ def test_truncated_file_is_named_and_called_truncated(tmp_path, kept):
     assert 'interrupted copy or download' in message
 
 
+def test_flipped_bytes_inside_a_tensor_are_caught_by_the_zip_crc(tmp_path):
+    path = small_checkpoint(tmp_path / 'transformer_120.pth')
+    original = torch.load(path, weights_only=True)['weight']
+    data = bytearray(path.read_bytes())
+    at = data.index(original.numpy().tobytes()) + 1000  # inside the tensor's 16 KB
+    data[at:at + 4] = bytes(255 - b for b in data[at:at + 4])
+    path.write_bytes(bytes(data))
+    # torch.load alone reads the changed numbers without a word ...
+    changed = torch.load(path, weights_only=True)['weight']
+    assert changed.shape == original.shape and (changed != original).sum() == 1
+    # ... the weights readers name the file and the damaged member.
+    message = read_error(path)
+    assert message.startswith(f"weights file '{path}' is damaged: its member 'transformer_120/data/0' "
+                              "does not match the CRC-32 stored with it;")
+    assert 'interrupted copy or download' in message and '\n' not in message
+
+
+def test_a_damaged_zip_directory_is_named(tmp_path):
+    path = small_checkpoint(tmp_path / 'w.pth')
+    data = path.read_bytes()
+    at = data.rindex(b'PK\x01\x02')  # the last entry of the central directory
+    path.write_bytes(data[:at] + b'XX' + data[at + 2:])
+    assert read_error(path).startswith(f"weights file '{path}' is damaged: its ZIP archive is damaged (")
+
+
 def test_truncated_old_format_file_is_named_and_called_truncated(tmp_path):
     whole = small_checkpoint(tmp_path / 'whole.pth', _use_new_zipfile_serialization=False).read_bytes()
     path = tmp_path / 'old.pth'
