@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -172,13 +173,30 @@ def test_a_new_run_replaces_rows_of_a_run_that_never_checkpointed(tmp_path):
     assert [row["loss"] for row in read_metrics(metrics_path(str(tmp_path)))] == ["1.0"]
 
 
-def test_a_foreign_metrics_csv_is_named_not_overwritten(tmp_path):
+@pytest.mark.parametrize("content, problem", [
+    (b"step,value\n3,0.5\n", r"its header starts \['step', 'value'\], not \['epoch', 'iteration', 'loss'\]"),
+    (b"epoch,iteration,loss\n1,2,0.5\n1,4", r"line 3 has 2 cells, not 3 \(a truncated or damaged row\)"),
+    (b"epoch,iteration,loss\n1,2,0.5\n\x00\x13,\x01,\x02\n", r"line 3: epoch '\\x00\\x13' is not an integer"),
+    (b"\x89PNG\r\n\x1a\n\xff\xfe junk", r"it is not a text CSV file \('utf-8' codec can't decode"),
+])
+def test_a_damaged_metrics_csv_is_kept_aside_and_the_run_goes_on(tmp_path, caplog, content, problem):
     path = metrics_path(str(tmp_path))
-    with open(path, "w") as handle:
-        handle.write("step,value\n3,0.5\n")
-    with pytest.raises(MetricsFileError, match=r"metrics.csv: a row without an integer epoch"):
-        MetricsLog(str(tmp_path), iters_per_epoch=4, start_epoch=2)
-    assert open(path).read() == "step,value\n3,0.5\n"
+    (tmp_path / "metrics.csv").write_bytes(content)
+    (tmp_path / "metrics.csv.damaged-1").write_bytes(b"an earlier one")
+    with caplog.at_level(logging.WARNING, logger="transreid.run_log"):
+        with MetricsLog(str(tmp_path), iters_per_epoch=4, start_epoch=2, tensorboard=False) as log:
+            _train(log, [2])
+    aside = str(tmp_path / "metrics.csv.damaged-2")
+    assert open(aside, "rb").read() == content
+    assert (tmp_path / "metrics.csv.damaged-1").read_bytes() == b"an earlier one"
+    assert {row["epoch"] for row in read_metrics(path)} == {"2"}
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert re.fullmatch(rf"'{re.escape(path)}' is not a whole metrics.csv of train.py: {problem}.*; "
+                        rf"kept it as '{re.escape(aside)}' and starting a new metrics.csv", warning)
+    # Read directly (tools/plot_training.py), the same file is one error naming it.
+    with pytest.raises(MetricsFileError, match=rf"^'{re.escape(aside)}' is not a whole metrics.csv"
+                                               rf" of train.py: {problem}"):
+        read_metrics(aside)
 
 
 def test_ranks_other_than_0_write_nothing(tmp_path):
@@ -260,6 +278,12 @@ def test_plot_training_names_runs_by_folder_and_refuses_a_folder_without_metrics
     assert plot_training.run_names(["a/logs", "b/logs", "c/vit"]) == ["a/logs", "b/logs", "vit"]
     with pytest.raises(SystemExit, match=r"'.*empty' has no metrics.csv: give the OUTPUT_DIR"):
         plot_training.main([str(tmp_path / "empty")])
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "metrics.csv").write_bytes(b"epoch,iteration,loss\n1,2,0.5\n1,4\n")
+    with pytest.raises(SystemExit, match=r"^error: '.*damaged/metrics.csv' is not a whole metrics.csv "
+                                         r"of train.py: line 3 has 2 cells, not 3 .*; repair or remove it"
+                                         r"[^\n]*$"):
+        plot_training.main([str(tmp_path / "damaged")])
 
 
 @pytest.mark.parametrize("draw", [

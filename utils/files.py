@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import re
@@ -176,3 +177,25 @@ def verify_zip(path: str) -> Optional[str]:
         return f"its member '{damaged}' does not match the CRC-32 stored with it"
     _VERIFIED[path] = identity
     return None
+
+
+def move_aside(path: str, label: str = "damaged") -> str:
+    """Rename `path` to `<path>.<label>-<n>` with the smallest n >= 1 that names no file, and
+    return that name: a file kept for its owner to look at, never replacing another (a hard
+    link claims the new name atomically; file systems without links get a checked rename)."""
+    for n in itertools.count(1):
+        aside = f"{path}.{label}-{n}"
+        try:
+            os.link(path, aside)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            if os.path.lexists(aside):
+                continue
+            os.rename(path, aside)
+        else:
+            os.remove(path)
+        return aside
+    raise AssertionError("itertools.count never ends")
