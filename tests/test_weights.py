@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import pickle
 import tarfile
 
@@ -195,6 +196,18 @@ def test_flipped_bytes_inside_a_tensor_are_caught_by_the_zip_crc(tmp_path):
     assert message.startswith(f"weights file '{path}' is damaged: its member 'transformer_120/data/0' "
                               "does not match the CRC-32 stored with it;")
     assert 'interrupted copy or download' in message and '\n' not in message
+
+
+def test_a_file_checked_once_is_checked_again_once_replaced(tmp_path):
+    # verify_zip remembers files it found whole; a resume's checkpoint, rewritten atomically
+    # each epoch, is a new file and is checked again.
+    path = small_checkpoint(tmp_path / 'last_checkpoint.pth')
+    weights.read_state_dict(str(path), weights.TRAINED_MISSING_HINT)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / 'tmp.pth').write_bytes(bytes(data))
+    os.replace(tmp_path / 'tmp.pth', path)
+    assert read_error(path).startswith(f"weights file '{path}' is damaged: ")
 
 
 def test_a_damaged_zip_directory_is_named(tmp_path):
