@@ -26,7 +26,8 @@ from __future__ import annotations
 import logging
 import operator
 import os
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch

@@ -3,6 +3,10 @@
 Every file the project writes goes through `atomic_output`: a temporary file beside the target,
 renamed over it only once complete, so a crash, a kill or a full disk mid-write leaves the
 previous version intact instead of a truncated one.
+
+Files read back are checked before use where their format allows: `verify_zip` checks the CRC-32
+of every member of a torch.save archive, and `move_aside` keeps a damaged file under a free name
+instead of deleting or overwriting it.
 """
 from __future__ import annotations
 
