@@ -310,12 +310,14 @@ def label_options(records: Sequence[ImageRecord], choice: LabelChoice, count: in
         return [[choice]] * len(records)
     everything = list(range(count))
     options = []
-    for record in records:
+    for index, record in enumerate(records):
         known = getattr(record, RECORD_FIELD[name]) if choice == AUTO else None
         if known is None:
             options.append(everything)
         else:
-            _check_label(known, count, name, f"{name} {known} of '{record.path}'")
+            # An image handed in from memory is named by its place in the call.
+            image = f"'{record.path}'" if isinstance(record.path, str) else f"image {index}"
+            _check_label(known, count, name, f"{name} {known} of {image}")
             options.append([known])
     return options
 

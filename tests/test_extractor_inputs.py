@@ -103,6 +103,8 @@ def test_labels_as_list_tuple_array_or_tensor(extractor):
     ([0, True, 2], r"^cameras\[1\] is True; a label is an integer id"),
     (2, r"^cameras= is one int; give a list of one label per image .*\[2\] \* len\(images\)"),
     ("012", r"^cameras= is one str; give a list"),
+    ([0, 1, 3], r"^camera 3 of image 2 has no SIE embedding: the model knows 3 cameras \(ids 0\.\.2\)"),
+    (np.array([0, -1, 2]), r"^camera -1 of image 1 has no SIE embedding"),
 ])
 def test_labels_that_do_not_fit_are_refused_in_one_line(extractor, cameras, message):
     with pytest.raises(ToolError, match=message):
