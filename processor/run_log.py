@@ -72,6 +72,8 @@ def _read_table(path: str) -> Tuple[Tuple[str, ...], List[Row]]:
         raise _damaged(path, f"its header starts {list(header[:3])}, not {list(COLUMNS[:3])}")
     rows = []
     for line, cells in enumerate(table[1:], start=2):
+        if not cells:  # a blank line, which csv.DictReader skips too
+            continue
         if len(cells) != len(header):
             raise _damaged(path, f"line {line} has {len(cells)} cells, not {len(header)} (a "
                                  "truncated or damaged row)")
