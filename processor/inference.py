@@ -135,7 +135,7 @@ class FeatureExtractor:
                         show_progress: bool = True) -> torch.Tensor:
         """Features (N x D, on the CPU, in `records` order), SIE labels per `camera` / `view`."""
         if not records:  # D from the config, without running the model
-            return torch.empty(0, eval_feature_dim(self.cfg))
+            return torch.empty(0, eval_feature_dim(self.cfg), dtype=torch.float32)
         cam_options = label_options(records, self.camera, self.counts.cameras, "camera")
         view_options = label_options(records, self.view, self.counts.views, "view")
         samples = [(r.path, UNKNOWN, UNKNOWN, UNKNOWN) for r in records]
