@@ -243,6 +243,8 @@ def _as_source(image: ImageInput, bgr: bool, index: int) -> Union[str, Image.Ima
     if 0 in image.size:
         raise ToolError(f"image {index} is empty ({image.width} x {image.height} pixels); a crop "
                         "needs a width and a height of at least 1 pixel")
+    if image.mode == "RGB":
+        return image  # as to_rgb would make it, without a copy of every image of a long list
     try:
         return to_rgb(image)
     except (ValueError, OSError) as err:  # a mode PIL cannot convert; a damaged lazy file
