@@ -1,6 +1,7 @@
 """Seeing a run: the loss's parts, metrics.csv, TensorBoard files, training and CMC charts, and
 the progress bar. `check_metrics_csv` is the helper a trainer-level test can call on the
 OUTPUT_DIR of a real run (`from test_run_log import check_metrics_csv`)."""
+import errno
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ from loss.make_loss import ReIDLoss
 from tools import plot_training
 from tools.drawing import ChartLayout, draw_cmc_summary
 from utils.errors import ToolError
+from utils.files import move_aside
 from utils.metrics import EvalResult
 from utils.progress import Progress
 from processor.run_log import (COLUMNS, TENSORBOARD_DIR, MetricsFileError, MetricsLog, metrics_path, read_metrics)
@@ -197,6 +199,17 @@ def test_a_damaged_metrics_csv_is_kept_aside_and_the_run_goes_on(tmp_path, caplo
     with pytest.raises(MetricsFileError, match=rf"^'{re.escape(aside)}' is not a whole metrics.csv"
                                                rf" of train.py: {problem}"):
         read_metrics(aside)
+
+
+def test_moving_aside_without_hard_links_still_replaces_nothing(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "hard links not supported here")
+    monkeypatch.setattr(os, "link", no_links)
+    (tmp_path / "m.csv").write_text("new")
+    (tmp_path / "m.csv.damaged-1").write_text("old")
+    assert move_aside(str(tmp_path / "m.csv")) == str(tmp_path / "m.csv.damaged-2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv.damaged-1", "m.csv.damaged-2"]
+    assert (tmp_path / "m.csv.damaged-1").read_text() == "old"
 
 
 def test_ranks_other_than_0_write_nothing(tmp_path):
