@@ -73,11 +73,7 @@ def _merge_file(cfg: CfgNode, config_file: str) -> None:
     if not os.path.isfile(config_file):
         raise ConfigError(f"config file '{config_file}' does not exist; pass --config_file with a "
                           "path such as configs/Synthetic/vit_transreid_tiny.yml")
-    try:
-        with open(config_file) as handle:
-            values = yaml.safe_load(handle) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{config_file} is not valid YAML: {err}") from None
+    values = _read_yaml(config_file)
     try:
         cfg.merge_from_other_cfg(CfgNode(_protect_strings(values, cfg)))
     except KeyError as err:
@@ -85,6 +81,35 @@ def _merge_file(cfg: CfgNode, config_file: str) -> None:
                           "config/defaults.py") from None
     except ValueError as err:
         raise ConfigError(f"{config_file}: {err}") from None
+
+
+def _read_yaml(config_file: str) -> dict:
+    """The mapping of sections that `config_file` holds ({} when empty); a file that is not
+    UTF-8, not YAML or not a mapping raises one ConfigError line naming it (and the line)."""
+    with open(config_file, "rb") as handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{config_file} line {line}: byte {data[err.start]:#04x} is not UTF-8; "
+                          "save the file as UTF-8 text") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{config_file}{where}: not valid YAML ({what})") from None
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{config_file} holds a YAML {type(values).__name__} ({repr(values)[:40]}), "
+                          "not a mapping of sections such as 'MODEL:' with their keys; see "
+                          "configs/Synthetic/vit_transreid_tiny.yml")
+    for section, value in (values or {}).items():
+        if isinstance(_C.get(section), CfgNode) and not isinstance(value, dict):
+            raise ConfigError(f"{config_file}: {section} is a section, not a value ({value!r}); "
+                              f"write its keys under it, e.g. '{section}:' then '  KEY: value'")
+    return values or {}
 
 
 def _merge_opts(cfg: CfgNode, opts: Sequence[str]) -> None:

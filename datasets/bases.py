@@ -268,7 +268,7 @@ def read_image(img_path: str, retries: int = 3, wait_s: float = 0.1) -> Image.Im
     for attempt in range(1, attempts + 1):
         try:
             with Image.open(img_path) as img:
-                return img.convert("RGB")
+                return to_rgb(img)
         except Image.DecompressionBombError as err:  # not an OSError in Pillow >= 10
             raise ImageReadError(
                 f"cannot read image '{img_path}': it is implausibly large ({err}); if it is "
@@ -285,6 +285,12 @@ def read_image(img_path: str, retries: int = 3, wait_s: float = 0.1) -> Image.Im
     raise ImageReadError(f"cannot read image '{img_path}' after {attempts} attempts "
                          f"(DATALOADER.READ_RETRIES): {last_error}; check the file system, "
                          "or replace or remove the file")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """`img` as RGB, the one conversion of every image, read from a file or handed in (the
+    inference API): PIL's, which drops alpha and clips 16-bit and float values to 0..255."""
+    return img.convert("RGB")
 
 
 def _check_image_file(img_path: str) -> None:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
+from utils.files import verify_zip
 
 from . import checkpoint_formats as formats
 from .pos_embed import resize_pos_embed
@@ -250,6 +251,8 @@ def load_file(path: str, missing_hint: str, mmap: bool = False) -> object:
     maps a ZIP-format file's tensors instead of reading them: a cheap check of the file."""
     _check_path(path, missing_hint)
     file_format = _file_format(path)
+    if file_format == 'zip' and (damage := verify_zip(path)):
+        raise UnreadableWeightsError(f"weights file '{path}' is damaged: {damage}; {INTERRUPTED}")
     try:
         if file_format == 'safetensors':
             return formats.read_safetensors(path)

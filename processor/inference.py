@@ -1,8 +1,9 @@
 """Features of images with a trained model, and evaluation: the one inference path.
 
 `FeatureExtractor` is the public Python API (as torchreid's): build it from a config file and
-weights, or from a config and a model, and call it on image paths, PIL images or HxWx3 uint8
-arrays. Training's evaluation, test.py and every tool extract through it.
+weights, or from a config and a model, and call it on a list of image paths, PIL images (any
+mode) or uint8 arrays (H x W gray, H x W x 3 RGB or BGR, H x W x 4 RGBA or BGRA), each made RGB
+as an image file is. Training's evaluation, test.py and every tool extract through it.
 
 Side information (SIE) for images of unknown camera or view
 -----------------------------------------------------------
@@ -23,6 +24,9 @@ Models without SIE ignore the labels, and every choice costs a single pass.
 from __future__ import annotations
 
 import logging
+import operator
+import os
+from collections.abc import Iterable
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -32,10 +36,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from config import load_config, switches
-from datasets.bases import ImageDataset
+from datasets.bases import ImageDataset, to_rgb
 from datasets.image_list import ImageRecord
 from datasets.make_dataloader import val_collate_fn
 from datasets.transforms import build_test_transforms
+from model.backbones.specs import eval_feature_dim
 from model.trained import SideInfoCounts, TrainedModel, load_trained, sie_counts_of
 from utils.device import select_device
 from utils.errors import ToolError
@@ -50,7 +55,9 @@ logger = logging.getLogger("transreid.inference")
 MEAN, AUTO = "mean", "auto"
 LabelChoice = Union[str, int]
 """'mean', 'auto' or a fixed label id."""
-ImageInput = Union[str, Image.Image, np.ndarray]
+ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
+LabelsInput = Union[Sequence[Optional[int]], np.ndarray, torch.Tensor]
+"""Per-image camera or view ids, None where unknown."""
 # Labels of images whose own label is unknown; never fed to the model (see `label_options`).
 UNKNOWN = -1
 
@@ -108,18 +115,18 @@ class FeatureExtractor:
         return extractor
 
     # ------------------------------------------------------------------ public calls
-    def __call__(self, images: Sequence[ImageInput], cameras: Optional[Sequence[Optional[int]]] = None,
-                 views: Optional[Sequence[Optional[int]]] = None, bgr: bool = False,
+    def __call__(self, images: Sequence[ImageInput], cameras: Optional[LabelsInput] = None,
+                 views: Optional[LabelsInput] = None, bgr: bool = False,
                  normalize: bool = False) -> torch.Tensor:
-        """Features of image paths, PIL images or HxWx3 uint8 arrays (RGB; `bgr=True` for
-        OpenCV frames), on the CPU in input order; `cameras` / `views` give known labels
-        (None where unknown), L2-normalised rows with `normalize`."""
+        """Features (N x D float32, on the CPU, in input order) of a list of images: paths, PIL
+        images of any mode, or uint8 arrays of H x W (gray), H x W x 3 (RGB; `bgr=True` for
+        OpenCV frames) or H x W x 4 (RGBA, or BGRA with `bgr`), all made RGB as image files
+        are (`datasets.bases.to_rgb`). `cameras` / `views` give known labels, one per image
+        (None where unknown), as a list, tuple, numpy array or tensor. L2-normalised rows
+        with `normalize`. An empty list gives a 0 x D tensor."""
+        images = _image_list(images)
         sources = [_as_source(image, bgr, i) for i, image in enumerate(images)]
-        known = [(cam, view) for cam, view in zip(cameras or [None] * len(sources),
-                                                  views or [None] * len(sources))]
-        if len(known) != len(sources):
-            raise ToolError(f"{len(sources)} images but {len(cameras or [])} cameras and "
-                            f"{len(views or [])} views: give one label per image, or None")
+        known = zip(_labels(cameras, len(sources), "cameras"), _labels(views, len(sources), "views"))
         records = [ImageRecord(source, None, cam, view) for source, (cam, view) in zip(sources, known)]
         feats = self.extract_records(records, show_progress=False)
         return torch.nn.functional.normalize(feats, dim=1) if normalize else feats
@@ -127,6 +134,8 @@ class FeatureExtractor:
     def extract_records(self, records: Sequence[ImageRecord], desc: str = "features",
                         show_progress: bool = True) -> torch.Tensor:
         """Features (N x D, on the CPU, in `records` order), SIE labels per `camera` / `view`."""
+        if not records:  # D from the config, without running the model
+            return torch.empty(0, eval_feature_dim(self.cfg), dtype=torch.float32)
         cam_options = label_options(records, self.camera, self.counts.cameras, "camera")
         view_options = label_options(records, self.view, self.counts.views, "view")
         samples = [(r.path, UNKNOWN, UNKNOWN, UNKNOWN) for r in records]
@@ -198,17 +207,95 @@ class FeatureExtractor:
                           pin_memory=self.device.type == "cuda")
 
 
+def _image_list(images: Sequence[ImageInput]) -> List[ImageInput]:
+    """`images` as a list; one image where the list belongs (a path string would otherwise
+    be read character by character) is refused."""
+    if isinstance(images, (str, bytes, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+        shape = getattr(images, "shape", None)
+        batch = (" (list(array) splits an N x H x W x C batch)"
+                 if isinstance(images, np.ndarray) and images.ndim == 4 else "")
+        raise ToolError(f"images is one {type(images).__name__}"
+                        f"{'' if shape is None else f' of shape {tuple(shape)}'}, not a list of "
+                        f"images: pass a list, e.g. extractor([image]){batch}")
+    try:
+        return list(images)
+    except TypeError:
+        raise ToolError(f"images is of type {type(images).__name__}; pass a list of paths, PIL "
+                        "images or uint8 arrays") from None
+
+
+# Channels of a uint8 array -> its PIL mode (Image.fromarray's); `bgr` reverses BGR(A)'s first three.
+_ARRAY_CHANNELS = {1: "L", 3: "RGB", 4: "RGBA"}
+_ARRAY_KINDS = ("a path, a PIL image or an H x W (gray), H x W x 3 (RGB, BGR with bgr=True) or "
+                "H x W x 4 (RGBA) uint8 array")
+
+
 def _as_source(image: ImageInput, bgr: bool, index: int) -> Union[str, Image.Image]:
-    """A path or a PIL RGB image."""
-    if isinstance(image, (str, Image.Image)):
+    """A path, or a PIL RGB image made as `read_image` makes a file's."""
+    if isinstance(image, os.PathLike):
+        image = os.fspath(image)
+    if isinstance(image, str):
         return image
-    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 \
-            and image.dtype == np.uint8:
-        return Image.fromarray(np.ascontiguousarray(image[..., ::-1] if bgr else image))
-    shape = getattr(image, "shape", None)
-    raise ToolError(f"image {index} is a {type(image).__name__}{'' if shape is None else f' of shape {shape}'}"
-                    f"{'' if not isinstance(image, np.ndarray) else f' and dtype {image.dtype}'}; "
-                    "give a path, a PIL image or an H x W x 3 uint8 array")
+    if isinstance(image, np.ndarray):
+        image = _array_image(image, bgr, index)
+    if not isinstance(image, Image.Image):
+        raise ToolError(f"image {index} is a {type(image).__name__}; give {_ARRAY_KINDS}")
+    if 0 in image.size:
+        raise ToolError(f"image {index} is empty ({image.width} x {image.height} pixels); a crop "
+                        "needs a width and a height of at least 1 pixel")
+    if image.mode == "RGB":
+        return image  # as to_rgb would make it, without a copy of every image of a long list
+    try:
+        return to_rgb(image)
+    except (ValueError, OSError) as err:  # a mode PIL cannot convert; a damaged lazy file
+        raise ToolError(f"image {index} (PIL mode {image.mode}) cannot be made RGB ({err}); "
+                        "convert it to RGB first") from None
+
+
+def _array_image(array: np.ndarray, bgr: bool, index: int) -> Image.Image:
+    channels = array.shape[2] if array.ndim == 3 else 1
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or channels not in _ARRAY_CHANNELS:
+        raise ToolError(f"image {index} is a ndarray of shape {array.shape} and dtype {array.dtype}; "
+                        f"give {_ARRAY_KINDS}")
+    if 0 in array.shape[:2]:
+        raise ToolError(f"image {index} is empty (an array of shape {array.shape}); a crop needs "
+                        "a width and a height of at least 1 pixel")
+    if channels == 1:
+        array = array.reshape(array.shape[:2])
+    elif bgr:
+        array = array[..., [2, 1, 0, 3][:channels]]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _labels(values: Optional[LabelsInput], count: int, name: str) -> List[Optional[int]]:
+    """One label id (None: unknown) per image, from a list, tuple, numpy array or tensor."""
+    if values is None:
+        return [None] * count
+    if isinstance(values, (torch.Tensor, np.ndarray)) and values.ndim != 1:
+        raise ToolError(f"{name}= has shape {tuple(values.shape)}; give one label per image, "
+                        "a 1-D list, array or tensor")
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        values = values.tolist()  # Python numbers, which messages show plainly
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ToolError(f"{name}= is one {type(values).__name__}; give a list of one label per "
+                        f"image (None where unknown), e.g. [{values!r}] * len(images)")
+    labels = [_label(value, name, i) for i, value in enumerate(values)]
+    if len(labels) != count:
+        raise ToolError(f"{count} images but {len(labels)} {name}: give one label per image, "
+                        "None where unknown")
+    return labels
+
+
+def _label(value: object, name: str, index: int) -> Optional[int]:
+    if value is None:
+        return None
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        return operator.index(value)  # int, numpy integer, one-element integer tensor
+    except TypeError:
+        raise ToolError(f"{name}[{index}] is {value!r}; a label is an integer id, or None where "
+                        "unknown") from None
 
 
 RECORD_FIELD = {"camera": "camid", "view": "viewid"}
@@ -225,12 +312,14 @@ def label_options(records: Sequence[ImageRecord], choice: LabelChoice, count: in
         return [[choice]] * len(records)
     everything = list(range(count))
     options = []
-    for record in records:
+    for index, record in enumerate(records):
         known = getattr(record, RECORD_FIELD[name]) if choice == AUTO else None
         if known is None:
             options.append(everything)
         else:
-            _check_label(known, count, name, f"{name} {known} of '{record.path}'")
+            # An image handed in from memory is named by its place in the call.
+            image = f"'{record.path}'" if isinstance(record.path, str) else f"image {index}"
+            _check_label(known, count, name, f"{name} {known} of {image}")
             options.append([known])
     return options
 

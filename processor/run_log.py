@@ -11,7 +11,9 @@ Each row of metrics.csv is one moment of the run:
 * an evaluation row after each evaluation (`log_eval`): utils.metrics.METRICS.
 
 Columns a row does not measure are left empty. On resume the rows of the epochs the run is
-about to train again are dropped first, so an epoch never appears twice.
+about to train again are dropped first, so an epoch never appears twice. A damaged metrics.csv
+(a truncated row, junk, another header) never stops a run: it is kept as
+`metrics.csv.damaged-<n>`, which the log names, and a new one is begun.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ import csv
 import logging
 import numbers
 import os
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from loss import LOSS_PARTS
 from utils.errors import UserError
-from utils.files import atomic_output
+from utils.files import atomic_output, move_aside
 from utils.metrics import METRICS, EvalResult
 
 logger = logging.getLogger("transreid.run_log")
@@ -38,7 +40,8 @@ Row = Dict[str, str]
 
 
 class MetricsFileError(UserError, ValueError):
-    """OUTPUT_DIR/metrics.csv is not a file this module wrote."""
+    """OUTPUT_DIR/metrics.csv is not a whole file that this module wrote: damaged, truncated
+    or foreign."""
 
 
 def metrics_path(output_dir: str) -> str:
@@ -46,9 +49,58 @@ def metrics_path(output_dir: str) -> str:
 
 
 def read_metrics(path: str) -> List[Row]:
-    """The rows of a metrics.csv as dicts of strings ('' where a column was not measured)."""
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    """The rows of a metrics.csv as dicts of strings ('' where a column was not measured); a
+    file that is not a whole one raises a MetricsFileError naming it and what is wrong."""
+    try:
+        return _read_table(path)[1]
+    except MetricsFileError as err:
+        raise MetricsFileError(f"{err}; repair or remove it (a resumed run keeps it aside as "
+                               f"{METRICS_NAME}.damaged-<n> and begins a new one)") from None
+
+
+def _read_table(path: str) -> Tuple[Tuple[str, ...], List[Row]]:
+    """(header, rows) of the metrics.csv `path`, every cell checked."""
+    try:
+        with open(path, newline="") as handle:
+            table = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise _damaged(path, f"it is not a text CSV file ({err})") from None
+    if not table:
+        return (), []  # created, then killed before its header was written
+    header = tuple(table[0])
+    if header[:2] != COLUMNS[:2]:
+        raise _damaged(path, f"its header starts {list(header[:3])}, not {list(COLUMNS[:3])}")
+    rows = []
+    for line, cells in enumerate(table[1:], start=2):
+        if not cells:  # a blank line, which csv.DictReader skips too
+            continue
+        if len(cells) != len(header):
+            raise _damaged(path, f"line {line} has {len(cells)} cells, not {len(header)} (a "
+                                 "truncated or damaged row)")
+        row = dict(zip(header, cells))
+        bad = _bad_cell(row)
+        if bad:
+            raise _damaged(path, f"line {line}: {bad[0]} {bad[1]!r} is not "
+                                 f"{'an integer' if bad[0] in COLUMNS[:2] else 'a number'}")
+        rows.append(row)
+    return header, rows
+
+
+def _bad_cell(row: Row) -> Optional[Tuple[str, str]]:
+    """The first (column, value) of `row` that this module cannot have written."""
+    for column, value in row.items():
+        try:
+            if column == "epoch" or (column == "iteration" and value):
+                int(value)
+            elif value:
+                float(value)
+        except ValueError:
+            return column, value
+    return None
+
+
+def _damaged(path: str, problem: str) -> MetricsFileError:
+    return MetricsFileError(f"'{path}' is not a whole metrics.csv of train.py: {problem}")
 
 
 class MetricsLog:
@@ -150,14 +202,17 @@ def _checked(values: Mapping[str, float], allowed: tuple) -> Dict[str, float]:
 
 def _keep_epochs_before(path: str, start_epoch: int) -> None:
     """Drop the rows of epochs >= `start_epoch` from `path` (the epochs this run trains again);
-    a file with other columns (an older version) is rewritten with the current ones."""
+    a file with other columns (an older version) is rewritten with the current ones. A damaged
+    file never stops the run: it is moved aside, named in the log, and a fresh one begun."""
     if not os.path.isfile(path):
         return
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        header = tuple(reader.fieldnames or ())
-    kept = [row for row in rows if _epoch_of(row, path) < start_epoch]
+    try:
+        header, rows = _read_table(path)
+    except MetricsFileError as err:
+        logger.warning("%s; kept it as '%s' and starting a new %s", err, move_aside(path),
+                       METRICS_NAME)
+        return
+    kept = [row for row in rows if int(row["epoch"]) < start_epoch]
     if len(kept) == len(rows) and header == COLUMNS:
         return
     if len(kept) < len(rows):
@@ -167,14 +222,6 @@ def _keep_epochs_before(path: str, start_epoch: int) -> None:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(kept)
-
-
-def _epoch_of(row: Row, path: str) -> int:
-    try:
-        return int(row["epoch"])
-    except (KeyError, TypeError, ValueError):
-        raise MetricsFileError(f"{path}: a row without an integer epoch ({row}); the file is not a "
-                         f"metrics.csv of this project: move it away from OUTPUT_DIR") from None
 
 
 def _tensorboard_writer(log_dir: str, purge_step: int):

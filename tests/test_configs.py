@@ -1,5 +1,6 @@
 """Config defaults, the YAMLs under configs/, and the loader's errors."""
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,31 @@ def test_misspelt_yaml_key_names_file_and_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
     assert str(path) in str(info.value) and "STRIDE_SIZ" in str(info.value)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"MODEL:\n  NAME: [transformer\n  STRIDE_SIZE: [12, 12]\n",
+     r" line 3, column 14: not valid YAML \(expected ',' or '\]', but got ':'\)$"),
+    (b"- MODEL.NAME\n- transformer\n", r" holds a YAML list \(\['MODEL.NAME', 'transformer'\]\), not a mapping"),
+    (b"MODEL.NAME transformer\n", r" holds a YAML str \('MODEL.NAME transformer'\), not a mapping"),
+    (b"MODEL: transformer\n", r": MODEL is a section, not a value \('transformer'\); write its keys under it"),
+    (b"MODEL:\n  NAME: 'transformer' # r\xe9sum\xe9\n", r" line 2: byte 0xe9 is not UTF-8; save the file as UTF-8 text$"),
+    (b"\xff\xfe\x00M\x00O", r" line 1: byte 0xff is not UTF-8"),
+], ids=["syntax", "list", "string", "value for a section", "latin-1", "utf-16"])
+def test_a_config_file_that_is_not_a_utf8_yaml_mapping_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "bad.yml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}{message}") as info:
+        load_config(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_an_empty_or_bom_marked_config_file_loads(tmp_path):
+    empty, bom = tmp_path / "empty.yml", tmp_path / "bom.yml"
+    empty.write_bytes(b"")
+    bom.write_bytes("\ufeffSOLVER:\n  BASE_LR: 0.5\n".encode("utf-8"))
+    assert load_config(str(empty)) == load_config("")
+    assert load_config(str(bom)).SOLVER.BASE_LR == 0.5
 
 
 def test_odd_override_count_is_an_error():

@@ -89,8 +89,8 @@ def test_unknown_cameras_average_every_camera(trained):
 def test_bad_inputs_name_the_image(trained):
     opts, _, weight, _, paths = trained
     extractor = FeatureExtractor.from_files("", weight, opts)
-    with pytest.raises(ToolError, match="image 1 is a ndarray of shape \\(8, 8\\) and dtype"):
-        extractor([paths[0], np.zeros((8, 8), np.uint8)])
+    with pytest.raises(ToolError, match="image 1 is a ndarray of shape \\(8, 8\\) and dtype float32"):
+        extractor([paths[0], np.zeros((8, 8), np.float32)])
     with pytest.raises(ToolError, match="camera 7 .* has no SIE embedding"):
         extractor(paths[:1], cameras=[7])
     with pytest.raises(ToolError, match="one label per image"):

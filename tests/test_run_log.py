@@ -1,11 +1,13 @@
 """Seeing a run: the loss's parts, metrics.csv, TensorBoard files, training and CMC charts, and
 the progress bar. `check_metrics_csv` is the helper a trainer-level test can call on the
 OUTPUT_DIR of a real run (`from test_run_log import check_metrics_csv`)."""
+import errno
 import io
 import json
 import logging
 import math
 import os
+import re
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -21,6 +23,7 @@ from processor.run_log import (COLUMNS, TENSORBOARD_DIR, MetricsFileError, Metri
 from tools import plot_training
 from tools.drawing import ChartLayout, draw_cmc_summary
 from utils.errors import ToolError
+from utils.files import move_aside
 from utils.metrics import EvalResult
 from utils.progress import Progress
 
@@ -173,13 +176,41 @@ def test_a_new_run_replaces_rows_of_a_run_that_never_checkpointed(tmp_path):
     assert [row["loss"] for row in read_metrics(metrics_path(str(tmp_path)))] == ["1.0"]
 
 
-def test_a_foreign_metrics_csv_is_named_not_overwritten(tmp_path):
+@pytest.mark.parametrize("content, problem", [
+    (b"step,value\n3,0.5\n", r"its header starts \['step', 'value'\], not \['epoch', 'iteration', 'loss'\]"),
+    (b"epoch,iteration,loss\n1,2,0.5\n1,4", r"line 3 has 2 cells, not 3 \(a truncated or damaged row\)"),
+    (b"epoch,iteration,loss\n1,2,0.5\n\x00\x13,\x01,\x02\n", r"line 3: epoch '\\x00\\x13' is not an integer"),
+    (b"\x89PNG\r\n\x1a\n\xff\xfe junk", r"it is not a text CSV file \('utf-8' codec can't decode"),
+])
+def test_a_damaged_metrics_csv_is_kept_aside_and_the_run_goes_on(tmp_path, caplog, content, problem):
     path = metrics_path(str(tmp_path))
-    with open(path, "w") as handle:
-        handle.write("step,value\n3,0.5\n")
-    with pytest.raises(MetricsFileError, match=r"metrics.csv: a row without an integer epoch"):
-        MetricsLog(str(tmp_path), iters_per_epoch=4, start_epoch=2)
-    assert open(path).read() == "step,value\n3,0.5\n"
+    (tmp_path / "metrics.csv").write_bytes(content)
+    (tmp_path / "metrics.csv.damaged-1").write_bytes(b"an earlier one")
+    with caplog.at_level(logging.WARNING, logger="transreid.run_log"):
+        with MetricsLog(str(tmp_path), iters_per_epoch=4, start_epoch=2, tensorboard=False) as log:
+            _train(log, [2])
+    aside = str(tmp_path / "metrics.csv.damaged-2")
+    assert open(aside, "rb").read() == content
+    assert (tmp_path / "metrics.csv.damaged-1").read_bytes() == b"an earlier one"
+    assert {row["epoch"] for row in read_metrics(path)} == {"2"}
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert re.fullmatch(rf"'{re.escape(path)}' is not a whole metrics.csv of train.py: {problem}.*; "
+                        rf"kept it as '{re.escape(aside)}' and starting a new metrics.csv", warning)
+    # Read directly (tools/plot_training.py), the same file is one error naming it.
+    with pytest.raises(MetricsFileError, match=rf"^'{re.escape(aside)}' is not a whole metrics.csv"
+                                               rf" of train.py: {problem}"):
+        read_metrics(aside)
+
+
+def test_moving_aside_without_hard_links_still_replaces_nothing(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "hard links not supported here")
+    monkeypatch.setattr(os, "link", no_links)
+    (tmp_path / "m.csv").write_text("new")
+    (tmp_path / "m.csv.damaged-1").write_text("old")
+    assert move_aside(str(tmp_path / "m.csv")) == str(tmp_path / "m.csv.damaged-2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv.damaged-1", "m.csv.damaged-2"]
+    assert (tmp_path / "m.csv.damaged-1").read_text() == "old"
 
 
 def test_ranks_other_than_0_write_nothing(tmp_path):
@@ -261,6 +292,12 @@ def test_plot_training_names_runs_by_folder_and_refuses_a_folder_without_metrics
     assert plot_training.run_names(["a/logs", "b/logs", "c/vit"]) == ["a/logs", "b/logs", "vit"]
     with pytest.raises(SystemExit, match=r"'.*empty' has no metrics.csv: give the OUTPUT_DIR"):
         plot_training.main([str(tmp_path / "empty")])
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "metrics.csv").write_bytes(b"epoch,iteration,loss\n1,2,0.5\n1,4\n")
+    with pytest.raises(SystemExit, match=r"^error: '.*damaged/metrics.csv' is not a whole metrics.csv "
+                                         r"of train.py: line 3 has 2 cells, not 3 .*; repair or remove it"
+                                         r"[^\n]*$"):
+        plot_training.main([str(tmp_path / "damaged")])
 
 
 @pytest.mark.parametrize("draw", [

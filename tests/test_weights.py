@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fractions
 import io
+import os
 import pickle
 import tarfile
 
@@ -179,6 +180,43 @@ def test_truncated_file_is_named_and_called_truncated(tmp_path, kept):
     message = read_error(path)
     assert message.startswith(f"weights file '{path}' is truncated")
     assert 'interrupted copy or download' in message
+
+
+def test_flipped_bytes_inside_a_tensor_are_caught_by_the_zip_crc(tmp_path):
+    path = small_checkpoint(tmp_path / 'transformer_120.pth')
+    original = torch.load(path, weights_only=True)['weight']
+    data = bytearray(path.read_bytes())
+    at = data.index(original.numpy().tobytes()) + 1000  # inside the tensor's 16 KB
+    data[at:at + 4] = bytes(255 - b for b in data[at:at + 4])
+    path.write_bytes(bytes(data))
+    # torch.load alone reads the changed numbers without a word ...
+    changed = torch.load(path, weights_only=True)['weight']
+    assert changed.shape == original.shape and (changed != original).sum() == 1
+    # ... the weights readers name the file and the damaged member.
+    message = read_error(path)
+    assert message.startswith(f"weights file '{path}' is damaged: its member 'transformer_120/data/0' "
+                              "does not match the CRC-32 stored with it;")
+    assert 'interrupted copy or download' in message and '\n' not in message
+
+
+def test_a_file_checked_once_is_checked_again_once_replaced(tmp_path):
+    # verify_zip remembers files it found whole; a resume's checkpoint, rewritten atomically
+    # each epoch, is a new file and is checked again.
+    path = small_checkpoint(tmp_path / 'last_checkpoint.pth')
+    weights.read_state_dict(str(path), weights.TRAINED_MISSING_HINT)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / 'tmp.pth').write_bytes(bytes(data))
+    os.replace(tmp_path / 'tmp.pth', path)
+    assert read_error(path).startswith(f"weights file '{path}' is damaged: ")
+
+
+def test_a_damaged_zip_directory_is_named(tmp_path):
+    path = small_checkpoint(tmp_path / 'w.pth')
+    data = path.read_bytes()
+    at = data.rindex(b'PK\x01\x02')  # the last entry of the central directory
+    path.write_bytes(data[:at] + b'XX' + data[at + 2:])
+    assert read_error(path).startswith(f"weights file '{path}' is damaged: its ZIP archive is damaged (")
 
 
 def test_truncated_old_format_file_is_named_and_called_truncated(tmp_path):

@@ -19,6 +19,7 @@ from utils.files import atomic_output, check_output
 logger = logging.getLogger("transreid.tools")
 
 CSV_COLUMNS = ("index", "path", "pid", "camid", "viewid")
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
 
 
 def index_csv_path(features_path: str) -> str:
@@ -83,25 +84,75 @@ def save_feature_index(features: np.ndarray, records: Sequence[ImageRecord], pat
 
 def load_feature_index(path: str) -> Tuple[np.ndarray, List[ImageRecord], Optional[Dict[str, object]]]:
     """A feature matrix written by extract_features.py, the records of its CSV index and the
-    record of the model that made it (None for files written before there was one)."""
+    record of the model that made it (None for files written before there was one). A file
+    that is truncated or damaged, or an index that does not list one image per row of the
+    matrix, raises a one-line ToolError naming it."""
     csv_path = index_csv_path(path)
     for needed in (path, csv_path):
         if not os.path.isfile(needed):
             raise ToolError(f"'{needed}' does not exist; write both with tools/extract_features.py")
-    features = np.load(path, allow_pickle=False)
-    with open(csv_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and set(CSV_COLUMNS) - set(rows[0]):
-        raise ToolError(f"'{csv_path}' lacks the columns {CSV_COLUMNS}")
+    features = _read_matrix(path)
+    rows = _read_index_rows(csv_path)
     if features.ndim != 2 or len(rows) != len(features):
         raise ToolError(f"'{path}' holds {features.shape} features but '{csv_path}' lists "
                         f"{len(rows)} images; re-run tools/extract_features.py")
     records = [_record_of_row(row, csv_path, line) for line, row in enumerate(rows, start=2)]
     provenance = None
     if os.path.isfile(provenance_path(path)):
-        with open(provenance_path(path)) as handle:
-            provenance = json.load(handle)
+        provenance = _read_provenance(provenance_path(path))
     return features, records, provenance
+
+
+REWRITE = "re-run tools/extract_features.py to write it again"
+
+
+def _read_matrix(path: str) -> np.ndarray:
+    with open(path, "rb") as handle:
+        head = handle.read(len(NPY_MAGIC))
+    if head != NPY_MAGIC:
+        raise ToolError(f"'{path}' is not a .npy file (it starts with {head!r}); {REWRITE}")
+    try:
+        features = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as err:  # numpy's words for a truncated or damaged file
+        raise ToolError(f"'{path}' is truncated or damaged ({str(err).splitlines()[0]}); "
+                        f"{REWRITE}") from None
+    if not np.issubdtype(features.dtype, np.floating):
+        raise ToolError(f"'{path}' holds {features.dtype} values, not float features; {REWRITE}")
+    return features
+
+
+def _read_index_rows(csv_path: str) -> List[Dict[str, str]]:
+    try:
+        with open(csv_path, newline="") as handle:
+            table = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ToolError(f"'{csv_path}' is not a readable CSV index ({err}); {REWRITE}") from None
+    header = table[0] if table else []
+    missing = [column for column in CSV_COLUMNS if column not in header]
+    if missing:
+        raise ToolError(f"'{csv_path}' lacks the column(s) {missing} of an index "
+                        f"({', '.join(CSV_COLUMNS)}); {REWRITE}")
+    rows = []
+    for line, cells in enumerate(table[1:], start=2):
+        if cells and len(cells) != len(header):
+            raise ToolError(f"'{csv_path}' line {line} has {len(cells)} cells, not {len(header)} "
+                            f"(a truncated or damaged row); {REWRITE}")
+        if cells:  # blank lines, as csv.DictReader, are skipped
+            rows.append(dict(zip(header, cells)))
+    return rows
+
+
+def _read_provenance(json_path: str) -> Dict[str, object]:
+    try:
+        with open(json_path, "rb") as handle:
+            provenance = json.loads(handle.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ToolError(f"'{json_path}', the record of the model behind its features, is damaged "
+                        f"({err}); {REWRITE}") from None
+    if not isinstance(provenance, dict):
+        raise ToolError(f"'{json_path}', the record of the model behind its features, holds a "
+                        f"{type(provenance).__name__}, not a mapping; {REWRITE}")
+    return provenance
 
 
 def _record_of_row(row: Dict[str, str], csv_path: str, line: int) -> ImageRecord:

@@ -3,17 +3,24 @@
 Every file the project writes goes through `atomic_output`: a temporary file beside the target,
 renamed over it only once complete, so a crash, a kill or a full disk mid-write leaves the
 previous version intact instead of a truncated one.
+
+Files read back are checked before use where their format allows: `verify_zip` checks the CRC-32
+of every member of a torch.save archive, and `move_aside` keeps a damaged file under a free name
+instead of deleting or overwriting it.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import re
 import shutil
 import tempfile
-from typing import Any, Iterable, Iterator, List, Optional, Set
+import zipfile
+import zlib
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import torch
 
@@ -211,3 +218,54 @@ def check_output_folder(folder: str, names: Iterable[str], inputs: Iterable[str]
         check_output(os.path.join(folder, name), os.path.splitext(name)[1], inputs, overwrite,
                      option)
     return folder
+
+
+# Files verify_zip found whole in this process, by path, with the (size, mtime, inode) they had:
+# a resume reads its checkpoint three times (two early checks and the load); one CRC pass does.
+_VERIFIED: Dict[str, Tuple[int, int, int]] = {}
+
+
+def _identity(path: str) -> Tuple[int, int, int]:
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns, info.st_ino
+
+
+def verify_zip(path: str) -> Optional[str]:
+    """What is wrong with the ZIP archive `path` (a torch.save file), in words, or None when
+    every member's data matches the CRC-32 stored with it. torch.load checks none of them, so
+    a flipped bit inside a tensor would otherwise load silently. Reads the whole file (about
+    0.5 s for a 400 MB ViT-B state dict), once per process while the file is unchanged."""
+    identity = _identity(path)
+    if _VERIFIED.get(path) == identity:
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # the first member whose CRC-32 or header is wrong
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        return f"its ZIP archive is damaged ({err})"
+    if damaged is not None:
+        return f"its member '{damaged}' does not match the CRC-32 stored with it"
+    _VERIFIED[path] = identity
+    return None
+
+
+def move_aside(path: str, label: str = "damaged") -> str:
+    """Rename `path` to `<path>.<label>-<n>` with the smallest n >= 1 that names no file, and
+    return that name: a file kept for its owner to look at, never replacing another (a hard
+    link claims the new name atomically; file systems without links get a checked rename)."""
+    for n in itertools.count(1):
+        aside = f"{path}.{label}-{n}"
+        try:
+            os.link(path, aside)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            if os.path.lexists(aside):
+                continue
+            os.rename(path, aside)
+        else:
+            os.remove(path)
+        return aside
+    raise AssertionError("itertools.count never ends")

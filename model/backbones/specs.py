@@ -55,3 +55,10 @@ def feature_dim(cfg) -> int:
     if model_name(cfg) == 'resnet50':
         return RESNET50_FEATURE_DIM
     return vit_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dim']
+
+
+def eval_feature_dim(cfg) -> int:
+    """Width of the eval-mode feature that `cfg` builds: the global feature, followed with JPM
+    by its MODEL.DEVIDE_LENGTH local ones (model/make_model.py)."""
+    parts = cfg.MODEL.DEVIDE_LENGTH if cfg.MODEL.JPM and model_name(cfg) == 'transformer' else 0
+    return feature_dim(cfg) * (1 + parts)
