@@ -12,11 +12,10 @@ Two kinds of source:
   (`{'model': state_dict, 'optimizer': ..., 'epoch': ...}`).
 
 Unlike the reference, which prints and carries on, every mismatch raises a
-`CheckpointMismatchError` that lists each offending key with both shapes. A path that is a
-directory (its newest .pth files are named) or an empty, truncated or non-PyTorch file raises an
-`UnreadableWeightsError` that names it and says which; a file that pickles Python objects besides
-tensors (and DINO's argparse.Namespace) is not unpickled, for safety, and the error names their
-classes; a TorchScript archive or a CLIP state dict is named as such.
+`CheckpointMismatchError` that lists each offending key with both shapes. A directory (its newest
+.pth files are named), an empty, truncated, damaged (CRC) or non-PyTorch file raises an
+`UnreadableWeightsError` saying which; Python objects besides tensors (and DINO's Namespace) are
+not unpickled, for safety; a TorchScript archive or a CLIP state dict is named as such.
 """
 from __future__ import annotations
 

@@ -265,9 +265,9 @@ def test_search_in_saved_features_matches_search_in_the_folder(setup, gallery_fe
                                                               capsys):
     query = os.path.join(setup.query_dir, sorted(os.listdir(setup.query_dir))[1])
     rankings = []
-    for gallery in (setup.gallery_dir, gallery_features):
+    for i, gallery in enumerate((setup.gallery_dir, gallery_features)):
         search.main(setup.args("--query", query, "--gallery", gallery, "--topk", "4",
-                               "--output-dir", str(tmp_path)))
+                               "--output-dir", str(tmp_path / str(i))))
         rankings.append([line.split()[3] for line in capsys.readouterr().out.splitlines()[2:6]])
     assert rankings[0] == rankings[1]
 
