@@ -131,3 +131,31 @@ def test_a_threshold_for_far_1e_3_holds_within_2x_on_held_out_identities():
     assert 0.5 <= result.held_out.ratio <= 2.0, result.held_out
     assert result.held_out.threshold == pytest.approx(result.threshold, abs=0.02)
     assert result.tar_at_far[1e-3] > 0.5  # the structure is there, not chance
+
+
+def test_the_report_draws_the_roc_and_the_histograms(tmp_path, caplog):
+    from PIL import Image
+    from processor.verification_report import verification_report
+    from tools.verification_plots import save_verification_plots
+    distmat, q_pids, g_pids, q_cams, g_cams = small_problem(num_q=60)
+    with caplog.at_level("INFO", logger="transreid.verification"):
+        result = verification_report(distmat, q_pids, g_pids, q_cams, g_cams, target_far=1e-2)
+    assert "TAR @ FAR 0.01" in caplog.text and "EER" in caplog.text and result.held_out
+    paths = save_verification_plots(result, str(tmp_path / "out"))
+    for path in paths.values():
+        picture = np.asarray(Image.open(path).convert("L"))
+        assert picture.shape == (480, 640) and picture.min() < 100 < 200 < picture.max()
+
+
+def test_thresholds_of_test_py_distances_become_cosine_distances():
+    from processor.verification_report import gallery_threshold
+    rng = np.random.default_rng(3)
+    a, b = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in rng.normal(size=(2, 50, 8)))
+    squared_euclidean = ((a - b) ** 2).sum(1)
+    cosine = 1 - (a * b).sum(1)
+    t = np.median(squared_euclidean)
+    converted = gallery_threshold(t, "euclidean", feat_norm=True, re_ranking=False)
+    assert np.array_equal(squared_euclidean <= t, cosine <= converted + 1e-12)
+    assert gallery_threshold(0.3, "cosine", True, False) == 0.3
+    assert gallery_threshold(0.3, "euclidean", False, False) is None
+    assert gallery_threshold(0.3, "cosine", True, True) is None
