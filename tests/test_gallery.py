@@ -17,7 +17,7 @@ import torch
 from processor import gallery_store
 from processor.gallery import Gallery
 from processor.gallery_store import Entry, GalleryError
-from tools import gallery as gallery_tool
+from tools import gallery as gallery_tool, search
 from test_tools import Setup  # the tiny saved model and rendered images of the tool tests
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -263,7 +263,7 @@ def setup(tmp_path_factory):
     return Setup(str(tmp_path_factory.mktemp("gallery_data")), str(tmp_path_factory.mktemp("gallery")))
 
 
-def test_the_tool_builds_searches_removes_and_refuses_another_model(setup, tmp_path, capsys):
+def test_the_tools_build_search_remove_and_refuse_another_model(setup, tmp_path, capsys):
     folder = str(tmp_path / "g")
     assert gallery_tool.main(["build", "--gallery", folder, "--images", setup.gallery_dir,
                               "--threshold", "0.2", "--threshold-far", "0.001",
@@ -285,6 +285,7 @@ def test_the_tool_builds_searches_removes_and_refuses_another_model(setup, tmp_p
         line for line in out.splitlines() if line.startswith("query "))) + 2].split()
     assert first_hit[:3] == ["1", "0.0000", "match"] and first_hit[-1].endswith(names[0])
     assert "skipped (cannot be read): " in out and "broken.jpg" in out
+    compare_search_modes(setup, folder, tmp_path, capsys)
     label = str(int(names[0].split("_")[0]))
     gallery_tool.main(["remove", "--gallery", folder, "--label", label])
     remaining = Gallery.open(folder)
@@ -300,3 +301,24 @@ def test_the_tool_builds_searches_removes_and_refuses_another_model(setup, tmp_p
         gallery_tool.main(["add", "--gallery", folder, "--images", setup.query_dir,
                            "--weight", other, *setup.opts])
     assert len(Gallery.open(folder)) == len(remaining)  # nothing added
+
+
+
+def compare_search_modes(setup, folder, tmp_path, capsys):
+    """tools/search.py ranks a saved gallery as the image folder it was built from."""
+    query = os.path.join(setup.query_dir, sorted(os.listdir(setup.query_dir))[0])
+
+    def ranked_paths(gallery_arg):
+        capsys.readouterr()
+        search.main(setup.args("--query", query, "--gallery", gallery_arg, "--topk", "5",
+                               "--output-dir", str(tmp_path / "pictures")))
+        lines = capsys.readouterr().out.splitlines()
+        return [(line.split()[-1], float(line.split()[1])) for line in lines[2:7]]
+
+    from_folder, from_saved = ranked_paths(setup.gallery_dir), ranked_paths(folder)
+    assert [os.path.abspath(p) for p, _ in from_folder] == [p for p, _ in from_saved]
+    # Squared Euclidean distances of unit features are twice the cosine distances.
+    np.testing.assert_allclose([d for _, d in from_folder], [2 * d for _, d in from_saved],
+                               atol=2e-4)
+    with pytest.raises(SystemExit, match="--rerank needs every gallery feature"):
+        search.main(setup.args("--query", query, "--gallery", folder, "--rerank"))
