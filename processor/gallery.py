@@ -114,8 +114,9 @@ class Gallery:
 
     def _load(self) -> None:
         live = sum(s.rows for s in self.manifest.segments) - self.manifest.num_tombstones
-        # The spare room of FeatureMatrix, allocated once: loading never copies the features.
-        self.matrix = FeatureMatrix(self.manifest.dim, int(live * 1.05) + 1024)
+        # Allocated once: loading never copies the features.
+        self.matrix = FeatureMatrix(self.manifest.dim)
+        self.matrix.reserve(live)
         ids = []
         for features, entries, row_ids in store.iter_live_rows(self.folder, self.manifest):
             self.matrix.add(features)
@@ -192,7 +193,7 @@ class Gallery:
         self.check_dim(features.shape[1], "the features to add are")
         if not self.dim:
             self.manifest.dim = features.shape[1]
-            self.matrix = FeatureMatrix(self.dim, len(features))
+            self.matrix = FeatureMatrix(self.dim)
         self.matrix.add(features)
         self.entries.extend(entries)
         self.row_ids = np.concatenate([self.row_ids, self._next_id + np.arange(len(features))])
@@ -296,6 +297,13 @@ class Gallery:
         return self._dirty
 
     # -------------------------------------------------------------------------------- searching
+    def use_index(self, kind: str) -> None:
+        """Search `kind` (flat, hnsw, ivf) from now on; an approximate index is built when first
+        searched. Saved as the gallery's choice by the next `save`."""
+        if kind not in INDEX_KINDS:
+            raise GalleryError(f"unknown index '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
+        self.index_kind, self._approximate = kind, None
+
     def search(self, features, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
         """(cosine distances, row positions) of the k nearest entries of each query row, nearest
         first; rows of -1 positions (approximate search only) found nothing more."""

@@ -47,9 +47,10 @@ class GalleryError(ToolError):
     """A gallery folder that cannot be used as asked; the message names it and the fix."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
-    """What a gallery knows of one enrolled image besides its feature."""
+    """What a gallery knows of one enrolled image besides its feature (slots: a million of them
+    cost about 5% of their 768-d features, not 10%)."""
     label: str
     path: str
     camera: Optional[int] = None

@@ -21,7 +21,7 @@ logger = logging.getLogger("transreid.gallery")
 EXACT, HNSW, IVF = "flat", "hnsw", "ivf"
 INDEX_KINDS = (EXACT, HNSW, IVF)
 GROWTH = 1.05  # spare room of the buffer: adds within 5% never copy the features
-HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 96
+HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 96
 IVF_PROBES = 24
 
 
@@ -37,9 +37,9 @@ def import_faiss():
 class FeatureMatrix:
     """Rows of a fixed width in a growable float32 buffer (views of it are invalidated by `add`)."""
 
-    def __init__(self, dim: int, capacity: int = 0) -> None:
+    def __init__(self, dim: int) -> None:
         self.dim = dim
-        self._buffer = np.empty((max(capacity, 0), dim), np.float32)
+        self._buffer = np.empty((0, dim), np.float32)
         self._rows = 0
 
     def __len__(self) -> int:
@@ -54,12 +54,16 @@ class FeatureMatrix:
     def nbytes(self) -> int:
         return self._buffer.nbytes
 
-    def add(self, features: np.ndarray) -> None:
-        needed = self._rows + len(features)
-        if needed > len(self._buffer):
-            grown = np.empty((max(needed, int(len(self._buffer) * GROWTH) + 1024), self.dim), np.float32)
+    def reserve(self, rows: int) -> None:
+        """Room for `rows` rows and 5% more, so that the next adds copy nothing."""
+        if rows > len(self._buffer):
+            grown = np.empty((int(rows * GROWTH) + 1024, self.dim), np.float32)
             grown[:self._rows] = self.rows
             self._buffer = grown
+
+    def add(self, features: np.ndarray) -> None:
+        needed = self._rows + len(features)
+        self.reserve(needed)
         self._buffer[self._rows:needed] = features
         self._rows = needed
 
@@ -93,12 +97,12 @@ class ApproximateIndex:
             self.index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             self.index.hnsw.efSearch = HNSW_EF_SEARCH
         elif kind == IVF:
-            # About 4 sqrt(N) lists, trained on up to 64 rows a list.
+            # About 4 sqrt(N) lists, trained on 40 rows a list (faiss warns below 39).
             lists = max(1, min(len(rows) // 39, int(4 * math.sqrt(max(len(rows), 1)))))
             self.quantizer = faiss.IndexFlatIP(matrix.dim)
             self.index = faiss.IndexIVFFlat(self.quantizer, matrix.dim, lists,
                                             faiss.METRIC_INNER_PRODUCT)
-            sample = rows[np.random.default_rng(0).permutation(len(rows))[:64 * lists]]
+            sample = rows[np.random.default_rng(0).permutation(len(rows))[:40 * lists]]
             self.index.train(np.ascontiguousarray(sample))
             self.index.nprobe = min(IVF_PROBES, lists)
         else:
