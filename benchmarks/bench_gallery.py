@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -101,7 +101,8 @@ def entries_of(ids: np.ndarray, tag: str) -> List[Entry]:
     return [Entry(str(i), f"/gallery/{tag}{n}.jpg", n % 6) for n, i in enumerate(ids)]
 
 
-def bench_size(num: int, args: argparse.Namespace, folder: str) -> List[Dict[str, object]]:
+def bench_size(num: int, args: argparse.Namespace, folder: str) -> Iterator[Dict[str, object]]:
+    """The table's rows for `num` entries, each as soon as it is measured."""
     faiss = import_faiss()
     raw = num * args.dim * 4
     centres = identity_centres(num, args.dim, args.views)
@@ -118,8 +119,13 @@ def bench_size(num: int, args: argparse.Namespace, folder: str) -> List[Dict[str
     exact = {"method": "gallery exact", "build_s": build_s, "load_s": load_s,
              "memory": (resident_bytes() - before) / raw, "recall": 1.0}
     exact["ms1"], exact["ms64"] = search_speed(gallery.search, queries, args.repeats)
+    # Adding 1,000 entries to the opened gallery and saving them.
+    new, new_ids = reid_like(1000, centres, 7)
+    exact["add_s"] = statistics.median(
+        timed(lambda a=a: (gallery.add(new, entries_of(new_ids, f"a{a}_")), gallery.save()))[0]
+        for a in range(3))
     _, exact_top = gallery.search(queries[:args.queries], 10)
-    rows = [exact]
+    yield exact
 
     # Side by side: faiss's own flat index over the same rows.
     before = resident_bytes()
@@ -128,7 +134,7 @@ def bench_size(num: int, args: argparse.Namespace, folder: str) -> List[Dict[str
                 "memory": (resident_bytes() - before) / raw,
                 "recall": recall_at_10(flat.search(queries[:args.queries], 10)[1], exact_top)}
     flat_row["ms1"], flat_row["ms64"] = search_speed(flat.search, queries, args.repeats)
-    rows.append(flat_row)
+    yield flat_row
     del flat
     gc.collect()
 
@@ -141,18 +147,12 @@ def bench_size(num: int, args: argparse.Namespace, folder: str) -> List[Dict[str
                "memory": (resident_bytes() - before) / raw,
                "recall": recall_at_10(gallery.search(queries[:args.queries], 10)[1], exact_top)}
         row["ms1"], row["ms64"] = search_speed(gallery.search, queries, args.repeats)
-        rows.append(row)
+        yield row
         gallery.use_index("flat")
         gc.collect()
 
-    # Adding 1,000 entries to the opened gallery and saving them.
-    new, new_ids = reid_like(1000, centres, 7)
-    adds = [timed(lambda a=a: (gallery.add(new, entries_of(new_ids, f"a{a}_")), gallery.save()))[0]
-            for a in range(3)]
-    exact["add_s"] = statistics.median(adds)
     gallery.close()
     shutil.rmtree(path)
-    return rows
 
 
 def _build_and_save(path: str, feats: np.ndarray, entries: List[Entry]) -> None:
