@@ -71,6 +71,7 @@ class Gallery:
         self.removed = np.zeros(0, np.int64)  # saved rows removed since (the tombstones)
         self._next_id = manifest.next_row
         self._approximate: Optional[ApproximateIndex] = None
+        self._effort: Optional[int] = None
         self._lock: Optional[FileLock] = None
         self._dirty = False
 
@@ -297,12 +298,17 @@ class Gallery:
         return self._dirty
 
     # -------------------------------------------------------------------------------- searching
-    def use_index(self, kind: str) -> None:
+    def use_index(self, kind: str, effort: Optional[int] = None) -> None:
         """Search `kind` (flat, hnsw, ivf) from now on; an approximate index is built when first
-        searched. Saved as the gallery's choice by the next `save`."""
+        searched. `effort` is HNSW's efSearch or IVF's probed lists (default: the module's).
+        Saved as the gallery's choice by the next `save`."""
         if kind not in INDEX_KINDS:
             raise GalleryError(f"unknown index '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
-        self.index_kind, self._approximate = kind, None
+        if kind != self.index_kind:
+            self.index_kind, self._approximate = kind, None
+        self._effort = effort
+        if self._approximate is not None and effort is not None:
+            self._approximate.effort = effort
 
     def search(self, features, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
         """(cosine distances, row positions) of the k nearest entries of each query row, nearest
@@ -318,6 +324,8 @@ class Gallery:
             if self._approximate is None:
                 logger.info("Building the %s index of %d entries", self.index_kind, len(self))
                 self._approximate = ApproximateIndex(self.index_kind, self.matrix)
+                if self._effort is not None:
+                    self._approximate.effort = self._effort
             similarity, positions = self._approximate.search(queries, k)
         return 1.0 - similarity, positions
 

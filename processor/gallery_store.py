@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -170,7 +171,10 @@ def read_entries(path: str) -> List[Entry]:
     if not rows or tuple(rows[0]) != ENTRY_COLUMNS:
         raise GalleryError(f"'{path}' is not a gallery entry list (its header is not "
                            f"{','.join(ENTRY_COLUMNS)}); {REBUILD_HINT}")
-    return [Entry(label, path_, int(camera) if camera else None) for label, path_, camera in rows[1:]]
+    # Interned: the views of one identity share one label string (a million entries of ten
+    # views each would otherwise hold a million copies).
+    return [Entry(sys.intern(label), path_, int(camera) if camera else None)
+            for label, path_, camera in rows[1:]]
 
 
 def read_tombstones(folder: str, manifest: Manifest) -> np.ndarray:

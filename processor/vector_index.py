@@ -1,7 +1,7 @@
 """Top-k inner-product search over unit feature rows, with faiss (an optional dependency).
 
 `FeatureMatrix` keeps the rows in one float32 buffer with a little spare room, so that memory for
-exact search stays within about 1.05x the raw features (faiss's own flat index grows its storage
+exact search stays within about 1.03x the raw features (faiss's own flat index grows its storage
 by doubling, and copying features into it doubles the peak). Exact search is faiss's brute-force
 k-NN (`faiss.knn`, the code of `IndexFlatIP.search`) run on that buffer. The approximate indexes
 (HNSW, IVF) hold their own copy of the rows, built when first searched.
@@ -20,7 +20,7 @@ logger = logging.getLogger("transreid.gallery")
 
 EXACT, HNSW, IVF = "flat", "hnsw", "ivf"
 INDEX_KINDS = (EXACT, HNSW, IVF)
-GROWTH = 1.05  # spare room of the buffer: adds within 5% never copy the features
+GROWTH = 1.03  # spare room of the buffer: adds within 3% never copy the features
 HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 96
 IVF_PROBES = 24
 
@@ -111,6 +111,18 @@ class ApproximateIndex:
 
     def __len__(self) -> int:
         return self.index.ntotal
+
+    @property
+    def effort(self) -> int:
+        """Search effort: HNSW's efSearch, or the lists IVF probes (more: slower, better recall)."""
+        return self.index.hnsw.efSearch if self.kind == HNSW else self.index.nprobe
+
+    @effort.setter
+    def effort(self, value: int) -> None:
+        if self.kind == HNSW:
+            self.index.hnsw.efSearch = value
+        else:
+            self.index.nprobe = min(value, self.index.nlist)
 
     def add(self, rows: np.ndarray) -> None:
         for start in range(0, len(rows), 65536):
