@@ -22,17 +22,18 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import describe_device  # noqa: E402
+from config import switches  # noqa: E402
 from datasets import load_eval_dataset, make_val_loader  # noqa: E402
 from model.trained import load_trained  # noqa: E402
 from processor import FeatureExtractor, distance_matrix  # noqa: E402
 from processor.verification_report import gallery_threshold, verification_report  # noqa: E402
 from tools.verification_plots import save_verification_plots  # noqa: E402
-from utils.cli import load_cli_config  # noqa: E402
+from utils.cli import exits_on_user_error, load_cli_config  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.verification import verify  # noqa: E402
-from config import switches  # noqa: E402
 
 
+@exits_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config_file", default="configs/Synthetic/vit_transreid_tiny.yml")
