@@ -99,10 +99,14 @@ class Gallery:
         """The gallery saved in `folder`; `writable` takes its lock (refused while another
         process writes it); `index` overrides the saved index kind for this session."""
         gallery = cls(folder, store.read_manifest(folder), index)
-        if writable:
-            gallery._lock_folder()
-            store.remove_unlisted_files(folder, gallery.manifest)
-        gallery._load()
+        try:
+            if writable:
+                gallery._lock_folder()
+                store.remove_unlisted_files(folder, gallery.manifest)
+            gallery._load()
+        except BaseException:
+            gallery.close()
+            raise
         return gallery
 
     def _lock_folder(self) -> None:

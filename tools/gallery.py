@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="then rewrite the gallery without removed rows (rewrites all)")
     info = commands.add_parser("info", help="what a gallery holds")
     info.add_argument("--gallery", required=True, help="the gallery folder")
+    info.add_argument("--labels", type=int, default=50, metavar="N",
+                      help="list the entry counts of the first N labels (default 50)")
     return parser
 
 
@@ -191,8 +193,11 @@ def run_info(args: argparse.Namespace) -> None:
           f"files      {len(manifest.segments)} segment(s), {manifest.num_tombstones} removed rows\n"
           f"model      {provenance.get('weight', 'unknown')} "
           f"(sha256 {str(provenance.get('weight_sha256', '?'))[:12]})")
-    for label, count in sorted(gallery.labels().items()):
+    labels = sorted(gallery.labels().items())
+    for label, count in labels[:args.labels]:
         print(f"  {label:>10}  {count}")
+    if len(labels) > args.labels:
+        print(f"  ... and {len(labels) - args.labels} more labels (--labels N to list more)")
 
 
 COMMANDS = {"build": run_build, "add": run_add, "search": run_search, "remove": run_remove,
