@@ -1,7 +1,6 @@
 """The lasting gallery (processor/gallery.py, its folder format and tools/gallery.py): search
 against a brute-force oracle, save / load / add / remove round trips, saves killed midway, and
 each refusal in one line."""
-import json
 import os
 import shutil
 import signal
