@@ -102,6 +102,7 @@ class ApproximateIndex:
             self.quantizer = faiss.IndexFlatIP(matrix.dim)
             self.index = faiss.IndexIVFFlat(self.quantizer, matrix.dim, lists,
                                             faiss.METRIC_INNER_PRODUCT)
+            self.index.cp.niter = 10  # k-means iterations (faiss: 25); lists move little after
             sample = rows[np.random.default_rng(0).permutation(len(rows))[:40 * lists]]
             self.index.train(np.ascontiguousarray(sample))
             self.index.nprobe = min(IVF_PROBES, lists)
