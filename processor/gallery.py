@@ -173,6 +173,7 @@ class Gallery:
         try:
             check_same_model(saved, provenance, f"gallery {self.folder}")
         except ToolError as err:
+            # Its advice (extract the .npy again) is for feature files; a gallery's fix differs.
             why = str(err).split(". Extract it again")[0]
             raise GalleryError(f"{why}; the model here is '{provenance.get('weight')}': use the "
                                "weights and config the gallery was built with, or rebuild it with "
