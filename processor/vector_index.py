@@ -27,6 +27,9 @@ IVF_PROBES = 24
 
 def import_faiss():
     """faiss, or one line naming the pip command."""
+    # Its loader logs a failed import of each legacy per-CPU build it tries (at INFO), although
+    # one library with dynamic dispatch serves every CPU: noise in a tool's output.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss
     except ImportError:
