@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="batches of 64 timed (x8 singles)")
     parser.add_argument("--approximate", nargs="*", default=["hnsw", "ivf"],
                         choices=["hnsw", "ivf"])
-    parser.add_argument("--hnsw-ef", type=int, nargs="+", default=[HNSW_EF_SEARCH, 192, 384],
+    parser.add_argument("--hnsw-ef", type=int, nargs="+", default=[HNSW_EF_SEARCH, 128, 256],
                         help="HNSW efSearch values timed (the first is the gallery's default)")
     parser.add_argument("--ivf-probes", type=int, nargs="+", default=[IVF_PROBES, 64, 128],
                         help="IVF probed lists timed (the first is the gallery's default)")
