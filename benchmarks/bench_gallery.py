@@ -193,8 +193,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="batches of 64 timed (x8 singles)")
     parser.add_argument("--approximate", nargs="*", default=["hnsw", "ivf"],
                         choices=["hnsw", "ivf"])
-    parser.add_argument("--hnsw-ef", type=int, nargs="+", default=[HNSW_EF_SEARCH, 128, 256],
-                        help="HNSW efSearch values timed (the first is the gallery's default)")
+    parser.add_argument("--hnsw-ef", type=int, nargs="+", default=[64, HNSW_EF_SEARCH, 256],
+                        help=f"HNSW efSearch values timed (the gallery uses {HNSW_EF_SEARCH})")
     parser.add_argument("--ivf-probes", type=int, nargs="+", default=[IVF_PROBES, 64, 128],
                         help="IVF probed lists timed (the first is the gallery's default)")
     parser.add_argument("--folder", default=None, help="where galleries are saved (default: a "

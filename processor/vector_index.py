@@ -21,7 +21,7 @@ logger = logging.getLogger("transreid.gallery")
 EXACT, HNSW, IVF = "flat", "hnsw", "ivf"
 INDEX_KINDS = (EXACT, HNSW, IVF)
 GROWTH = 1.03  # spare room of the buffer: adds within 3% never copy the features
-HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 120, 64
+HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 120, 128
 IVF_PROBES = 24
 
 
