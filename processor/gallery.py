@@ -81,7 +81,11 @@ class Gallery:
                index: str = EXACT, overwrite: bool = False) -> "Gallery":
         """An empty writable gallery in `folder` (made if needed). An existing gallery there is
         refused unless `overwrite`; then it is replaced when this one is first saved."""
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            raise GalleryError(f"cannot create gallery '{folder}' ({err.strerror}: "
+                               f"'{err.filename}'); choose another --gallery") from None
         gallery = cls(folder, Manifest(dim=0, provenance=provenance, index=index))
         gallery._lock_folder()
         if store.is_gallery(folder):

@@ -173,8 +173,11 @@ def read_entries(path: str) -> List[Entry]:
                            f"{','.join(ENTRY_COLUMNS)}); {REBUILD_HINT}")
     # Interned: the views of one identity share one label string (a million entries of ten
     # views each would otherwise hold a million copies).
-    return [Entry(sys.intern(label), path_, int(camera) if camera else None)
-            for label, path_, camera in rows[1:]]
+    try:
+        return [Entry(sys.intern(label), path_, int(camera) if camera else None)
+                for label, path_, camera in rows[1:]]
+    except ValueError as err:  # a row of another width, or a camera that is not a number
+        raise GalleryError(f"'{path}' is damaged ({err}); {REBUILD_HINT}") from None
 
 
 def read_tombstones(folder: str, manifest: Manifest) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The lasting gallery (processor/gallery.py, its folder format and tools/gallery.py): search
 against a brute-force oracle, save / load / add / remove round trips, saves killed midway, and
 each refusal in one line."""
+import json
 import os
 import shutil
 import signal
@@ -234,6 +235,23 @@ def test_damaged_galleries_are_named_in_one_line(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(GalleryError, match="is not a gallery"):
         Gallery.open(str(tmp_path))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(GalleryError, match="cannot create gallery '.*file'"):
+        Gallery.create(str(tmp_path / "file"))
+
+
+def test_a_damaged_entry_list_is_named(tmp_path):
+    folder = str(tmp_path / "g")
+    feats, entries = clustered(2, 2)
+    new_gallery(folder, feats, entries).close()
+    csv_path = os.path.join(folder, "seg-000001.csv")
+    text = open(csv_path).read().replace(",0\n", ",zero\n", 1)
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    manifest["segments"][0]["entries_bytes"] = len(text.encode())  # same size check passes
+    open(csv_path, "w").write(text)
+    open(os.path.join(folder, "manifest.json"), "w").write(json.dumps(manifest))
+    with pytest.raises(GalleryError, match="seg-000001.csv' is damaged"):
+        Gallery.open(folder)
 
 
 def test_wrong_removals_dimensions_and_models_are_refused(tmp_path):
