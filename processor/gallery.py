@@ -133,8 +133,24 @@ class Gallery:
             ids.append(row_ids)
         self.row_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         self.removed = store.read_tombstones(self.folder, self.manifest)
+        if self.index_kind != EXACT:
+            self._read_index_file()
         logger.info("Gallery '%s': %d entries of %d-d features (%s search)", self.folder,
                     len(self), self.manifest.dim, self.index_kind)
+
+    def _read_index_file(self) -> None:
+        """The saved approximate index, extended with the rows added since it was written."""
+        path = store.usable_index_file(self.folder, self.manifest, self.index_kind, len(self))
+        if path is None:
+            return
+        index = ApproximateIndex.read(self.index_kind, path)
+        covered = int(self.manifest.ann["rows"])
+        if len(index) != covered:
+            logger.warning("gallery '%s': the saved index holds %d rows, the manifest says %d; "
+                           "building it again", self.folder, len(index), covered)
+            return
+        index.add(self.matrix.rows[covered:])
+        self._approximate = index
 
     def close(self) -> None:
         """Release the write lock (unsaved changes are dropped: call `save` first)."""
@@ -283,6 +299,7 @@ class Gallery:
                                 self.entries[unsaved[0]:])
         if len(self.removed) != manifest.num_tombstones:
             store.write_tombstones(self.folder, manifest, self.removed)
+            manifest.ann = None  # its positions are those of rows since removed
         store.write_manifest(self.folder, manifest)
         # Committed: the unsaved rows got the ids of their new segment.
         self.row_ids[unsaved] = first_unsaved + np.arange(len(unsaved))
@@ -295,6 +312,7 @@ class Gallery:
         self._require_writable("compact it")
         manifest = copy.deepcopy(self.manifest)
         manifest.index, manifest.segments, manifest.next_row = self.index_kind, [], 0
+        manifest.ann = None
         store.write_segment(self.folder, manifest, self.matrix.rows, self.entries)
         store.write_tombstones(self.folder, manifest, np.zeros(0, np.int64))
         store.write_manifest(self.folder, manifest)
@@ -305,6 +323,32 @@ class Gallery:
     @property
     def unsaved(self) -> bool:
         return self._dirty
+
+    def index_file_stale(self, fraction: float = 0.1) -> bool:
+        """Whether the saved approximate index is missing, of another kind or out of date, or
+        leaves more than `fraction` of the rows to be added at each load."""
+        ann = self.manifest.ann
+        if self.index_kind == EXACT:
+            return False
+        if store.usable_index_file(self.folder, self.manifest, self.index_kind, len(self)) is None:
+            return True
+        return len(self) - int(ann["rows"]) > fraction * int(ann["rows"])
+
+    def save_index(self) -> None:
+        """Save the approximate index (building it if needed), so that loading the gallery reads
+        it instead of building it again (HNSW takes minutes at a million rows). Call it after
+        `save`; it stays usable, extended at each load, until a row is removed."""
+        self._require_writable("save its index")
+        if self.index_kind == EXACT:
+            raise GalleryError(f"gallery '{self.folder}' searches exactly: there is no "
+                               "approximate index to save")
+        if self._dirty:
+            raise GalleryError(f"gallery '{self.folder}' has unsaved changes; save() first")
+        index = self._approximate_index()
+        manifest = copy.deepcopy(self.manifest)
+        store.write_index_file(self.folder, manifest, self.index_kind, len(index), index.write)
+        store.write_manifest(self.folder, manifest)
+        self.manifest = manifest
 
     # -------------------------------------------------------------------------------- searching
     def use_index(self, kind: str, effort: Optional[int] = None) -> None:
@@ -330,13 +374,16 @@ class Gallery:
         if self.index_kind == EXACT:
             similarity, positions = exact_search(self.matrix, queries, k)
         else:
-            if self._approximate is None:
-                logger.info("Building the %s index of %d entries", self.index_kind, len(self))
-                self._approximate = ApproximateIndex(self.index_kind, self.matrix)
-                if self._effort is not None:
-                    self._approximate.effort = self._effort
-            similarity, positions = self._approximate.search(queries, k)
+            similarity, positions = self._approximate_index().search(queries, k)
         return 1.0 - similarity, positions
+
+    def _approximate_index(self) -> ApproximateIndex:
+        if self._approximate is None:
+            logger.info("Building the %s index of %d entries", self.index_kind, len(self))
+            self._approximate = ApproximateIndex(self.index_kind, self.matrix)
+        if self._effort is not None:
+            self._approximate.effort = self._effort
+        return self._approximate
 
     def hits(self, features, k: int = 10) -> List[List[Hit]]:
         """Per query row, its k nearest entries with their distances and match decisions."""

@@ -26,7 +26,7 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -40,7 +40,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 ENTRY_COLUMNS = ("label", "path", "camera")
 # Files of a gallery folder; anything else in it is the user's and is never touched.
-_OWN_FILE = re.compile(r"(seg|tomb)-\d{6}\.(npy|csv)")
+_OWN_FILE = re.compile(r"(seg|tomb)-\d{6}\.(npy|csv)|ann-\d{6}\.faiss")
 REBUILD_HINT = "rebuild it with tools/gallery.py build (or restore the folder from a backup)"
 
 
@@ -84,6 +84,9 @@ class Manifest:
     segments: List[Segment] = field(default_factory=list)
     tombstones: Optional[str] = None
     num_tombstones: int = 0
+    # The saved approximate index, if any: {name, kind, rows, num_tombstones, bytes}. It holds
+    # the first `rows` live rows as they were with `num_tombstones` removed rows.
+    ann: Optional[Dict[str, object]] = None
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": VERSION, **asdict(self)}, indent=1)
@@ -95,7 +98,8 @@ class Manifest:
 
     def files(self) -> List[str]:
         names = [n for s in self.segments for n in (s.name, s.entries_name)]
-        return names + ([self.tombstones] if self.tombstones else [])
+        return (names + ([self.tombstones] if self.tombstones else [])
+                + ([str(self.ann["name"])] if self.ann else []))
 
 
 def manifest_path(folder: str) -> str:
@@ -240,6 +244,35 @@ def write_tombstones(folder: str, manifest: Manifest, ids: np.ndarray) -> None:
     name = manifest.file_name("tomb", ".npy")
     _write_synced(os.path.join(folder, name), lambda h: np.save(h, ids.astype(np.int64)))
     manifest.tombstones, manifest.num_tombstones = name, len(ids)
+
+
+def write_index_file(folder: str, manifest: Manifest, kind: str, rows: int,
+                     write: Callable[[str], None]) -> None:
+    """A new approximate-index file, `write(path)` of an index of the first `rows` live rows,
+    named in `manifest` (not yet saved)."""
+    name = manifest.file_name("ann", ".faiss")
+    with atomic_output(os.path.join(folder, name)) as tmp_path:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        size = os.path.getsize(tmp_path)
+    manifest.ann = {"name": name, "kind": kind, "rows": rows,
+                    "num_tombstones": manifest.num_tombstones, "bytes": size}
+
+
+def usable_index_file(folder: str, manifest: Manifest, kind: str, live_rows: int) -> Optional[str]:
+    """The path of the saved approximate index when it still describes the gallery's first rows
+    (no row removed since it was written), else None."""
+    ann = manifest.ann
+    if not ann or ann["kind"] != kind or ann["num_tombstones"] != manifest.num_tombstones \
+            or int(ann["rows"]) > live_rows:
+        return None
+    path = os.path.join(folder, str(ann["name"]))
+    if not os.path.isfile(path) or os.path.getsize(path) != ann["bytes"]:
+        logger.warning("gallery '%s': the saved %s index '%s' is missing or damaged; building "
+                       "it again", folder, kind, ann["name"])
+        return None
+    return path
 
 
 def write_manifest(folder: str, manifest: Manifest) -> None:

@@ -113,6 +113,17 @@ class ApproximateIndex:
             raise ToolError(f"unknown index '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
         self.add(rows)
 
+    @classmethod
+    def read(cls, kind: str, path: str) -> "ApproximateIndex":
+        """An index written by `write`."""
+        faiss = import_faiss()
+        loaded = cls.__new__(cls)
+        loaded.kind, loaded.index = kind, faiss.read_index(path)
+        return loaded
+
+    def write(self, path: str) -> None:
+        import_faiss().write_index(self.index, path)
+
     def __len__(self) -> int:
         return self.index.ntotal
 

@@ -17,6 +17,7 @@ import torch
 from processor import gallery_store
 from processor.gallery import Gallery
 from processor.gallery_store import Entry, GalleryError
+from processor.vector_index import ApproximateIndex
 from tools import gallery as gallery_tool, search
 from test_tools import Setup  # the tiny saved model and rendered images of the tool tests
 
@@ -81,6 +82,35 @@ def test_approximate_search_finds_nearly_all_exact_neighbours(tmp_path, kind):
     _, expected = oracle_search(feats, queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(positions, expected)])
     assert recall >= 0.95
+
+
+def test_a_saved_hnsw_index_is_read_and_extended_not_built_again(tmp_path, monkeypatch):
+    folder = str(tmp_path / "g")
+    feats, entries = clustered(100, 4, seed=3)
+    more, more_entries = clustered(10, 2, seed=4)
+    with new_gallery(folder, feats, entries, index="hnsw") as gallery:
+        assert gallery.index_file_stale()
+        gallery.save_index()
+        expected = gallery.search(feats[:20], 5)
+    monkeypatch.setattr(ApproximateIndex, "__init__", no_building)
+    with Gallery.open(folder, writable=True) as gallery:
+        np.testing.assert_array_equal(gallery.search(feats[:20], 5)[1], expected[1])
+        gallery.add(more, more_entries)
+        gallery.save()
+        assert not gallery.index_file_stale(fraction=0.1) and gallery.manifest.ann["rows"] == 400
+    reopened = Gallery.open(folder)  # reads 400 rows, adds the 20 since
+    assert reopened.search(more, 1)[1][:, 0].tolist() == list(range(400, 420))
+    with Gallery.open(folder, writable=True) as gallery:
+        gallery.remove(label="s4id0")
+        gallery.save()
+        assert gallery.manifest.ann is None and gallery.index_file_stale()
+    assert not [name for name in os.listdir(folder) if name.startswith("ann-")]  # stale: gone
+    with pytest.raises(AssertionError, match="built"):
+        Gallery.open(folder).search(more, 1)
+
+
+def no_building(*args, **kwargs):
+    raise AssertionError("the approximate index was built, not read")
 
 
 def test_hits_are_matches_at_the_threshold_and_calibration_sets_it(tmp_path):

@@ -128,6 +128,8 @@ def enrol(gallery: Gallery, args: argparse.Namespace, extractor: FeatureExtracto
     elif args.threshold is not None:
         gallery.set_threshold(args.threshold, args.threshold_far)
     gallery.save()
+    if gallery.index_file_stale():  # an approximate gallery: load it without building its index
+        gallery.save_index()
     print(f"{len(records)} image(s) enrolled; gallery '{args.gallery}' holds {len(gallery)} "
           f"entries of {len(gallery.labels())} identities")
 
@@ -180,6 +182,12 @@ def run_remove(args: argparse.Namespace) -> None:
     print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}; {len(gallery)} left")
 
 
+def saved_index(manifest) -> str:
+    if not manifest.ann:
+        return ""
+    return f" (saved: {manifest.ann['name']}, {manifest.ann['rows']} rows)"
+
+
 def run_info(args: argparse.Namespace) -> None:
     gallery = Gallery.open(args.gallery)
     manifest = gallery.manifest
@@ -189,7 +197,7 @@ def run_info(args: argparse.Namespace) -> None:
     print(f"gallery    {args.gallery}\n"
           f"entries    {len(gallery)} of {len(gallery.labels())} identities, {gallery.dim}-d\n"
           f"threshold  {threshold}\n"
-          f"index      {gallery.index_kind}\n"
+          f"index      {gallery.index_kind}{saved_index(manifest)}\n"
           f"files      {len(manifest.segments)} segment(s), {manifest.num_tombstones} removed rows\n"
           f"model      {provenance.get('weight', 'unknown')} "
           f"(sha256 {str(provenance.get('weight_sha256', '?'))[:12]})")
