@@ -11,7 +11,8 @@ search well and no gallery looks like): identities of `--views` noisy views each
 
 Per size, one row per search method:
 * build: gallery add + save to disk (exact), or building the index from the features (faiss
-  flat, HNSW, IVF); load: Gallery.open of the saved folder.
+  flat, HNSW, IVF); load: Gallery.open of the saved folder. "saved" rows: build = writing the
+  approximate index with the gallery (save_index), load = opening the gallery with it.
 * memory: process RSS growth, from before to after the gallery is opened (exact) or the index
   is built, over the raw float32 features.
 * ms/query at batch 1 (median of single queries) and at batch 64 (median batch / 64).
@@ -147,7 +148,14 @@ def bench_size(num: int, args: argparse.Namespace, folder: str) -> Iterator[Dict
                 row.update(build_s=build_s, memory=memory)
             row["ms1"], row["ms64"] = search_speed(gallery.search, queries, args.repeats)
             yield row
+        # Saved with the gallery, the index is read at the next load instead of built.
+        save_s, _ = timed(gallery.save_index)
         gallery.use_index("flat")
+        gc.collect()
+        load_s, reloaded = timed(lambda: Gallery.open(path, index=kind))
+        yield {"method": f"gallery {kind} saved", "build_s": save_s, "load_s": load_s,
+               "recall": recall_at_10(reloaded.search(queries[:args.queries], 10)[1], exact_top)}
+        del reloaded
         gc.collect()
 
     # Adding 1,000 entries (new views of known identities) to the opened gallery and saving,
