@@ -102,24 +102,24 @@ class Gallery:
     def open(cls, folder: str, writable: bool = False, index: Optional[str] = None) -> "Gallery":
         """The gallery saved in `folder`; `writable` takes its lock (refused while another
         process writes it); `index` overrides the saved index kind for this session."""
-        gallery = cls(folder, store.read_manifest(folder), index)
+        manifest = store.read_manifest(folder)  # names a folder that is no gallery first
+        lock = _lock_folder(folder) if writable else None
         try:
+            # Read again under the lock: a writer may have saved since, and unlisted files are
+            # removed below.
+            gallery = cls(folder, store.read_manifest(folder) if writable else manifest, index)
+            gallery._lock = lock
             if writable:
-                gallery._lock_folder()
                 store.remove_unlisted_files(folder, gallery.manifest)
             gallery._load()
         except BaseException:
-            gallery.close()
+            if lock is not None:
+                lock.release()
             raise
         return gallery
 
     def _lock_folder(self) -> None:
-        lock = FileLock(os.path.join(self.folder, LOCK_FILE))
-        holder = lock.try_acquire(purpose="gallery writer")
-        if holder is not None:
-            raise GalleryError(f"gallery '{self.folder}' is being changed by "
-                               f"{describe_holder(holder)}; wait for it to finish, then retry")
-        self._lock = lock
+        self._lock = _lock_folder(self.folder)
 
     def _load(self) -> None:
         live = sum(s.rows for s in self.manifest.segments) - self.manifest.num_tombstones
@@ -421,6 +421,16 @@ class Gallery:
         if self.manifest.provenance is None and not self.dim:
             self.manifest.provenance = provenance  # an empty gallery takes the model's
         self.check_model(provenance)
+
+
+def _lock_folder(folder: str) -> FileLock:
+    """The gallery's write lock, or a GalleryError naming the process that holds it."""
+    lock = FileLock(os.path.join(folder, LOCK_FILE))
+    holder = lock.try_acquire(purpose="gallery writer")
+    if holder is not None:
+        raise GalleryError(f"gallery '{folder}' is being changed by {describe_holder(holder)}; "
+                           "wait for it to finish, then retry")
+    return lock
 
 
 def _unit_rows(features) -> np.ndarray:
