@@ -26,7 +26,7 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -48,10 +48,9 @@ class GalleryError(ToolError):
     """A gallery folder that cannot be used as asked; the message names it and the fix."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """What a gallery knows of one enrolled image besides its feature (slots: a million of them
-    cost about 5% of their 768-d features, not 10%)."""
+class Entry(NamedTuple):
+    """What a gallery knows of one enrolled image besides its feature (a tuple: a million of
+    them cost about 4% of their 768-d features, a dataclass with a __dict__ 10%)."""
     label: str
     path: str
     camera: Optional[int] = None
