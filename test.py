@@ -13,6 +13,8 @@ from model.trained import load_trained
 from processor import EvalResult, do_inference
 from processor.cli import base_parser, exits_on_user_error, load_cli_config, start_run
 from processor.inference import log_result
+from processor.verification_report import gallery_threshold
+from tools.verification_plots import VERIFICATION_PICTURES, save_verification_plots
 from utils.files import atomic_write_text, check_output
 
 # The trained weights replace every parameter: building the network skips the ImageNet
@@ -35,7 +37,7 @@ def run_evaluation(cfg, logger) -> EvalResult:
     model = load_trained(cfg, dataset).model
     if dataset.num_trials == 1:
         val_loader, num_query = make_val_loader(cfg, dataset=dataset)
-        return do_inference(cfg, model, val_loader, num_query)
+        return do_inference(cfg, model, val_loader, num_query, verification=True)
     results = []
     for trial in range(dataset.num_trials):
         val_loader, num_query = make_val_loader(cfg, trial=trial)
@@ -48,9 +50,16 @@ def run_evaluation(cfg, logger) -> EvalResult:
 
 def write_results(cfg, result: EvalResult, logger) -> None:
     path = results_path(cfg)
+    flags = switches(cfg)
     summary = {"weight": cfg.TEST.WEIGHT, "dataset": cfg.DATASETS.NAMES,
-               "re_ranking": switches(cfg).re_ranking, "flip_feats": switches(cfg).flip_feats,
-               **result.as_dict()}
+               "re_ranking": flags.re_ranking, "flip_feats": flags.flip_feats, **result.as_dict()}
+    if result.verification is not None:
+        # The target-FAR threshold as a gallery's cosine distance (tools/gallery.py --threshold).
+        summary["verification"].update(dist_metric=cfg.TEST.DIST_METRIC, gallery_threshold=(
+            gallery_threshold(result.verification.threshold, cfg.TEST.DIST_METRIC,
+                              flags.feat_norm, flags.re_ranking)))
+        pictures = save_verification_plots(result.verification, cfg.OUTPUT_DIR)
+        logger.info("ROC curve and distance histograms: %s", ", ".join(pictures.values()))
     # Atomic: a full disk or a kill mid-write leaves the previous results, not an empty file.
     atomic_write_text(path, json.dumps(summary, indent=2))
     logger.info("Results written to %s", path)
@@ -69,8 +78,10 @@ def main() -> None:
     cfg = load_cli_config(args.config_file, list(args.opts or []) + NO_IMAGENET_INIT)
     check_weight_given(cfg)
     if cfg.OUTPUT_DIR:  # before the evaluation, not after it
-        check_output(results_path(cfg), ".json", [cfg.TEST.WEIGHT, args.config_file],
-                     args.overwrite, option=f"OUTPUT_DIR/{RESULTS_NAME}")
+        for name in (RESULTS_NAME, *VERIFICATION_PICTURES):
+            check_output(os.path.join(cfg.OUTPUT_DIR, name), os.path.splitext(name)[1],
+                         [cfg.TEST.WEIGHT, args.config_file], args.overwrite,
+                         option=f"OUTPUT_DIR/{name}")
     logger = start_run(cfg, args.config_file, if_train=False)
     result = run_evaluation(cfg, logger)
     if cfg.OUTPUT_DIR:

@@ -1,14 +1,18 @@
 """Images a user points a tool or the inference API at: a folder, a list file or one image."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 from utils.errors import ToolError
 
-from .bases import IMAGE_EXTENSIONS, MARKET_PATTERN, DatasetError, NameRule
+from .bases import (IMAGE_EXTENSIONS, MARKET_PATTERN, DatasetError, ImageReadError, NameRule,
+                    read_image)
 from .list_file import list_file_lines, parse_list_labels
+
+logger = logging.getLogger("transreid.datasets")
 
 MARKET_NAME = NameRule(MARKET_PATTERN, "0002_c1s1_000451_03.jpg")
 
@@ -69,3 +73,17 @@ def collect_images(source: str) -> List[ImageRecord]:
     if os.path.isfile(source):
         return [record_from_name(source)] if is_image(source) else images_in_list(source)
     raise ToolError(f"'{source}' does not exist; give an image folder, a list file or an image")
+
+
+def readable_images(records: Sequence[ImageRecord]) -> Tuple[List[ImageRecord], List[str]]:
+    """The records whose images open, and the paths of those that do not (each warned about)."""
+    readable, skipped = [], []
+    for record in records:
+        try:
+            read_image(record.path, retries=1)
+        except ImageReadError as err:
+            logger.warning("skipped: %s", err)
+            skipped.append(record.path)
+        else:
+            readable.append(record)
+    return readable, skipped

@@ -30,6 +30,7 @@ logger = logging.getLogger("transreid.model")
 # Settings besides the weights that change the features of an image.
 FEATURE_SETTINGS = ("MODEL.TRANSFORMER_TYPE", "MODEL.JPM", "TEST.NECK_FEAT", "INPUT.SIZE_TEST",
                     "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD", "TEST.FLIP_FEATS", "TEST.AMP_DTYPE")
+EXTRACT_AGAIN = "extract it again with tools/extract_features.py and this --weight and config"
 # Settings added after feature files were first written: a record without them had these.
 SETTING_DEFAULTS = {"TEST.FLIP_FEATS": False, "TEST.AMP_DTYPE": "fp32"}
 
@@ -199,3 +200,19 @@ def load_trained(cfg, dataset=None, num_cameras: Optional[int] = None,
         listing = str(err).replace(weights.TRAINED_FIX_HINT, "").rstrip()
         raise weights.CheckpointMismatchError(f"{cause or config_mismatch(cfg)}\n{listing}") from None
     return TrainedModel(model.eval(), sie_counts_of(model), cfg)
+
+
+def check_same_model(saved: Optional[Dict[str, object]], current: Dict[str, object],
+                     features_path: str, fix: str = EXTRACT_AGAIN) -> None:
+    """Refuse to compare features that another model or other settings produced; `fix` ends
+    the message."""
+    if saved is None:
+        logger.warning("'%s' has no record of the model that extracted it (written by an older "
+                       "version): cannot check that it matches --weight", features_path)
+        return
+    saved = {**SETTING_DEFAULTS, **saved}
+    differences = [f"{key} {saved.get(key)!r} there, {value!r} here" for key, value in current.items()
+                   if key != "weight" and saved.get(key) != value]
+    if differences:
+        raise ToolError(f"'{features_path}' was extracted with other weights or settings "
+                        f"(weights '{saved.get('weight')}'): {'; '.join(differences)}; {fix}")

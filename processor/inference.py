@@ -49,10 +49,13 @@ from utils.precision import autocast, inference_dtype
 from utils.progress import Progress
 
 from .compiled import CompiledForward, compile_enabled
+from .verification_report import verification_report
 
 logger = logging.getLogger("transreid.inference")
 
 MEAN, AUTO = "mean", "auto"
+# The false-accept rate whose threshold test.py reports (and a gallery can take).
+VERIFICATION_FAR = 1e-3
 LabelChoice = Union[str, int]
 """'mean', 'auto' or a fixed label id."""
 ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
@@ -348,9 +351,10 @@ def distance_matrix(cfg, query_feats: torch.Tensor, gallery_feats: torch.Tensor)
                                   cfg.TEST.RE_RANKING_K2, cfg.TEST.RE_RANKING_LAMBDA).numpy()
 
 
-def evaluate(cfg, model: nn.Module, val_loader, num_query: int,
-             device: torch.device) -> EvalResult:
-    """mAP, CMC and mINP of `model` on a query-then-gallery loader.
+def evaluate(cfg, model: nn.Module, val_loader, num_query: int, device: torch.device,
+             verification: bool = False) -> EvalResult:
+    """mAP, CMC and mINP of `model` on a query-then-gallery loader; with `verification`, also
+    the verification figures of its distances (`EvalResult.verification`).
 
     The loader draws its seed from the global RNG; forking it keeps training randomness
     independent of when and how often evaluation runs (so a resumed run matches an
@@ -361,7 +365,17 @@ def evaluate(cfg, model: nn.Module, val_loader, num_query: int,
         feats, pids, camids, _ = extractor.extract_loader(val_loader, desc="extracting features")
     evaluator = make_evaluator(cfg, num_query)
     evaluator.update((feats, pids, camids))
-    return evaluator.evaluate()
+    if not verification:
+        return evaluator.evaluate()
+    result, distmat = evaluator.evaluate_with_distances()
+    if distmat is None:
+        logger.warning("No verification figures: the %d x %d distance matrix is over 2 GiB",
+                       num_query, len(pids) - num_query)
+        return result
+    result.verification = verification_report(distmat, pids[:num_query], pids[num_query:],
+                                              camids[:num_query], camids[num_query:],
+                                              VERIFICATION_FAR)
+    return result
 
 
 def log_result(logger_: logging.Logger, result: EvalResult, title: str) -> None:

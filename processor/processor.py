@@ -40,13 +40,13 @@ def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
 
 
 def do_inference(cfg, model: torch.nn.Module, val_loader, num_query: int,
-                 title: str = "Validation Results") -> EvalResult:
-    """Evaluate `model` on a query-then-gallery loader and log mAP, CMC and mINP, as the
-    reference's do_inference; returns the whole EvalResult (the reference returned its
-    `cmc[0], cmc[4]`)."""
+                 title: str = "Validation Results", verification: bool = False) -> EvalResult:
+    """Evaluate `model` on a query-then-gallery loader and log mAP, CMC and mINP (and with
+    `verification` TAR@FAR, EER and thresholds), as the reference's do_inference; returns the
+    whole EvalResult (the reference returned its `cmc[0], cmc[4]`)."""
     device = select_device(cfg.MODEL.DEVICE)
     model.to(device)
-    result = evaluate(cfg, model, val_loader, num_query, device)
+    result = evaluate(cfg, model, val_loader, num_query, device, verification)
     log_result(logging.getLogger("transreid.test"), result, title)
     return result
 

@@ -19,7 +19,7 @@ from processor.checkpoint import ResumeError
 from processor.cli import exits_on_user_error
 from processor.processor import NonFiniteLossError
 from tests.conftest import REPO_ROOT, TINY_TRANSREID_OPTS
-from tools.feature_files import check_same_model
+from model.trained import check_same_model
 from utils.errors import ToolError, UserError
 from utils.metrics import R1_mAP_eval
 

@@ -85,6 +85,17 @@ def test_a_model_of_another_class_count_is_scored_as_evaluate_scores_it(setup, e
     scores = results_of(tmp_path)
     assert scores["mAP"] == pytest.approx(expected.mAP, abs=1e-6)
     assert scores["rank1"] == pytest.approx(float(expected.cmc[0]), abs=1e-6)
+    # Verification figures of the same distances, and the threshold a gallery takes: squared
+    # Euclidean distances of unit features are twice the cosine distances.
+    val_loader, num_query = make_val_loader(setup.cfg)
+    verified = evaluate(setup.cfg, setup.model, val_loader, num_query, torch.device("cpu"),
+                        verification=True).verification
+    figures = scores["verification"]
+    assert figures["eer"] == pytest.approx(verified.eer, abs=1e-6)
+    assert figures["tar_at_far"]["0.001"] == pytest.approx(verified.tar_at_far[1e-3], abs=1e-6)
+    assert figures["gallery_threshold"] == pytest.approx(verified.threshold / 2, abs=1e-6)
+    for name in ("verification_roc.png", "verification_distances.png"):
+        assert Image.open(tmp_path / name).size[0] > 0
 
 
 def test_training_batch_rules_do_not_apply(setup, tmp_path):

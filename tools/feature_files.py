@@ -12,7 +12,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from datasets.image_list import ImageRecord
-from model.trained import SETTING_DEFAULTS
 from utils.errors import ToolError
 from utils.files import atomic_output, check_output
 
@@ -30,22 +29,6 @@ def index_csv_path(features_path: str) -> str:
 def provenance_path(features_path: str) -> str:
     """The record of the model behind a feature matrix: same name, `.json`."""
     return os.path.splitext(features_path)[0] + ".json"
-
-
-def check_same_model(saved: Optional[Dict[str, object]], current: Dict[str, object],
-                     features_path: str) -> None:
-    """Refuse to compare features that another model or other settings produced."""
-    if saved is None:
-        logger.warning("'%s' has no record of the model that extracted it (written by an older "
-                       "version): cannot check that it matches --weight", features_path)
-        return
-    saved = {**SETTING_DEFAULTS, **saved}
-    differences = [f"{key} {saved.get(key)!r} there, {value!r} here" for key, value in current.items()
-                   if key != "weight" and saved.get(key) != value]
-    if differences:
-        raise ToolError(f"'{features_path}' was extracted with other weights or settings "
-                        f"(weights '{saved.get('weight')}'): {'; '.join(differences)}. Extract "
-                        "it again with tools/extract_features.py and this --weight and config")
 
 
 def check_feature_outputs(path: str, inputs: Sequence[str], overwrite: bool) -> None:

@@ -1,7 +1,7 @@
 """Search a gallery for query images with a trained model: ranked matches and rank-list pictures.
 
 python tools/search.py --config_file CONFIG --weight MODEL.pth \\
-    --query QUERY_IMAGES --gallery GALLERY_FOLDER_OR_FEATURES.npy [KEY VALUE ...]
+    --query QUERY_IMAGES --gallery GALLERY_FOLDER_OR_FEATURES.npy_OR_SAVED_GALLERY [KEY VALUE ...]
 """
 from __future__ import annotations
 
@@ -18,13 +18,15 @@ import numpy as np
 import torch
 
 from datasets.image_list import ImageRecord, collect_images
-from model.trained import load_trained
+from model.trained import check_same_model, load_trained
 from processor import FeatureExtractor, distance_matrix
 from processor.cli import exits_on_user_error
+from processor.gallery import Gallery
+from processor.gallery_store import Entry, is_gallery
 from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
                           add_sie_count_arguments, configure_logging, load_tool_config, tool_parser)
 from tools.drawing import draw_rank_list, save_png
-from tools.feature_files import check_same_model, load_feature_index
+from tools.feature_files import load_feature_index
 from utils.files import check_output_folder
 
 logger = logging.getLogger("transreid.tools")
@@ -45,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="query image, folder (recursive) or list file; repeat --query for "
                              "more")
     parser.add_argument("--gallery", required=True,
-                        help="gallery: a folder (recursive), a list file, or a .npy feature "
+                        help="gallery: a folder of images (recursive), a list file, a .npy feature "
                              "matrix written by tools/extract_features.py (with its .csv index; "
-                             "extract it with the same model and config)")
+                             "extract it with the same model and config), or a gallery folder "
+                             "saved by tools/gallery.py (ranked by cosine distance, 1 - cos, "
+                             "with its own index)")
     parser.add_argument("--topk", type=int, default=10, help="matches per query (default 10)")
     parser.add_argument("--output-dir", default="search_results",
                         help="folder of the rank-list pictures (default: search_results)")
@@ -78,7 +82,6 @@ def gallery_features(args: argparse.Namespace, extractor: FeatureExtractor,
     return extractor.extract_records(records, desc="gallery features"), records
 
 
-
 def format_matches(query: ImageRecord, matches: Sequence[ImageRecord],
                    distances: Sequence[float]) -> str:
     """The query and a table of its matches, one line each."""
@@ -105,6 +108,40 @@ def picture_name(index: int, query: ImageRecord) -> str:
     return f"{index:03d}_{os.path.splitext(os.path.basename(query.path))[0]}.png"
 
 
+def entry_record(entry: Entry) -> ImageRecord:
+    """A saved gallery's entry as an image record; labels that are not ids have no pid."""
+    return ImageRecord(entry.path, int(entry.label) if entry.label.isdigit() else None, entry.camera)
+
+
+def rank_in_saved_gallery(args: argparse.Namespace, extractor: FeatureExtractor,
+                          queries: Sequence[ImageRecord],
+                          ) -> Tuple[List[ImageRecord], np.ndarray, np.ndarray]:
+    """(gallery records, distances, orders) of the queries' top-k in a tools/gallery.py folder."""
+    if args.rerank:
+        raise ToolError(f"--rerank needs every gallery feature at once; '{args.gallery}' is a "
+                        "saved gallery searched top-k: drop --rerank")
+    gallery = Gallery.open(args.gallery)
+    gallery.check_model(extractor.trained.provenance)
+    distances, orders = gallery.search(extractor.extract_records(queries, desc="query features"),
+                                       args.topk)
+    return [entry_record(e) for e in gallery.entries], distances, orders
+
+
+def rank_in_features(args: argparse.Namespace, cfg, extractor: FeatureExtractor,
+                     queries: Sequence[ImageRecord],
+                     ) -> Tuple[List[ImageRecord], np.ndarray, np.ndarray]:
+    """(gallery records, distances, orders) of the queries' top-k among images or a .npy matrix."""
+    gallery_feats, gallery = gallery_features(args, extractor)
+    query_feats = extractor.extract_records(queries, desc="query features")
+    if gallery_feats.shape[1] != query_feats.shape[1]:
+        raise ToolError(f"the gallery '{args.gallery}' holds {gallery_feats.shape[1]}-d features "
+                        f"but this model gives {query_feats.shape[1]}-d ones; extract the gallery "
+                        "with the same config and weights")
+    distmat = distance_matrix(cfg, query_feats, gallery_feats)
+    orders = np.argsort(distmat, axis=1, kind="stable")[:, :args.topk]
+    return gallery, np.take_along_axis(distmat, orders, 1), orders
+
+
 @exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
@@ -115,20 +152,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         args.overwrite)
     trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
     extractor = FeatureExtractor.from_trained(cfg, trained, camera=args.camera, view=args.view)
-    gallery_feats, gallery = gallery_features(args, extractor)
-    query_feats = extractor.extract_records(queries, desc="query features")
-    if gallery_feats.shape[1] != query_feats.shape[1]:
-        raise ToolError(f"the gallery '{args.gallery}' holds {gallery_feats.shape[1]}-d features "
-                        f"but this model gives {query_feats.shape[1]}-d ones; extract the gallery "
-                        "with the same config and weights")
-    distmat = distance_matrix(cfg, query_feats, gallery_feats)
-    orders = np.argsort(distmat, axis=1, kind="stable")[:, :args.topk]
+    if is_gallery(args.gallery):
+        gallery, distances, orders = rank_in_saved_gallery(args, extractor, queries)
+    else:
+        gallery, distances, orders = rank_in_features(args, cfg, extractor, queries)
     require_pictures(gallery, orders, args.gallery)
-    for index, (query, distances, order) in enumerate(zip(queries, distmat, orders)):
+    for index, (query, row_distances, order) in enumerate(zip(queries, distances, orders)):
         matches = [gallery[i] for i in order]
-        print(format_matches(query, matches, distances[order]))
+        print(format_matches(query, matches, row_distances))
         picture = os.path.join(args.output_dir, picture_name(index, query))
-        save_png(draw_rank_list(query, matches, distances[order]), picture)
+        save_png(draw_rank_list(query, matches, row_distances), picture)
         print(f"  rank list: {picture}")
     return 0
 

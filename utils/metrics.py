@@ -28,6 +28,7 @@ from utils.distance import (DIST_METRICS, check_dist_metric, distance_chunks,  #
 from utils.errors import UserError
 from utils.options import yes_no
 from utils.reranking import DEFAULT_CHUNK_BYTES, row_chunks
+from utils.verification import VerificationResult
 
 logger = logging.getLogger("transreid.metrics")
 
@@ -60,6 +61,8 @@ class EvalResult:
     num_valid_queries: int
     num_queries: int
     extra: dict = field(default_factory=dict)
+    # How well a distance threshold tells same from other identities (evaluate(verification=)).
+    verification: Optional[VerificationResult] = None
 
     @property
     def num_skipped_queries(self) -> int:
@@ -77,9 +80,11 @@ class EvalResult:
         return {name: self.metric(name) for name in METRICS}
 
     def as_dict(self) -> dict:
+        verification = {} if self.verification is None else \
+            {"verification": self.verification.as_dict()}
         return {**self.metrics(), "num_valid_queries": self.num_valid_queries,
                 "num_queries": self.num_queries, "cmc": [float(v) for v in self.cmc],
-                **self.extra}
+                **verification, **self.extra}
 
     @classmethod
     def mean(cls, results: Sequence["EvalResult"]) -> "EvalResult":
@@ -300,6 +305,11 @@ class R1_mAP_eval:
     def evaluate(self) -> EvalResult:
         """mAP, CMC, mINP and the number of queries scored, without the distance matrix."""
         return self._score(lambda _: False)[0]
+
+    def evaluate_with_distances(self) -> Tuple[EvalResult, Optional[np.ndarray]]:
+        """`evaluate()` and the query x gallery distances, None when over 2 GiB (as compute())."""
+        result, distmat, _, _ = self._score(self._keeps_distmat)
+        return result, distmat
 
     @torch.no_grad()
     def _score(self, keep_distmat: Callable[[int], bool],
