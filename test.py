@@ -11,9 +11,8 @@ import numpy as np
 
 from config import ConfigError, switches
 from datasets import load_eval_dataset, make_val_loader
-from model.trained import load_trained
 from processor import EvalResult, evaluate
-from processor.inference import log_result
+from processor.inference import evaluation_model, log_result
 from utils.checkpoint import atomic_write_text
 from utils.cli import base_parser, exits_on_user_error, load_cli_config, start_run
 from utils.device import select_device
@@ -55,9 +54,8 @@ def run_evaluation(cfg, logger):
     """-> (result, title) of TEST.WEIGHT on the query and gallery of DATASETS.NAMES."""
     # Loaded (and checked: an empty query or gallery is named here) before any model runs.
     dataset = load_eval_dataset(cfg)
-    model = load_trained(cfg, dataset).model
     device = select_device(cfg.MODEL.DEVICE)
-    model.to(device)
+    model = evaluation_model(cfg, dataset, device)  # PyTorch, or an exported .onnx / .xml
     if cfg.DATASETS.NAMES == 'VehicleID':
         title = f"Validation Results (mean of {cfg.TEST.VEHICLEID_TRIALS} trials)"
         return run_vehicleid_trials(cfg, model, device, logger), title

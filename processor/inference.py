@@ -23,7 +23,7 @@ Models without SIE ignore the labels, and every choice costs a single pass.
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,7 +43,9 @@ from utils.metrics import EvalResult, R1_mAP_eval, query_gallery_distance
 from utils.precision import autocast, inference_dtype
 from utils.progress import Progress
 
+from . import runtimes
 from .compiled import CompiledForward, compile_enabled
+from .runtimes import ExportedModel
 
 logger = logging.getLogger("transreid.inference")
 
@@ -64,8 +66,11 @@ class FeatureExtractor:
 
     `counts` are the cameras and views the model has SIE embeddings for (0: none); a model
     built by `from_files` knows them from its checkpoint. `compile` (default: MODEL.COMPILE)
-    runs the forward through torch.compile; `model` itself stays uncompiled.
+    runs the forward through torch.compile; `model` itself stays uncompiled. `runtime`, set by
+    `from_files` for an exported file, runs instead of the model.
     """
+
+    runtime: Optional[ExportedModel] = None
 
     def __init__(self, cfg, model: nn.Module, device: Optional[torch.device] = None,
                  counts: Optional[SideInfoCounts] = None, camera: LabelChoice = AUTO,
@@ -90,11 +95,19 @@ class FeatureExtractor:
                         "(TEST.FLIP_FEATS)")
 
     @classmethod
-    def from_files(cls, config_file: str, weight: str, opts: Sequence[str] = (),
+    def from_files(cls, config_file: str = "", weight: str = "", opts: Sequence[str] = (),
                    device: Optional[torch.device] = None, num_cameras: Optional[int] = None,
                    num_views: Optional[int] = None, **kwargs) -> "FeatureExtractor":
-        """From a config file, `KEY VALUE` overrides and a trained weights file; the model is
-        sized from the weights (`num_cameras` / `num_views` split a joint SIE table)."""
+        """From a config file, `KEY VALUE` overrides and a model file, run by its suffix:
+        `.pth` weights by PyTorch (the model is sized from them; `num_cameras` / `num_views`
+        split a joint SIE table), an exported `.onnx` by ONNX Runtime and `.xml` by OpenVINO
+        (on the CPU). An exported file needs no config: its metadata sets the input size,
+        normalisation and flip (`from_files(weight="model.onnx")`, or the file first)."""
+        if not weight and runtimes.is_exported(config_file):
+            config_file, weight = "", config_file
+        if runtimes.check_model_suffix(weight) not in runtimes.PYTORCH_SUFFIXES:
+            return runtime_extractor(cls, runtimes.ExportedModel(weight), config_file, opts,
+                                     **kwargs)
         cfg = load_config(config_file, [*opts, "TEST.WEIGHT", weight,
                                         "MODEL.PRETRAIN_CHOICE", "none"])
         return cls.from_trained(cfg, load_trained(cfg, num_cameras=num_cameras,
@@ -158,6 +171,8 @@ class FeatureExtractor:
                  view_label: torch.Tensor) -> torch.Tensor:
         """The one place the model runs: eval-mode float32 features of a batch of transformed
         images with one camera and view label each."""
+        if self.runtime is not None:  # an exported file: flip and precision are its own
+            return self.runtime(images, cam_label, view_label)
         self.model.eval()
         images = images.to(self.device, non_blocking=True)
         labels = dict(cam_label=cam_label.to(self.device), view_label=view_label.to(self.device))
@@ -241,7 +256,49 @@ def _check_label(label: int, count: int, name: str, source: str) -> None:
                         f"(ids 0..{count - 1}); pass --{name} mean or a known id")
 
 
+def runtime_extractor(cls, exported: ExportedModel, config_file: str = "",
+                      opts: Sequence[str] = (), cfg=None, **kwargs) -> "FeatureExtractor":
+    """A `cls` (FeatureExtractor) that runs an exported file on the CPU. Its config is
+    `config_file` and `opts` under the file's own input settings, or `cfg`, which must feed
+    the file as it was exported (`ExportedModel.check_config`)."""
+    if cfg is None:
+        cfg = exported.config(config_file, opts)
+    else:
+        exported.check_config(cfg)
+    kwargs["compile"] = False  # nothing of PyTorch's runs
+    extractor = cls(cfg, nn.Identity(), torch.device("cpu"), exported.counts, **kwargs)
+    extractor.runtime = exported
+    return extractor
+
+
+def features_provenance(extractor: FeatureExtractor) -> Dict[str, object]:
+    """What the extractor's features depend on (`model.trained.feature_provenance`; for an
+    exported file the one it records, with its precision)."""
+    if extractor.runtime is not None:
+        return extractor.runtime.provenance
+    if extractor.trained is None:
+        raise ValueError("an extractor built from a bare model has no provenance")
+    return extractor.trained.provenance
+
+
 # ---------------------------------------------------------------------------- evaluation
+def evaluation_model(cfg, dataset, device: torch.device) -> Union[nn.Module, FeatureExtractor]:
+    """What test.py evaluates for TEST.WEIGHT: the PyTorch model sized and checked for
+    `dataset`, on `device`; for an exported .onnx / .xml, a FeatureExtractor that runs it
+    (`evaluate` takes either)."""
+    weight = cfg.TEST.WEIGHT
+    if runtimes.check_model_suffix(weight) in runtimes.PYTORCH_SUFFIXES:
+        return load_trained(cfg, dataset).model.to(device)
+    exported = runtimes.ExportedModel(weight)
+    for found, known, name in ((dataset.num_cameras, exported.counts.cameras, "cameras"),
+                               (dataset.num_views, exported.counts.views, "views")):
+        if known and found > known:  # labels the file has no SIE embedding for
+            raise ToolError(f"TEST.WEIGHT '{weight}' knows {known} SIE {name}, but "
+                            f"{dataset.display_name} has {found}: test it on the dataset it "
+                            "was trained on, or export the portable form")
+    return runtime_extractor(FeatureExtractor, exported, cfg=cfg)
+
+
 def make_evaluator(cfg, num_query: int) -> R1_mAP_eval:
     flags = switches(cfg)
     return R1_mAP_eval(num_query, max_rank=50, feat_norm=flags.feat_norm,
@@ -259,7 +316,7 @@ def distance_matrix(cfg, query_feats: torch.Tensor, gallery_feats: torch.Tensor)
                                   cfg.TEST.RE_RANKING_K2, cfg.TEST.RE_RANKING_LAMBDA).numpy()
 
 
-def evaluate(cfg, model: nn.Module, val_loader, num_query: int,
+def evaluate(cfg, model: Union[nn.Module, "FeatureExtractor"], val_loader, num_query: int,
              device: torch.device) -> EvalResult:
     """mAP, CMC and mINP of `model` on a query-then-gallery loader.
 
@@ -267,7 +324,7 @@ def evaluate(cfg, model: nn.Module, val_loader, num_query: int,
     independent of when and how often evaluation runs (so a resumed run matches an
     uninterrupted one).
     """
-    extractor = FeatureExtractor(cfg, model, device)
+    extractor = model if isinstance(model, FeatureExtractor) else FeatureExtractor(cfg, model, device)
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
         feats, pids, camids, _ = extractor.extract_loader(val_loader, desc="extracting features")
     evaluator = make_evaluator(cfg, num_query)

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from datasets.image_list import ImageRecord, collect_images
-from model.trained import load_trained
 from processor import FeatureExtractor, distance_matrix
+from processor.inference import features_provenance
 from tools.common import (ToolError, add_label_arguments, add_sie_count_arguments,
-                          configure_logging, load_tool_config, tool_parser)
+                          configure_logging, load_extractor, load_tool_config, tool_parser)
 from tools.drawing import draw_rank_list, save_png
 from utils.cli import exits_on_user_error
 from utils.feature_files import check_same_model, load_feature_index
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(0002_c1s1_000451_03.jpg), list files or the gallery's CSV index.",
         "python tools/search.py --config_file configs/Market/vit_transreid_stride.yml "
         "--weight logs/market/transformer_120.pth --query person.jpg --gallery my_crops/ "
-        "--topk 10 --rerank")
+        "--topk 10 --rerank", exported_ok=True)
     # One value per --query: a greedy list would swallow the KEY VALUE overrides that follow.
     parser.add_argument("--query", required=True, action="append",
                         help="query image, folder (recursive) or list file; repeat --query for "
@@ -70,7 +70,7 @@ def gallery_features(args: argparse.Namespace, extractor: FeatureExtractor,
                      ) -> Tuple[torch.Tensor, List[ImageRecord]]:
     if args.gallery.endswith(".npy"):
         features, records, provenance = load_feature_index(args.gallery)
-        check_same_model(provenance, extractor.trained.provenance, args.gallery)
+        check_same_model(provenance, features_provenance(extractor), args.gallery)
         return torch.from_numpy(features), records
     records = collect_images(args.gallery)
     return extractor.extract_records(records, desc="gallery features"), records
@@ -108,8 +108,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = load_tool_config(args, ["TEST.RE_RANKING", "True"] if args.rerank else [])
     queries = [record for source in args.query for record in collect_images(source)]
-    trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
-    extractor = FeatureExtractor.from_trained(cfg, trained, camera=args.camera, view=args.view)
+    extractor = load_extractor(args, cfg, camera=args.camera, view=args.view)
+    cfg = extractor.cfg  # an exported file's input settings on top
     gallery_feats, gallery = gallery_features(args, extractor)
     query_feats = extractor.extract_records(queries, desc="query features")
     if gallery_feats.shape[1] != query_feats.shape[1]:
