@@ -79,14 +79,15 @@ def output_files(output: str, fmt: str) -> List[str]:
 def check_output(output: str, fmt: str, inputs: Sequence[str], overwrite: bool) -> None:
     """Before any work: the suffix fits the format, no input is replaced, nothing existing is
     replaced without `overwrite`, and the folder can take a file."""
-    suffix = FORMATS[fmt]
-    if os.path.splitext(output)[1].lower() != suffix:
-        raise ToolError(f"--output '{output}' must end in {suffix} for --format {fmt}")
     for path in output_files(output, fmt):
         for source in inputs:
             if source and os.path.abspath(path) == os.path.abspath(source):
                 raise ToolError(f"--output '{output}' would replace the input '{source}'; "
                                 "choose another --output")
+    suffix = FORMATS[fmt]
+    if os.path.splitext(output)[1].lower() != suffix:
+        raise ToolError(f"--output '{output}' must end in {suffix} for --format {fmt}")
+    for path in output_files(output, fmt):
         if os.path.exists(path) and not overwrite:
             raise ToolError(f"'{path}' exists; pass --overwrite to replace it, or choose another "
                             "--output")
