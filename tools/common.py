@@ -1,6 +1,8 @@
-"""What the tools share: their command line. The work itself is the library's: the trained
+"""What the tools share: their command line, and the one way they open a model (`.pth`, or an
+exported `.onnx` / `.xml`: `load_extractor`). The work itself is the library's: the trained
 model (`model.trained`), images (`datasets.image_list`), features (`processor.FeatureExtractor`,
-whose doc explains the SIE label choices) and feature files (`utils.feature_files`).
+whose doc explains the SIE label choices; exported files `processor.runtimes`) and feature
+files (`utils.feature_files`).
 """
 from __future__ import annotations
 
