@@ -4,7 +4,8 @@ metadata and checked against PyTorch before it is written.
 python tools/export.py --config_file CONFIG --weight MODEL.pth --format onnx|openvino \\
     [--precision fp32|int8|bf16] [--form labelled|portable] [--output FILE] [KEY VALUE ...]
 
-Needs the optional packages onnx and onnxruntime (and openvino for --format openvino).
+Needs the optional packages onnx and onnxruntime (and openvino for --format openvino, plus nncf
+for its int8).
 See docs/deploy.md.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ImageNet-normalised RGB images and handles SIE inside (--camera-mode). Flip "
         "(TEST.FLIP_FEATS) is part of the graph. The metadata (input size, mean/std, feature "
         "size, SIE, provenance) travels in the file. The file is compared with PyTorch and "
-        "written only if they agree. Needs: pip install onnx onnxruntime [openvino].",
+        "written only if they agree. Needs: pip install onnx onnxruntime [openvino [nncf]].",
         "python tools/export.py --config_file configs/Market/vit_transreid_stride.yml "
         "--weight logs/market/transformer_120.pth --format openvino --precision int8")
     parser.add_argument("--format", choices=sorted(FORMATS), default="onnx",
@@ -84,9 +85,13 @@ def default_output(weight: str, fmt: str, precision: str) -> str:
     return f"{os.path.splitext(weight)[0]}_{precision}{FORMATS[fmt]}"
 
 
-def require_runtimes(fmt: str) -> None:
-    for package in ("onnx", "onnxruntime") + (("openvino",) if fmt == "openvino" else ()):
-        require_package(package, f"exporting to {fmt}")
+def require_runtimes(fmt: str, precision: str) -> None:
+    """Every optional package the export will need, before any work."""
+    packages = ["onnx", "onnxruntime"]
+    if fmt == "openvino":
+        packages += ["openvino"] + (["nncf"] if precision == "int8" else [])
+    for package in packages:
+        require_package(package, f"exporting to {fmt} {precision}")
 
 
 @exits_on_user_error
@@ -99,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan.check()
     output = args.output or default_output(cfg.TEST.WEIGHT, args.format, args.precision)
     check_output(output, args.format, [cfg.TEST.WEIGHT], args.overwrite)
-    require_runtimes(args.format)
+    require_runtimes(args.format, args.precision)
     trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
     calibration = None
     if args.precision == "int8":
