@@ -17,7 +17,7 @@ through each backend (the evaluation code of test.py), and the cosine of each ba
 features to torch fp32's.
 
 Backends: torch fp32, torch bf16 (CPU autocast), ONNX Runtime fp32 and int8 (static QDQ,
-per-channel), OpenVINO fp32 (f32 hint), bf16 (bf16 hint) and int8 (the QDQ file); with
+per-channel), OpenVINO fp32 (f32 hint), bf16 (bf16 hint) and int8 (NNCF); with
 --static, also ONNX Runtime and OpenVINO int8 exported with a static batch.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Backend:
 BACKENDS = [Backend("torch fp32"), Backend("torch bf16 autocast", precision="bf16"),
             Backend("ORT fp32", "onnx"), Backend("ORT int8 static QDQ", "onnx", "int8"),
             Backend("OpenVINO fp32", "openvino"), Backend("OpenVINO bf16 hint", "openvino", "bf16"),
-            Backend("OpenVINO int8 (QDQ)", "openvino", "int8")]
+            Backend("OpenVINO int8 NNCF", "openvino", "int8")]
 STATIC_BACKENDS = [Backend("ORT int8, static batch", "onnx", "int8", True),
                    Backend("OpenVINO int8, static batch", "openvino", "int8", True)]
 

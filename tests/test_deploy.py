@@ -15,6 +15,7 @@ from PIL import Image
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
+pytest.importorskip("nncf")  # OpenVINO's int8
 
 from config import load_config  # noqa: E402
 from datasets import SyntheticSettings, ensure_synthetic_person  # noqa: E402
