@@ -168,9 +168,12 @@ def speed(args: argparse.Namespace, backends: List[Backend], work: str) -> Dict[
 
 def accuracy(args: argparse.Namespace, backends: List[Backend], work: str) -> Dict[str, Dict[str, float]]:
     """mAP, Rank-1, mINP and cosine to torch fp32 of the trained model through each backend."""
+    # No loader workers: forking after the runtimes (and NNCF) started their threads crashed
+    # the process (SIGSEGV) once, and the quickstart's images are small.
     cfg = load_config(args.accuracy_config, ["TEST.WEIGHT", args.weight, "MODEL.DEVICE", "cpu",
                                              "MODEL.PRETRAIN_CHOICE", "none",
-                                             "DATASETS.ROOT_DIR", args.data_root])
+                                             "DATASETS.ROOT_DIR", args.data_root,
+                                             "DATALOADER.NUM_WORKERS", "0"])
     dataset = load_eval_dataset(cfg)
     calibration = calibration_set(cfg, args.calibration_size)
     print(f"accuracy: int8 calibration set: {calibration.description}", flush=True)
