@@ -218,8 +218,8 @@ def print_table(args, backends, speeds, scores) -> None:
         score = scores.get(backend.name)
         if score:
             cells += [f"{100 * score['mAP']:.2f}", f"{100 * score['rank1']:.2f}",
-                      f"{100 * score['mINP']:.2f}", f"{score['cos_min']:.5f}",
-                      f"{score['cos_mean']:.5f}"]
+                      f"{100 * score['mINP']:.2f}", f"{score['cos_min']:.6f}",
+                      f"{score['cos_mean']:.6f}"]
         else:
             cells += ["-"] * 5
         print("| " + " | ".join(cells) + " |")
