@@ -9,12 +9,12 @@ import os
 
 from config import ConfigError, switches
 from datasets import load_eval_dataset, make_val_loader
-from model.trained import load_trained
 from processor import EvalResult, do_inference
 from processor.cli import base_parser, exits_on_user_error, load_cli_config, start_run
-from processor.inference import log_result
+from processor.evaluation import evaluation_model, log_result
 from processor.verification_report import gallery_threshold
 from tools.verification_plots import VERIFICATION_PICTURES, save_verification_plots
+from utils.device import select_device
 from utils.files import atomic_write_text, check_output
 
 # The trained weights replace every parameter: building the network skips the ImageNet
@@ -34,7 +34,8 @@ def run_evaluation(cfg, logger) -> EvalResult:
     dataset's query/gallery draws where its protocol has several (VehicleID)."""
     # Loaded (and checked: an empty query or gallery is named here) before any model runs.
     dataset = load_eval_dataset(cfg)
-    model = load_trained(cfg, dataset).model
+    # PyTorch, or an exported .onnx / .xml
+    model = evaluation_model(cfg, dataset, select_device(cfg.MODEL.DEVICE))
     if dataset.num_trials == 1:
         val_loader, num_query = make_val_loader(cfg, dataset=dataset)
         return do_inference(cfg, model, val_loader, num_query, verification=True)

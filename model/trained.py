@@ -32,7 +32,8 @@ FEATURE_SETTINGS = ("MODEL.TRANSFORMER_TYPE", "MODEL.JPM", "TEST.NECK_FEAT", "IN
                     "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD", "TEST.FLIP_FEATS", "TEST.AMP_DTYPE")
 EXTRACT_AGAIN = "extract it again with tools/extract_features.py and this --weight and config"
 # Settings added after feature files were first written: a record without them had these.
-SETTING_DEFAULTS = {"TEST.FLIP_FEATS": False, "TEST.AMP_DTYPE": "fp32"}
+# "precision" is that of an exported model (processor.runtimes); PyTorch weights run as stored.
+SETTING_DEFAULTS = {"TEST.FLIP_FEATS": False, "TEST.AMP_DTYPE": "fp32", "precision": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,8 @@ def feature_provenance(cfg) -> Dict[str, object]:
     settings["TEST.FLIP_FEATS"] = switches(cfg).flip_feats
     # Through JSON and back, so that tuples compare equal to the lists a saved record holds.
     return json.loads(json.dumps({"weight": os.path.abspath(cfg.TEST.WEIGHT),
-                                  "weight_sha256": file_sha256(cfg.TEST.WEIGHT), **settings}))
+                                  "weight_sha256": file_sha256(cfg.TEST.WEIGHT), **settings,
+                                  "precision": SETTING_DEFAULTS["precision"]}))
 
 
 def sie_counts_of(model: torch.nn.Module) -> SideInfoCounts:

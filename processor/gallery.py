@@ -31,7 +31,7 @@ from utils.verification import VerificationResult
 
 from . import gallery_store as store
 from .gallery_store import Entry, GalleryError, Manifest
-from .inference import FeatureExtractor
+from .inference import FeatureExtractor, features_provenance
 from .vector_index import EXACT, INDEX_KINDS, ApproximateIndex, FeatureMatrix, exact_search
 from .verification_report import self_verification
 
@@ -407,7 +407,7 @@ class Gallery:
         return list(zip(readable, self.hits(features, k))), skipped
 
     def _check_extractor(self, extractor: FeatureExtractor) -> None:
-        provenance = None if extractor.trained is None else extractor.trained.provenance
+        provenance = features_provenance(extractor)
         if self.manifest.provenance is None and not self.dim:
             self.manifest.provenance = provenance  # an empty gallery takes the model's
         self.check_model(provenance)

@@ -1,4 +1,4 @@
-"""Features of images with a trained model, and evaluation: the one inference path.
+"""Features of images with a trained model or an exported file: the one inference path.
 
 `FeatureExtractor` is the public Python API (as torchreid's): build it from a config file and
 weights, or from a config and a model, and call it on a list of image paths, PIL images (any
@@ -27,7 +27,7 @@ import logging
 import operator
 import os
 from collections.abc import Iterable
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,18 +44,16 @@ from model.backbones.specs import eval_feature_dim
 from model.trained import SideInfoCounts, TrainedModel, load_trained, sie_counts_of
 from utils.device import select_device
 from utils.errors import ToolError
-from utils.metrics import EvalResult, R1_mAP_eval, query_gallery_distance
 from utils.precision import autocast, inference_dtype
 from utils.progress import Progress
 
+from . import runtimes
 from .compiled import CompiledForward, compile_enabled
-from .verification_report import verification_report
+from .runtimes import ExportedModel
 
 logger = logging.getLogger("transreid.inference")
 
 MEAN, AUTO = "mean", "auto"
-# The false-accept rate whose threshold test.py reports (and a gallery can take).
-VERIFICATION_FAR = 1e-3
 LabelChoice = Union[str, int]
 """'mean', 'auto' or a fixed label id."""
 ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
@@ -74,8 +72,11 @@ class FeatureExtractor:
 
     `counts` are the cameras and views the model has SIE embeddings for (0: none); a model
     built by `from_files` knows them from its checkpoint. `compile` (default: MODEL.COMPILE)
-    runs the forward through torch.compile; `model` itself stays uncompiled.
+    runs the forward through torch.compile; `model` itself stays uncompiled. `runtime`, set by
+    `from_files` for an exported file, runs instead of the model.
     """
+
+    runtime: Optional[ExportedModel] = None
 
     def __init__(self, cfg, model: nn.Module, device: Optional[torch.device] = None,
                  counts: Optional[SideInfoCounts] = None, camera: LabelChoice = AUTO,
@@ -100,11 +101,19 @@ class FeatureExtractor:
                         "(TEST.FLIP_FEATS)")
 
     @classmethod
-    def from_files(cls, config_file: str, weight: str, opts: Sequence[str] = (),
+    def from_files(cls, config_file: str = "", weight: str = "", opts: Sequence[str] = (),
                    device: Optional[torch.device] = None, num_cameras: Optional[int] = None,
                    num_views: Optional[int] = None, **kwargs) -> "FeatureExtractor":
-        """From a config file, `KEY VALUE` overrides and a trained weights file; the model is
-        sized from the weights (`num_cameras` / `num_views` split a joint SIE table)."""
+        """From a config file, `KEY VALUE` overrides and a model file, run by its suffix:
+        `.pth` weights by PyTorch (the model is sized from them; `num_cameras` / `num_views`
+        split a joint SIE table), an exported `.onnx` by ONNX Runtime and `.xml` by OpenVINO
+        (on the CPU). An exported file needs no config: its metadata sets the input size,
+        normalisation and flip (`from_files(weight="model.onnx")`, or the file first)."""
+        if not weight and runtimes.is_exported(config_file):
+            config_file, weight = "", config_file
+        if runtimes.check_model_suffix(weight) not in runtimes.PYTORCH_SUFFIXES:
+            return runtime_extractor(cls, runtimes.ExportedModel(weight), config_file, opts,
+                                     **kwargs)
         cfg = load_config(config_file, [*opts, "TEST.WEIGHT", weight,
                                         "MODEL.PRETRAIN_CHOICE", "none"])
         return cls.from_trained(cfg, load_trained(cfg, num_cameras=num_cameras,
@@ -170,6 +179,8 @@ class FeatureExtractor:
                  view_label: torch.Tensor) -> torch.Tensor:
         """The one place the model runs: eval-mode float32 features of a batch of transformed
         images with one camera and view label each."""
+        if self.runtime is not None:  # an exported file: flip and precision are its own
+            return self.runtime(images, cam_label, view_label)
         self.model.eval()
         images = images.to(self.device, non_blocking=True)
         labels = dict(cam_label=cam_label.to(self.device), view_label=view_label.to(self.device))
@@ -333,60 +344,24 @@ def _check_label(label: int, count: int, name: str, source: str) -> None:
                         f"(ids 0..{count - 1}); pass --{name} mean or a known id")
 
 
-# ---------------------------------------------------------------------------- evaluation
-def make_evaluator(cfg, num_query: int) -> R1_mAP_eval:
-    flags = switches(cfg)
-    return R1_mAP_eval(num_query, max_rank=50, feat_norm=flags.feat_norm,
-                       reranking=flags.re_ranking, dist_metric=cfg.TEST.DIST_METRIC,
-                       k1=cfg.TEST.RE_RANKING_K1, k2=cfg.TEST.RE_RANKING_K2,
-                       lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
+def runtime_extractor(cls, exported: ExportedModel, config_file: str = "",
+                      opts: Sequence[str] = (), cfg=None, **kwargs) -> "FeatureExtractor":
+    """A `cls` (FeatureExtractor) that runs an exported file on the CPU. Its config is
+    `config_file` and `opts` under the file's own input settings, or `cfg`, which must feed
+    the file as it was exported (`ExportedModel.check_config`)."""
+    if cfg is None:
+        cfg = exported.config(config_file, opts)
+    else:
+        exported.check_config(cfg)
+    kwargs["compile"] = False  # nothing of PyTorch's runs
+    extractor = cls(cfg, nn.Identity(), torch.device("cpu"), exported.counts, **kwargs)
+    extractor.runtime = exported
+    return extractor
 
 
-def distance_matrix(cfg, query_feats: torch.Tensor, gallery_feats: torch.Tensor) -> np.ndarray:
-    """Query x gallery distances as the evaluator ranks them (TEST.FEAT_NORM, then re-ranking
-    or TEST.DIST_METRIC), for features of a few queries or of images outside a benchmark."""
-    flags = switches(cfg)
-    return query_gallery_distance(query_feats, gallery_feats, flags.feat_norm,
-                                  cfg.TEST.DIST_METRIC, flags.re_ranking, cfg.TEST.RE_RANKING_K1,
-                                  cfg.TEST.RE_RANKING_K2, cfg.TEST.RE_RANKING_LAMBDA).numpy()
-
-
-def evaluate(cfg, model: nn.Module, val_loader, num_query: int, device: torch.device,
-             verification: bool = False) -> EvalResult:
-    """mAP, CMC and mINP of `model` on a query-then-gallery loader; with `verification`, also
-    the verification figures of its distances (`EvalResult.verification`).
-
-    The loader draws its seed from the global RNG; forking it keeps training randomness
-    independent of when and how often evaluation runs (so a resumed run matches an
-    uninterrupted one).
-    """
-    extractor = FeatureExtractor(cfg, model, device)
-    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-        feats, pids, camids, _ = extractor.extract_loader(val_loader, desc="extracting features")
-    evaluator = make_evaluator(cfg, num_query)
-    evaluator.update((feats, pids, camids))
-    if not verification:
-        return evaluator.evaluate()
-    result, distmat = evaluator.evaluate_with_distances()
-    if distmat is None:
-        logger.warning("No verification figures: the %d x %d distance matrix is over 2 GiB",
-                       num_query, len(pids) - num_query)
-        return result
-    result.verification = verification_report(distmat, pids[:num_query], pids[num_query:],
-                                              camids[:num_query], camids[num_query:],
-                                              VERIFICATION_FAR)
-    return result
-
-
-def log_result(logger_: logging.Logger, result: EvalResult, title: str) -> None:
-    """The reference's result lines ('mAP: ..', 'CMC curve, Rank-1  :..'), one per METRICS."""
-    logger_.info(title)
-    for name, value in result.metrics().items():
-        if name.startswith("rank"):
-            if int(name[len("rank"):]) <= len(result.cmc):
-                logger_.info("CMC curve, Rank-{:<3}:{:.1%}".format(name[len("rank"):], value))
-        else:
-            logger_.info("{}: {:.1%}".format(name, value))
-    skipped = f", {result.num_skipped_queries} skipped without a valid match" \
-        if result.num_skipped_queries else ""
-    logger_.info("Scored %d of %d queries%s", result.num_valid_queries, result.num_queries, skipped)
+def features_provenance(extractor: FeatureExtractor) -> Optional[Dict[str, object]]:
+    """What the extractor's features depend on (`model.trained.feature_provenance`; for an
+    exported file the one it records, with its precision); None for a model built by hand."""
+    if extractor.runtime is not None:
+        return extractor.runtime.provenance
+    return None if extractor.trained is None else extractor.trained.provenance

@@ -22,7 +22,7 @@ from .checkpoint import Checkpointer, TrainingObjects, restore_rng_states, rng_s
 from .cli import set_seed
 from .compiled import CompiledForward, compile_enabled
 from .dist_watchdog import start_watchdog
-from .inference import evaluate, log_result
+from .evaluation import evaluate, log_result
 from .run_log import MetricsLog
 from .step_stats import (NON_FINITE_GRADIENT, NON_FINITE_LOSS, Reading, StepStats, any_non_finite,
                          gradients, loss_gate, skip_updates_if)
@@ -45,7 +45,8 @@ def do_inference(cfg, model: torch.nn.Module, val_loader, num_query: int,
     `verification` TAR@FAR, EER and thresholds), as the reference's do_inference; returns the
     whole EvalResult (the reference returned its `cmc[0], cmc[4]`)."""
     device = select_device(cfg.MODEL.DEVICE)
-    model.to(device)
+    if isinstance(model, torch.nn.Module):  # else an extractor of an exported file
+        model.to(device)
     result = evaluate(cfg, model, val_loader, num_query, device, verification)
     log_result(logging.getLogger("transreid.test"), result, title)
     return result

@@ -389,7 +389,7 @@ def test_a_metric_added_to_the_list_reaches_every_output(one_more_metric, tmp_pa
     result = _result(mAP=0.4)
     expected = float(result.cmc[19])
     with caplog.at_level(logging.INFO, logger="transreid.test"):
-        from processor.inference import log_result
+        from processor.evaluation import log_result
         log_result(logging.getLogger("transreid.test"), result, "title")
     assert f"CMC curve, Rank-20 :{expected:.1%}" in caplog.text
 

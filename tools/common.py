@@ -1,6 +1,8 @@
-"""What the tools share: their command line. The work itself is the library's: the trained
+"""What the tools share: their command line, and the one way they open a model (`.pth`, or an
+exported `.onnx` / `.xml`: `load_extractor`). The work itself is the library's: the trained
 model (`model.trained`), images (`datasets.image_list`), features (`processor.FeatureExtractor`,
-whose doc explains the SIE label choices) and feature files (`tools.feature_files`).
+whose doc explains the SIE label choices; exported files `processor.runtimes`) and feature
+files (`tools.feature_files`).
 """
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import logging
 import textwrap
 from typing import Sequence
 
+from model.trained import load_trained
 from processor.cli import base_parser, load_cli_config
-from processor.inference import AUTO, MEAN, LabelChoice
+from processor.inference import AUTO, MEAN, FeatureExtractor, LabelChoice, runtime_extractor
+from processor.runtimes import PYTORCH_SUFFIXES, ExportedModel, check_model_suffix
 from utils.device import apply_visible_devices
 from utils.errors import ToolError
 
@@ -40,14 +44,17 @@ def positive_int(text: str) -> int:
     return value
 
 
-def tool_parser(description: str, example: str) -> argparse.ArgumentParser:
-    """test.py's parser (--config_file, KEY VALUE overrides) plus the trained weights."""
+def tool_parser(description: str, example: str,
+                exported_ok: bool = False) -> argparse.ArgumentParser:
+    """test.py's parser (--config_file, KEY VALUE overrides) plus the trained weights (or, when
+    `exported_ok`, an exported model: see `load_extractor`)."""
     parser = base_parser(textwrap.fill(description, HELP_WIDTH))
     # Raw, so that the example stays one line to copy; the prose is wrapped here instead.
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = f"{textwrap.fill(parser.epilog, HELP_WIDTH)}\n\nexample:\n  {example}"
+    exported = ", or an .onnx / .xml written by tools/export.py" if exported_ok else ""
     parser.add_argument("--weight", default="",
-                        help="trained model (.pth written by train.py); sets TEST.WEIGHT")
+                        help=f"trained model (.pth written by train.py{exported}); sets TEST.WEIGHT")
     return parser
 
 
@@ -89,6 +96,19 @@ def load_tool_config(args: argparse.Namespace, extra_opts: Sequence[str] = ()):
         raise ToolError("no trained model given; pass --weight PATH (or TEST.WEIGHT PATH)")
     apply_visible_devices(cfg.MODEL.DEVICE_ID)
     return cfg
+
+
+def load_extractor(args: argparse.Namespace, cfg, dataset=None, **kwargs) -> FeatureExtractor:
+    """The FeatureExtractor of TEST.WEIGHT: PyTorch weights (.pth) built by `cfg` (and checked
+    for `dataset`, when one is evaluated), or an exported .onnx / .xml run by its runtime under
+    `cfg` with the file's input settings on top (its `cfg` is then the one to use)."""
+    weight = cfg.TEST.WEIGHT
+    if check_model_suffix(weight) in PYTORCH_SUFFIXES:
+        trained = load_trained(cfg, dataset, num_cameras=getattr(args, "num_cameras", None),
+                               num_views=getattr(args, "num_views", None))
+        return FeatureExtractor.from_trained(cfg, trained, **kwargs)
+    exported = ExportedModel(weight)
+    return runtime_extractor(FeatureExtractor, exported, cfg=exported.adapt(cfg), **kwargs)
 
 
 def configure_logging() -> None:

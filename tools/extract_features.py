@@ -15,11 +15,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.image_list import collect_images
-from model.trained import load_trained
-from processor import FeatureExtractor
 from processor.cli import exits_on_user_error
+from processor.inference import features_provenance
 from tools.common import (add_label_arguments, add_overwrite_argument, add_sie_count_arguments,
-                          configure_logging, load_tool_config, tool_parser)
+                          configure_logging, load_extractor, load_tool_config, tool_parser)
 from tools.feature_files import check_feature_outputs, save_feature_index
 
 logger = logging.getLogger("transreid.tools")
@@ -33,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Market-style names (0002_c1s1_000451_03.jpg) or the list file, empty otherwise.",
         "python tools/extract_features.py --config_file configs/Market/vit_transreid_stride.yml "
         "--weight logs/market/transformer_120.pth --images my_crops/ --output feats/my_crops.npy "
-        "MODEL.DEVICE_ID \"('0')\"")
+        "MODEL.DEVICE_ID \"('0')\"", exported_ok=True)
     parser.add_argument("--images", required=True,
                         help="folder of images (searched recursively), a list file with one "
                              "'path [pid camid [viewid]]' per line (paths relative to the list "
@@ -54,10 +53,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_feature_outputs(args.output, [args.config_file, cfg.TEST.WEIGHT, args.images],
                           args.overwrite)
     records = collect_images(args.images)
-    trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
-    extractor = FeatureExtractor.from_trained(cfg, trained, camera=args.camera, view=args.view)
+    extractor = load_extractor(args, cfg, camera=args.camera, view=args.view)
     features = extractor.extract_records(records)
-    csv_path = save_feature_index(features.numpy(), records, args.output, trained.provenance)
+    csv_path = save_feature_index(features.numpy(), records, args.output,
+                                  features_provenance(extractor))
     logger.info("Wrote %d x %d features to %s and their index to %s", *features.shape,
                 args.output, csv_path)
     return 0

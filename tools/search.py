@@ -18,13 +18,15 @@ import numpy as np
 import torch
 
 from datasets.image_list import ImageRecord, collect_images
-from model.trained import check_same_model, load_trained
+from model.trained import check_same_model
 from processor import FeatureExtractor, distance_matrix
 from processor.cli import exits_on_user_error
 from processor.gallery import Gallery
 from processor.gallery_store import Entry, is_gallery
+from processor.inference import features_provenance
 from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
-                          add_sie_count_arguments, configure_logging, load_tool_config, tool_parser)
+                          add_sie_count_arguments, configure_logging, load_extractor,
+                          load_tool_config, tool_parser)
 from tools.drawing import draw_rank_list, save_png
 from tools.feature_files import load_feature_index
 from utils.files import check_output_folder
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(0002_c1s1_000451_03.jpg), list files or the gallery's CSV index.",
         "python tools/search.py --config_file configs/Market/vit_transreid_stride.yml "
         "--weight logs/market/transformer_120.pth --query person.jpg --gallery my_crops/ "
-        "--topk 10 --rerank")
+        "--topk 10 --rerank", exported_ok=True)
     # One value per --query: a greedy list would swallow the KEY VALUE overrides that follow.
     parser.add_argument("--query", required=True, action="append",
                         help="query image, folder (recursive) or list file; repeat --query for "
@@ -76,7 +78,7 @@ def gallery_features(args: argparse.Namespace, extractor: FeatureExtractor,
                      ) -> Tuple[torch.Tensor, List[ImageRecord]]:
     if args.gallery.endswith(".npy"):
         features, records, provenance = load_feature_index(args.gallery)
-        check_same_model(provenance, extractor.trained.provenance, args.gallery)
+        check_same_model(provenance, features_provenance(extractor), args.gallery)
         return torch.from_numpy(features), records
     records = collect_images(args.gallery)
     return extractor.extract_records(records, desc="gallery features"), records
@@ -121,7 +123,7 @@ def rank_in_saved_gallery(args: argparse.Namespace, extractor: FeatureExtractor,
         raise ToolError(f"--rerank needs every gallery feature at once; '{args.gallery}' is a "
                         "saved gallery searched top-k: drop --rerank")
     gallery = Gallery.open(args.gallery)
-    gallery.check_model(extractor.trained.provenance)
+    gallery.check_model(features_provenance(extractor))
     distances, orders = gallery.search(extractor.extract_records(queries, desc="query features"),
                                        args.topk)
     return [entry_record(e) for e in gallery.entries], distances, orders
@@ -150,8 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_output_folder(args.output_dir, [picture_name(i, q) for i, q in enumerate(queries)],
                         [args.config_file, cfg.TEST.WEIGHT, args.gallery, *args.query],
                         args.overwrite)
-    trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
-    extractor = FeatureExtractor.from_trained(cfg, trained, camera=args.camera, view=args.view)
+    extractor = load_extractor(args, cfg, camera=args.camera, view=args.view)
+    cfg = extractor.cfg  # an exported file's input settings on top
     if is_gallery(args.gallery):
         gallery, distances, orders = rank_in_saved_gallery(args, extractor, queries)
     else:

@@ -18,11 +18,10 @@ import numpy as np
 
 from datasets import load_eval_dataset, make_val_loader
 from datasets.image_list import ImageRecord
-from model.trained import load_trained
-from processor import FeatureExtractor, distance_matrix, make_evaluator
+from processor import distance_matrix, make_evaluator
 from processor.cli import exits_on_user_error
-from tools.common import (ToolError, add_overwrite_argument, configure_logging, load_tool_config,
-                          tool_parser)
+from tools.common import (ToolError, add_overwrite_argument, configure_logging, load_extractor,
+                          load_tool_config, tool_parser)
 from tools.drawing import draw_cmc_summary, draw_rank_list, new_figure, save_png
 from utils.files import check_output_folder
 
@@ -45,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "as test.py scores them (gallery images of the query's identity and camera are left "
         "out, as the benchmark protocol does), and one summary picture of the CMC curve and mAP.",
         "python tools/visualize_ranks.py --config_file configs/Market/vit_transreid_stride.yml "
-        "--weight logs/market/transformer_120.pth --query-index 0,17,42 TEST.RE_RANKING True")
+        "--weight logs/market/transformer_120.pth --query-index 0,17,42 TEST.RE_RANKING True",
+        exported_ok=True)
     parser.add_argument("--query-index", type=index_list, default=None, metavar="I,J,...",
                         help="comma-separated indices of the queries to draw (0 = first query "
                              "of the test set); overrides --num-queries")
@@ -102,11 +102,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR or ".", "rank_lists")
     # As test.py: query and gallery only, and the model sized by its checkpoint.
     dataset = load_eval_dataset(cfg)
+    extractor = load_extractor(args, cfg, dataset)
+    cfg = extractor.cfg  # an exported file's input settings on top: the loader feeds it
     val_loader, num_query = make_val_loader(cfg, dataset=dataset)
     chosen = choose_queries(args, num_query)
     check_output_folder(output_dir, [*(picture_name(i) for i in chosen), SUMMARY_NAME],
                         [args.config_file, cfg.TEST.WEIGHT], args.overwrite)
-    extractor = FeatureExtractor.from_trained(cfg, load_trained(cfg, dataset))
     feats, pids, camids, paths = extractor.extract_loader(val_loader)
     evaluator = make_evaluator(cfg, num_query)
     evaluator.update((feats, pids, camids))

@@ -193,13 +193,13 @@ def check_output(path: str, suffix: str, inputs: Iterable[str] = (), overwrite: 
     replaces an existing file only with `overwrite`, and must be creatable. Returns `path`.
     Writers then go through `atomic_output`, so a crash leaves the previous file whole.
     """
-    if not path.lower().endswith(suffix.lower()):
-        raise UnsafeOutputError(f"{option} '{path}' does not end in {suffix}, the kind of file "
-                                f"written here; give a name ending in {suffix}")
     for source in inputs:
         if source and _same_path(path, source):
             raise UnsafeOutputError(f"{option} '{path}' is an input of this command ('{source}'); "
                                     "writing it would replace that input: choose another name")
+    if not path.lower().endswith(suffix.lower()):
+        raise UnsafeOutputError(f"{option} '{path}' does not end in {suffix}, the kind of file "
+                                f"written here; give a name ending in {suffix}")
     if os.path.isdir(path):
         raise UnsafeOutputError(f"{option} '{path}' is a folder; give a file name ending in {suffix}")
     if os.path.lexists(path) and not overwrite:
