@@ -260,7 +260,7 @@ def load_file(path: str, missing_hint: str, mmap: bool = False) -> object:
                               mmap=mmap and file_format == 'zip')
     except UserError:
         raise
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError:
         raise _unpickling_error(path, file_format) from None
     except MemoryError:
         raise
