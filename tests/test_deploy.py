@@ -1,7 +1,6 @@
 """Deployment on the tiny config: tools/export.py's files run by ONNX Runtime and OpenVINO
 through FeatureExtractor, test.py and the tools, against PyTorch; the portable form fed as a
 tracker feeds it; and each error case. One export of each kind is shared by the module."""
-import importlib.util
 import logging
 import os
 import shutil
@@ -23,6 +22,7 @@ from model import make_model  # noqa: E402
 from processor import FeatureExtractor  # noqa: E402
 from processor.runtimes import ExportedModel, read_metadata  # noqa: E402
 from tests.conftest import TINY_TRANSREID_OPTS  # noqa: E402
+from tests.test_checkpoint_faults import load_test_script  # noqa: E402
 from tools import export, extract_features, search  # noqa: E402
 from utils.errors import ToolError, UserError  # noqa: E402
 
@@ -174,15 +174,6 @@ def test_the_averaged_embedding_costs_cosine_that_the_export_prints(deployed, ca
 
 
 # ------------------------------------------------------------------------- test.py, tools
-def load_test_script():
-    """test.py as a module (its name would import the standard library's `test`)."""
-    spec = importlib.util.spec_from_file_location("transreid_test_script",
-                                                  os.path.join(REPO_ROOT, "test.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def pth_result(deployed):
     """test.py's result on the .pth."""
