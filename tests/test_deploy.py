@@ -26,7 +26,6 @@ from tests.test_checkpoint_faults import load_test_script  # noqa: E402
 from tools import export, extract_features, search  # noqa: E402
 from utils.errors import ToolError, UserError  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CAMERAS, NUM_CLASSES = 3, 16  # the tiny synthetic set's
 HEIGHT, WIDTH = 64, 32
 IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
