@@ -20,10 +20,12 @@ from config import load_config  # noqa: E402
 from datasets import SyntheticSettings, ensure_synthetic_person  # noqa: E402
 from model import make_model  # noqa: E402
 from processor import FeatureExtractor  # noqa: E402
+from processor.gallery import Gallery  # noqa: E402
 from processor.runtimes import ExportedModel, read_metadata  # noqa: E402
 from tests.conftest import TINY_TRANSREID_OPTS  # noqa: E402
 from tests.test_checkpoint_faults import load_test_script  # noqa: E402
 from tools import export, extract_features, search  # noqa: E402
+from tools import gallery as gallery_tool  # noqa: E402
 from utils.errors import ToolError, UserError  # noqa: E402
 
 NUM_CAMERAS, NUM_CLASSES = 3, 16  # the tiny synthetic set's
@@ -215,6 +217,23 @@ def test_tools_take_an_exported_file_and_check_its_provenance(deployed, tmp_path
     with pytest.raises(SystemExit, match="precision 'fp32' there, 'int8' here"):
         search.main(["--weight", deployed.files["onnx-int8"], "--query", query, "--gallery",
                      gallery, "--output-dir", str(tmp_path / "s8"), *deployed.opts])
+
+
+def test_a_gallery_enrols_through_an_exported_file(deployed, tmp_path):
+    images = os.path.dirname(deployed.query[0])
+    folders = {kind: str(tmp_path / kind) for kind in ("pth", "onnx")}
+    for kind, weight in (("pth", deployed.weight), ("onnx", deployed.files["onnx"])):
+        opts = deployed.opts if kind == "pth" else NO_WORKERS
+        assert gallery_tool.main(["build", "--gallery", folders[kind], "--images", images,
+                                  "--weight", weight, *opts]) == 0
+    built = {kind: Gallery.open(folder) for kind, folder in folders.items()}
+    assert [e.path for e in built["onnx"].entries] == [e.path for e in built["pth"].entries]
+    np.testing.assert_allclose(built["onnx"].matrix.rows, built["pth"].matrix.rows, atol=1e-4)
+    # int8 features are not the fp32 gallery's: adding them is refused, naming the precision.
+    with pytest.raises(SystemExit, match="precision 'fp32' there, 'int8' here"):
+        gallery_tool.main(["add", "--gallery", folders["onnx"], "--images", images,
+                           "--weight", deployed.files["onnx-int8"], *NO_WORKERS])
+    assert len(Gallery.open(folders["onnx"])) == len(built["onnx"])
 
 
 # ------------------------------------------------------------------------- errors

@@ -18,13 +18,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.image_list import ImageRecord, collect_images
-from model.trained import load_trained
 from processor import FeatureExtractor
 from processor.cli import exits_on_user_error
 from processor.gallery import Gallery, Hit
+from processor.inference import features_provenance
 from processor.vector_index import EXACT, INDEX_KINDS
 from tools.common import (add_label_arguments, add_sie_count_arguments, configure_logging,
-                          load_tool_config, positive_int, tool_parser)
+                          load_extractor, load_tool_config, positive_int, tool_parser)
 from utils.errors import ToolError
 
 logger = logging.getLogger("transreid.tools")
@@ -42,7 +42,7 @@ def far_value(text: str) -> float:
 
 def model_parser(command: str, description: str) -> argparse.ArgumentParser:
     """The parent of the subcommands that run the model: config, weights and SIE labels."""
-    parser = tool_parser(description, EXAMPLE.format(command=command))
+    parser = tool_parser(description, EXAMPLE.format(command=command), exported_ok=True)
     parser.add_argument("--gallery", required=True, help="the gallery folder")
     add_label_arguments(parser)
     add_sie_count_arguments(parser)
@@ -108,10 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_extractor(args: argparse.Namespace) -> FeatureExtractor:
-    cfg = load_tool_config(args)
-    trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
-    return FeatureExtractor.from_trained(cfg, trained, camera=args.camera, view=args.view)
+def model_extractor(args: argparse.Namespace) -> FeatureExtractor:
+    """The extractor of --weight: PyTorch weights or an exported .onnx / .xml."""
+    return load_extractor(args, load_tool_config(args), camera=args.camera, view=args.view)
 
 
 def images_of(sources: Sequence[str]) -> List[ImageRecord]:
@@ -135,16 +134,16 @@ def enrol(gallery: Gallery, args: argparse.Namespace, extractor: FeatureExtracto
 
 
 def run_build(args: argparse.Namespace) -> None:
-    extractor = load_extractor(args)
+    extractor = model_extractor(args)
     # Created (locked, and checked not to be a gallery already) before any image is read.
-    with Gallery.create(args.gallery, extractor.trained.provenance, args.index,
+    with Gallery.create(args.gallery, features_provenance(extractor), args.index,
                         args.overwrite) as gallery:
         enrol(gallery, args, extractor)
 
 
 def run_add(args: argparse.Namespace) -> None:
     with Gallery.open(args.gallery, writable=True) as gallery:
-        enrol(gallery, args, load_extractor(args))
+        enrol(gallery, args, model_extractor(args))
 
 
 def format_hits(query: ImageRecord, hits: Sequence[Hit]) -> str:
@@ -162,7 +161,7 @@ def format_hits(query: ImageRecord, hits: Sequence[Hit]) -> str:
 
 def run_search(args: argparse.Namespace) -> None:
     gallery = Gallery.open(args.gallery, index=args.index)
-    extractor = load_extractor(args)
+    extractor = model_extractor(args)
     results, skipped = gallery.search_images(extractor, images_of(args.query), args.topk)
     if gallery.threshold is None:
         print("(the gallery has no threshold: set one with add --calibrate-far or --threshold)")
