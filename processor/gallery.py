@@ -11,7 +11,7 @@ new crop "who is this, or is it nobody we know?".
 Features are unit rows; the distance is the cosine distance 1 - cos (0 = same direction, 2 =
 opposite), and a hit is a match when its distance is <= the gallery's threshold. The folder
 format, and why a save killed midway loses nothing, are in `processor.gallery_store`; the search
-itself (exact by default, HNSW or IVF as options) in `processor.vector_index`.
+itself (exact by default; PQ, HNSW or IVF as options) in `processor.vector_index`.
 """
 from __future__ import annotations
 
@@ -141,8 +141,9 @@ class Gallery:
         path = store.usable_index_file(self.folder, self.manifest, self.index_kind, len(self))
         if path is None:
             return
-        index = ApproximateIndex.read(self.index_kind, path)
         covered = int(self.manifest.ann["rows"])
+        index = ApproximateIndex.read(self.index_kind, path, self.matrix,
+                                      int(self.manifest.ann.get("built_from", covered)))
         if len(index) != covered:
             logger.warning("gallery '%s': the saved index holds %d rows, the manifest says %d; "
                            "building it again", self.folder, len(index), covered)
@@ -310,10 +311,6 @@ class Gallery:
         self.removed = np.zeros(0, np.int64)
         self.manifest, self._next_id, self._dirty = manifest, manifest.next_row, False
 
-    @property
-    def unsaved(self) -> bool:
-        return self._dirty
-
     def index_file_stale(self, fraction: float = 0.1) -> bool:
         """Whether the saved approximate index is missing, of another kind or out of date, or
         leaves more than `fraction` of the rows to be added at each load."""
@@ -336,14 +333,15 @@ class Gallery:
             raise GalleryError(f"gallery '{self.folder}' has unsaved changes; save() first")
         index = self._approximate_index()
         manifest = copy.deepcopy(self.manifest)
-        store.write_index_file(self.folder, manifest, self.index_kind, len(index), index.write)
+        store.write_index_file(self.folder, manifest, self.index_kind, len(index),
+                               index.built_from, index.write)
         store.write_manifest(self.folder, manifest)
         self.manifest = manifest
 
     # -------------------------------------------------------------------------------- searching
     def use_index(self, kind: str, effort: Optional[int] = None) -> None:
-        """Search `kind` (flat, hnsw, ivf) from now on; an approximate index is built when first
-        searched. `effort` is HNSW's efSearch or IVF's probed lists (default: the module's).
+        """Search `kind` (flat, pq, hnsw, ivf) from now on; an approximate index is built when
+        first searched. `effort`: see `ApproximateIndex.effort` (default: the module's).
         Saved as the gallery's choice by the next `save`."""
         if kind not in INDEX_KINDS:
             raise GalleryError(f"unknown index '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
@@ -368,7 +366,7 @@ class Gallery:
         return 1.0 - similarity, positions
 
     def _approximate_index(self) -> ApproximateIndex:
-        if self._approximate is None:
+        if self._approximate is None or self._approximate.outgrown:
             logger.info("Building the %s index of %d entries", self.index_kind, len(self))
             self._approximate = ApproximateIndex(self.index_kind, self.matrix)
         if self._effort is not None:

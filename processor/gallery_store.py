@@ -85,8 +85,8 @@ class Manifest:
     segments: List[Segment] = field(default_factory=list)
     tombstones: Optional[str] = None
     num_tombstones: int = 0
-    # The saved approximate index, if any: {name, kind, rows, num_tombstones, bytes}. It holds
-    # the first `rows` live rows as they were with `num_tombstones` removed rows.
+    # The saved approximate index, if any: {name, kind, rows, built_from, num_tombstones, bytes}:
+    # it holds the first `rows` live rows as they were with `num_tombstones` removed rows.
     ann: Optional[Dict[str, object]] = None
 
     def to_json(self) -> str:
@@ -247,17 +247,17 @@ def write_tombstones(folder: str, manifest: Manifest, ids: np.ndarray) -> None:
     manifest.tombstones, manifest.num_tombstones = name, len(ids)
 
 
-def write_index_file(folder: str, manifest: Manifest, kind: str, rows: int,
+def write_index_file(folder: str, manifest: Manifest, kind: str, rows: int, built_from: int,
                      write: Callable[[str], None]) -> None:
-    """A new approximate-index file, `write(path)` of an index of the first `rows` live rows,
-    named in `manifest` (not yet saved)."""
+    """A new approximate-index file, `write(path)` of an index of the first `rows` live rows
+    (built, or trained, from the first `built_from`), named in `manifest` (not yet saved)."""
     name = manifest.file_name("ann", ".faiss")
     with atomic_output(os.path.join(folder, name)) as tmp_path:
         write(tmp_path)
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
         size = os.path.getsize(tmp_path)
-    manifest.ann = {"name": name, "kind": kind, "rows": rows,
+    manifest.ann = {"name": name, "kind": kind, "rows": rows, "built_from": built_from,
                     "num_tombstones": manifest.num_tombstones, "bytes": size}
 
 

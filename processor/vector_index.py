@@ -3,8 +3,15 @@
 `FeatureMatrix` keeps the rows in one float32 buffer with a little spare room, so that memory for
 exact search stays within about 1.03x the raw features (faiss's own flat index grows its storage
 by doubling, and copying features into it doubles the peak). Exact search is faiss's brute-force
-k-NN (`faiss.knn`, the code of `IndexFlatIP.search`) run on that buffer. The approximate indexes
-(HNSW, IVF) hold their own copy of the rows, built when first searched.
+k-NN (`faiss.knn`, the code of `IndexFlatIP.search`) run on that buffer.
+
+The approximate indexes are built when first searched:
+* pq: 4-bit product-quantised codes scanned with SIMD (`IndexPQFastScan`, 12 bytes a 768-d row);
+  the best candidates are re-ranked with the exact rows of the buffer, so the distances returned
+  are exact and only a true neighbour missing from the candidates costs recall. A scan of every
+  code needs no navigation, which is why it keeps its recall on features whose identities are
+  spread evenly over the sphere, where HNSW's greedy routing loses its way.
+* hnsw, ivf: faiss's `IndexHNSWFlat` and `IndexIVFFlat`, each with its own copy of the rows.
 """
 from __future__ import annotations
 
@@ -18,11 +25,17 @@ from utils.errors import ToolError
 
 logger = logging.getLogger("transreid.gallery")
 
-EXACT, HNSW, IVF = "flat", "hnsw", "ivf"
-INDEX_KINDS = (EXACT, HNSW, IVF)
+EXACT, PQ, HNSW, IVF = "flat", "pq", "hnsw", "ivf"
+INDEX_KINDS = (EXACT, PQ, HNSW, IVF)
+TRAINED_KINDS = (PQ, IVF)  # their quantisers learn from the rows at hand
 GROWTH = 1.03  # spare room of the buffer: adds within 3% never copy the features
+REBUILD_GROWTH = 4  # a trained index is built again once the rows outgrow its training this much
 HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 120, 128
 IVF_PROBES = 24
+PQ_DIMS_PER_CODE = 32  # dimensions per 4-bit sub-quantiser: 24 of them for 768-d rows
+PQ_MIN_CODES = 16  # sub-quantisers of narrow rows (at most one per dimension): 8 bytes or more
+PQ_RERANK = 64  # candidates re-ranked exactly per query (at least 2k)
+PQ_TRAIN_ROWS, PQ_MIN_TRAIN = 65536, 1024  # fewer rows are repeated: faiss wants 39 per centroid
 
 
 def import_faiss():
@@ -58,7 +71,7 @@ class FeatureMatrix:
         return self._buffer.nbytes
 
     def reserve(self, rows: int) -> None:
-        """Room for `rows` rows and 5% more, so that the next adds copy nothing."""
+        """Room for `rows` rows and 3% more, so that the next adds copy nothing."""
         if rows > len(self._buffer):
             grown = np.empty((int(rows * GROWTH) + 1024, self.dim), np.float32)
             grown[:self._rows] = self.rows
@@ -88,14 +101,49 @@ def exact_search(matrix: FeatureMatrix, queries: np.ndarray, k: int) -> Tuple[np
     return faiss.knn(queries, matrix.rows, k, metric=faiss.METRIC_INNER_PRODUCT)
 
 
+def pq_subquantisers(dim: int) -> int:
+    """The divisor of `dim` nearest dim / PQ_DIMS_PER_CODE, or PQ_MIN_CODES for narrow rows
+    (faiss cuts rows into equal parts)."""
+    target = max(dim / PQ_DIMS_PER_CODE, min(dim, PQ_MIN_CODES))
+    return min((m for m in range(1, dim + 1) if dim % m == 0), key=lambda m: abs(m - target))
+
+
+def training_rows(rows: np.ndarray, count: int, at_least: int = 1) -> np.ndarray:
+    """Up to `count` rows drawn at random (seeded), repeated up to `at_least` when fewer."""
+    picked = rows[np.sort(np.random.default_rng(0).permutation(len(rows))[:count])]
+    return np.ascontiguousarray(np.resize(picked, (max(len(picked), at_least), rows.shape[1])))
+
+
+def rerank(rows: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int,
+           chunk: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """(inner products, positions) of the k best candidate rows of each query, computed exactly
+    from `rows`, best first; candidates of -1 (none) come last with position -1."""
+    similarity = np.empty((len(queries), k), np.float32)
+    positions = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), chunk):  # bounds the gathered rows to chunk x candidates
+        block = slice(start, start + chunk)
+        found = candidates[block]
+        scores = np.matmul(rows[np.maximum(found, 0)], queries[block, :, None])[..., 0]
+        scores[found < 0] = -np.inf
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        similarity[block] = np.take_along_axis(scores, best, 1)
+        positions[block] = np.take_along_axis(found, best, 1)
+    return similarity, positions
+
+
 class ApproximateIndex:
-    """An HNSW or IVF inner-product index over a FeatureMatrix's rows, added to as rows are."""
+    """A PQ, HNSW or IVF inner-product index over a FeatureMatrix's rows, added to as rows are.
+    `built_from` is the number of rows it was built (and trained) from."""
 
     def __init__(self, kind: str, matrix: FeatureMatrix) -> None:
         faiss = import_faiss()
-        self.kind = kind
+        self.kind, self.matrix, self.built_from, self.rerank = kind, matrix, len(matrix), PQ_RERANK
         rows = matrix.rows
-        if kind == HNSW:
+        if kind == PQ:
+            self.index = faiss.IndexPQFastScan(matrix.dim, pq_subquantisers(matrix.dim), 4,
+                                               faiss.METRIC_INNER_PRODUCT)
+            self.index.train(training_rows(rows, PQ_TRAIN_ROWS, PQ_MIN_TRAIN))
+        elif kind == HNSW:
             self.index = faiss.IndexHNSWFlat(matrix.dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             self.index.hnsw.efSearch = HNSW_EF_SEARCH
@@ -106,19 +154,18 @@ class ApproximateIndex:
             self.index = faiss.IndexIVFFlat(self.quantizer, matrix.dim, lists,
                                             faiss.METRIC_INNER_PRODUCT)
             self.index.cp.niter = 10  # k-means iterations (faiss: 25); lists move little after
-            sample = rows[np.random.default_rng(0).permutation(len(rows))[:40 * lists]]
-            self.index.train(np.ascontiguousarray(sample))
+            self.index.train(training_rows(rows, 40 * lists))
             self.index.nprobe = min(IVF_PROBES, lists)
         else:
             raise ToolError(f"unknown index '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
         self.add(rows)
 
     @classmethod
-    def read(cls, kind: str, path: str) -> "ApproximateIndex":
-        """An index written by `write`."""
-        faiss = import_faiss()
+    def read(cls, kind: str, path: str, matrix: FeatureMatrix, built_from: int) -> "ApproximateIndex":
+        """An index written by `write`, over (the first rows of) `matrix`."""
         loaded = cls.__new__(cls)
-        loaded.kind, loaded.index = kind, faiss.read_index(path)
+        loaded.kind, loaded.matrix, loaded.built_from = kind, matrix, built_from
+        loaded.index, loaded.rerank = import_faiss().read_index(path), PQ_RERANK
         return loaded
 
     def write(self, path: str) -> None:
@@ -128,13 +175,24 @@ class ApproximateIndex:
         return self.index.ntotal
 
     @property
+    def outgrown(self) -> bool:
+        """Whether a trained index now covers REBUILD_GROWTH times the rows it learnt from (a
+        PQ or IVF built on a small gallery would keep its first, poor quantiser for ever)."""
+        return self.kind in TRAINED_KINDS and len(self) > REBUILD_GROWTH * max(self.built_from, 1)
+
+    @property
     def effort(self) -> int:
-        """Search effort: HNSW's efSearch, or the lists IVF probes (more: slower, better recall)."""
+        """Search effort (more: slower, better recall): the PQ candidates re-ranked per query,
+        HNSW's efSearch, or the lists IVF probes."""
+        if self.kind == PQ:
+            return self.rerank
         return self.index.hnsw.efSearch if self.kind == HNSW else self.index.nprobe
 
     @effort.setter
     def effort(self, value: int) -> None:
-        if self.kind == HNSW:
+        if self.kind == PQ:
+            self.rerank = value
+        elif self.kind == HNSW:
             self.index.hnsw.efSearch = value
         else:
             self.index.nprobe = min(value, self.index.nlist)
@@ -144,4 +202,10 @@ class ApproximateIndex:
             self.index.add(np.ascontiguousarray(rows[start:start + 65536]))
 
     def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        return self.index.search(queries, k)
+        if self.kind != PQ:
+            return self.index.search(queries, k)
+        wanted = max(self.rerank, 2 * k)
+        if wanted >= len(self):  # every row is a candidate: the exact search is the same
+            return exact_search(self.matrix, queries, k)
+        _, candidates = self.index.search(queries, wanted)
+        return rerank(self.matrix.rows, queries, candidates, k)

@@ -17,6 +17,7 @@ import torch
 from processor import gallery_store
 from processor.gallery import Gallery
 from processor.gallery_store import Entry, GalleryError
+from processor import vector_index
 from processor.vector_index import ApproximateIndex
 from tools import gallery as gallery_tool, search
 from test_tools import Setup  # the tiny saved model and rendered images of the tool tests
@@ -73,7 +74,7 @@ def test_exact_search_equals_a_brute_force_oracle(tmp_path):
     np.testing.assert_allclose(distances, expected_d, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["pq", "hnsw", "ivf"])
 def test_approximate_search_finds_nearly_all_exact_neighbours(tmp_path, kind):
     feats, entries = clustered(300, 6, seed=1)
     queries = feats[::11]
@@ -84,11 +85,66 @@ def test_approximate_search_finds_nearly_all_exact_neighbours(tmp_path, kind):
     assert recall >= 0.95
 
 
-def test_a_saved_hnsw_index_is_read_and_extended_not_built_again(tmp_path, monkeypatch):
+def test_pq_distances_are_exact_and_small_galleries_are_searched_exactly(tmp_path):
+    feats, entries = clustered(300, 6, seed=5)
+    queries = feats[::13] + 0.05
+    with new_gallery(tmp_path / "g", feats, entries, index="pq") as gallery:
+        distances, positions = gallery.search(queries, k=10)
+        gallery.use_index("pq", effort=len(feats))  # every row a candidate: exact
+        all_d, all_p = gallery.search(queries, k=10)
+    # Re-ranked with the exact rows: each distance is the true one of the row returned.
+    true = 1.0 - np.einsum("qd,qkd->qk", unit(queries), unit(feats)[positions])
+    np.testing.assert_allclose(distances, true, atol=1e-5)
+    assert np.all(np.diff(distances, axis=1) >= 0)
+    expected_d, expected_p = oracle_search(feats, queries, 10)
+    np.testing.assert_array_equal(all_p, expected_p)
+    np.testing.assert_allclose(all_d, expected_d, atol=1e-5)
+
+
+def test_rerank_orders_candidates_by_exact_inner_product_and_puts_missing_last():
+    rng = np.random.default_rng(0)
+    rows, queries = unit(rng.normal(size=(50, 8))), unit(rng.normal(size=(3, 8)))
+    rows, queries = rows.astype(np.float32), queries.astype(np.float32)
+    candidates = np.array([[4, 9, 1, 30], [7, -1, 2, 3], [5, -1, -1, 0]])
+    similarity, positions = vector_index.rerank(rows, queries, candidates, 3)
+    for q, row in enumerate(candidates):
+        valid = [c for c in row if c >= 0]
+        best = sorted(valid, key=lambda c: -float(rows[c] @ queries[q]))[:3]
+        best += [-1] * (3 - len(best))
+        assert positions[q].tolist() == best
+        np.testing.assert_allclose(similarity[q][:len(valid)],
+                                   [rows[c] @ queries[q] for c in best[:len(valid)]], rtol=1e-5)
+    assert positions[2, 2] == -1 and similarity[2, 2] == -np.inf
+
+
+@pytest.mark.parametrize("dim, codes", [(768, 24), (2048, 64), (384, 16), (24, 12), (100, 20)])
+def test_pq_cuts_rows_into_equal_parts_of_about_32_dimensions_at_least_16(dim, codes):
+    assert vector_index.pq_subquantisers(dim) == codes and dim % codes == 0
+
+
+def test_a_trained_index_is_built_again_once_the_gallery_outgrows_it(tmp_path, monkeypatch):
+    built = []
+    original = ApproximateIndex.__init__
+    monkeypatch.setattr(ApproximateIndex, "__init__",
+                        lambda self, kind, matrix: (built.append(len(matrix)),
+                                                    original(self, kind, matrix))[1])
+    feats, entries = clustered(400, 3, seed=6)
+    with new_gallery(tmp_path / "g", feats[:200], entries[:200], index="pq") as gallery:
+        gallery.search(feats[:1], 5)
+        gallery.add(feats[200:800], entries[200:800])  # 800 rows: 4x those it learnt from
+        gallery.search(feats[:1], 5)
+        assert built == [200]
+        gallery.add(feats[800:], entries[800:])
+        _, positions = gallery.search(feats[1000:1001], 1)
+    assert built == [200, 1200] and positions[0, 0] == 1000
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "pq"])
+def test_a_saved_index_is_read_and_extended_not_built_again(tmp_path, monkeypatch, kind):
     folder = str(tmp_path / "g")
     feats, entries = clustered(100, 4, seed=3)
     more, more_entries = clustered(10, 2, seed=4)
-    with new_gallery(folder, feats, entries, index="hnsw") as gallery:
+    with new_gallery(folder, feats, entries, index=kind) as gallery:
         assert gallery.index_file_stale()
         gallery.save_index()
         expected = gallery.search(feats[:20], 5)
@@ -98,6 +154,7 @@ def test_a_saved_hnsw_index_is_read_and_extended_not_built_again(tmp_path, monke
         gallery.add(more, more_entries)
         gallery.save()
         assert not gallery.index_file_stale(fraction=0.1) and gallery.manifest.ann["rows"] == 400
+        assert gallery.manifest.ann["built_from"] == 400
     reopened = Gallery.open(folder)  # reads 400 rows, adds the 20 since
     assert reopened.search(more, 1)[1][:, 0].tolist() == list(range(400, 420))
     with Gallery.open(folder, writable=True) as gallery:

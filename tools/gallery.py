@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[model_parser("build", "Create a gallery folder and enrol images.")])
     add_enrol_arguments(build)
     build.add_argument("--index", choices=INDEX_KINDS, default=EXACT,
-                       help="search: flat (exact, default), hnsw or ivf (approximate, for "
-                            "galleries of millions)")
+                       help="search: flat (exact, default); pq (approximate, for galleries "
+                            "of millions: compact codes, the best candidates re-ranked "
+                            "exactly); hnsw or ivf")
     build.add_argument("--overwrite", action="store_true", help="replace an existing gallery")
     add = commands.add_parser("add", add_help=False, help="enrol more images",
                               parents=[model_parser("add", "Enrol more images in a gallery.")])
