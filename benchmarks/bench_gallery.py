@@ -225,7 +225,7 @@ def main() -> None:
                         choices=["pq", "hnsw", "ivf"],
                         help="approximate indexes timed (default pq ivf; hnsw takes about 25 "
                              "minutes to build at 1M on 2 cores)")
-    parser.add_argument("--pq-rerank", type=int, nargs="+", default=[PQ_RERANK, 128, 256],
+    parser.add_argument("--pq-rerank", type=int, nargs="+", default=[PQ_RERANK, 64, 256],
                         help="PQ candidates re-ranked exactly per query, timed (the first is "
                              "the gallery's default)")
     parser.add_argument("--hnsw-ef", type=int, nargs="+", default=[64, HNSW_EF_SEARCH, 256],
