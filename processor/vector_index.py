@@ -180,7 +180,8 @@ class ApproximateIndex:
         self.add(rows)
 
     @classmethod
-    def read(cls, kind: str, path: str, matrix: FeatureMatrix, built_from: int) -> "ApproximateIndex":
+    def read(cls, kind: str, path: str, matrix: FeatureMatrix,
+             built_from: int) -> "ApproximateIndex":
         """An index written by `write`, over (the first rows of) `matrix`."""
         loaded = cls.__new__(cls)
         loaded.kind, loaded.matrix, loaded.built_from = kind, matrix, built_from
