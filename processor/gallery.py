@@ -144,6 +144,8 @@ class Gallery:
         covered = int(self.manifest.ann["rows"])
         index = ApproximateIndex.read(self.index_kind, path, self.matrix,
                                       int(self.manifest.ann.get("built_from", covered)))
+        if index is None:
+            return
         if len(index) != covered:
             logger.warning("gallery '%s': the saved index holds %d rows, the manifest says %d; "
                            "building it again", self.folder, len(index), covered)

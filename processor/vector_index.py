@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -181,11 +181,18 @@ class ApproximateIndex:
 
     @classmethod
     def read(cls, kind: str, path: str, matrix: FeatureMatrix,
-             built_from: int) -> "ApproximateIndex":
-        """An index written by `write`, over (the first rows of) `matrix`."""
+             built_from: int) -> Optional["ApproximateIndex"]:
+        """An index written by `write`, over (the first rows of) `matrix`; None, with a warning,
+        when the file cannot be read (the caller builds the index again)."""
+        try:
+            index = import_faiss().read_index(path)
+        except RuntimeError as err:  # damaged content of the recorded size
+            logger.warning("the saved index '%s' cannot be read (%s); building it again", path,
+                           str(err).strip().splitlines()[-1])
+            return None
         loaded = cls.__new__(cls)
         loaded.kind, loaded.matrix, loaded.built_from = kind, matrix, built_from
-        loaded.index, loaded.rerank = import_faiss().read_index(path), PQ_RERANK
+        loaded.index, loaded.rerank = index, PQ_RERANK
         return loaded
 
     def write(self, path: str) -> None:

@@ -180,6 +180,22 @@ def test_a_saved_index_is_read_and_extended_not_built_again(tmp_path, monkeypatc
         Gallery.open(folder).search(more, 1)
 
 
+def test_a_damaged_saved_index_of_the_recorded_size_is_named_and_built_again(tmp_path, caplog):
+    folder = str(tmp_path / "g")
+    feats, entries = clustered(100, 4, seed=3)
+    with new_gallery(folder, feats, entries, index="pq") as gallery:
+        gallery.save_index()
+        expected = gallery.search(feats[:5], 3)[1]
+        name = gallery.manifest.ann["name"]
+    path = os.path.join(folder, name)
+    size = os.path.getsize(path)
+    with open(path, "wb") as handle:
+        handle.write(b"\0" * size)
+    reopened = Gallery.open(folder)
+    assert name in caplog.text and "building it again" in caplog.text
+    np.testing.assert_array_equal(reopened.search(feats[:5], 3)[1], expected)
+
+
 def no_building(*args, **kwargs):
     raise AssertionError("the approximate index was built, not read")
 
