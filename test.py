@@ -6,15 +6,17 @@ checkpoint, so a model trained on another dataset can be tested (cross-dataset e
 """
 import json
 import os
+from typing import Collection, Optional
 
 from config import ConfigError, switches
 from datasets import load_eval_dataset, make_val_loader
-from processor import EvalResult, do_inference
+from deploy.metadata import given_keys
+from processor import EvalResult, FeatureExtractor
 from processor.cli import base_parser, exits_on_user_error, load_cli_config, start_run
-from processor.evaluation import evaluation_model, log_result
+from processor.evaluation import log_result
+from processor.processor import inference_of
 from processor.verification_report import gallery_threshold
 from tools.verification_plots import VERIFICATION_PICTURES, save_verification_plots
-from utils.device import select_device
 from utils.files import atomic_write_text, check_output
 
 # The trained weights replace every parameter: building the network skips the ImageNet
@@ -29,20 +31,21 @@ def check_weight_given(cfg) -> None:
                           "TEST.WEIGHT logs/market_vit_transreid_stride/transformer_120.pth")
 
 
-def run_evaluation(cfg, logger) -> EvalResult:
+def run_evaluation(cfg, logger, chosen: Optional[Collection[str]] = None) -> EvalResult:
     """mAP/CMC/mINP of TEST.WEIGHT on the query and gallery of DATASETS.NAMES; the mean over the
-    dataset's query/gallery draws where its protocol has several (VehicleID)."""
+    dataset's query/gallery draws where its protocol has several (VehicleID). An exported file
+    is fed as it was exported, refusing a setting of `chosen` keys (None: all) that differs."""
     # Loaded (and checked: an empty query or gallery is named here) before any model runs.
     dataset = load_eval_dataset(cfg)
-    # PyTorch, or an exported .onnx / .xml
-    model = evaluation_model(cfg, dataset, select_device(cfg.MODEL.DEVICE))
+    extractor = FeatureExtractor.from_config(cfg, dataset, chosen=chosen)
+    cfg = extractor.cfg  # an exported file's settings on top: the loaders feed it
     if dataset.num_trials == 1:
         val_loader, num_query = make_val_loader(cfg, dataset=dataset)
-        return do_inference(cfg, model, val_loader, num_query, verification=True)
+        return inference_of(cfg, extractor, val_loader, num_query, verification=True)
     results = []
     for trial in range(dataset.num_trials):
         val_loader, num_query = make_val_loader(cfg, trial=trial)
-        results.append(do_inference(cfg, model, val_loader, num_query,
+        results.append(inference_of(cfg, extractor, val_loader, num_query,
                                     title=f"Validation Results - trial {trial}"))
     result = EvalResult.mean(results)
     log_result(logger, result, f"Validation Results (mean of {len(results)} trials)")
@@ -84,7 +87,7 @@ def main() -> None:
                          [cfg.TEST.WEIGHT, args.config_file], args.overwrite,
                          option=f"OUTPUT_DIR/{name}")
     logger = start_run(cfg, args.config_file, if_train=False)
-    result = run_evaluation(cfg, logger)
+    result = run_evaluation(cfg, logger, given_keys(args.config_file, args.opts or []))
     if cfg.OUTPUT_DIR:
         write_results(cfg, result, logger)
 

@@ -12,11 +12,11 @@ from loss import make_loss
 from model import make_model
 from processor import do_train
 from processor.checkpoint import claim_output_dir, load_checkpoint, resume_hint
-from processor.cli import (base_parser, env_int, exits_on_user_error, load_cli_config, set_seed,
-                           start_run)
+from processor.cli import base_parser, env_int, exits_on_user_error, load_cli_config, start_run
 from solver import make_optimizer
 from solver.scheduler_factory import create_scheduler
 from utils.device import select_device, uses_gpu
+from utils.seed import set_seed
 
 # Rank 0 evaluates while the others wait at a barrier; evaluating MSMT17 can outlast
 # NCCL's default 10-minute timeout.

@@ -41,10 +41,11 @@ from config import load_config  # noqa: E402
 from datasets import load_eval_dataset, make_val_loader  # noqa: E402
 from model import make_model  # noqa: E402
 from model.trained import load_trained  # noqa: E402
+from deploy.calibration import calibration_set  # noqa: E402
+from deploy.export import ExportPlan, Tolerance, export_model  # noqa: E402
+from deploy.formats import EXPORT_FORMATS  # noqa: E402
 from processor.evaluation import make_evaluator  # noqa: E402
-from processor.export import ExportPlan, calibration_set, export_model  # noqa: E402
-from processor.inference import FeatureExtractor, runtime_extractor  # noqa: E402
-from processor.runtimes import ExportedModel  # noqa: E402
+from processor.inference import FeatureExtractor  # noqa: E402
 
 SPEED_CONFIG = "configs/Market/vit_transreid_stride.yml"
 ACCURACY_CONFIG = "configs/Synthetic/vit_transreid_tiny.yml"
@@ -101,22 +102,27 @@ def extractor_for(backend: Backend, cfg, weight: str, work: str, calibration,
     """A FeatureExtractor running `backend` for the model of `weight` (exported into `work`)."""
     if backend.fmt is None:
         amp = ["TEST.AMP_DTYPE", "bf16"] if backend.precision == "bf16" else []
-        run_cfg = cfg.clone()
-        run_cfg.defrost()
-        run_cfg.merge_from_list(amp)
-        run_cfg.freeze()
+        run_cfg = with_opts(cfg, amp)
         return FeatureExtractor.from_trained(run_cfg, load_trained(run_cfg), torch.device("cpu"),
                                              compile=False)
-    suffix = ".onnx" if backend.fmt == "onnx" else ".xml"
+    suffix = EXPORT_FORMATS[backend.fmt].suffix
     output = os.path.join(work, f"{backend.name.replace(' ', '_').replace(',', '')}{suffix}")
     plan = ExportPlan(fmt=backend.fmt, precision=backend.precision,
                       batch=batch if backend.static else None)
     trained = load_trained(cfg)
     check = calibration_set(cfg, 4, seed=1)
-    for line in export_model(trained, plan, output, check, calibration, min_cosine=0.9):
+    for line in export_model(trained, plan, output, check, calibration, Tolerance(min_cosine=0.9)):
         print(f"  {backend.name}: {line}", flush=True)
-    exported = ExportedModel(output)
-    return runtime_extractor(FeatureExtractor, exported, cfg=exported.adapt(cfg))
+    # The benchmark's config is not the user's: the file's own settings apply (chosen: none).
+    return FeatureExtractor.from_config(with_opts(cfg, ["TEST.WEIGHT", output]), chosen=())
+
+
+def with_opts(cfg, opts: List[str]):
+    changed = cfg.clone()
+    changed.defrost()
+    changed.merge_from_list(opts)
+    changed.freeze()
+    return changed
 
 
 def speed_config(args: argparse.Namespace, stride: int, weight: str):

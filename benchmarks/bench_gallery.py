@@ -1,4 +1,4 @@
-"""The lasting gallery (processor/gallery.py) at 100k, 1M and 2M entries x 768: build, memory,
+"""The lasting gallery (deploy/gallery.py) at 100k, 1M and 2M entries x 768: build, memory,
 search speed exact and approximate, recall, and adding 1,000 entries then saving.
 
     python benchmarks/bench_gallery.py                          # 100k and 1M (2M if memory allows)
@@ -41,9 +41,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import describe_device  # noqa: E402
-from processor.gallery import Gallery  # noqa: E402
-from processor.gallery_store import Entry  # noqa: E402
-from processor.vector_index import (HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH,  # noqa: E402
+from deploy.gallery import Gallery  # noqa: E402
+from deploy.gallery_store import Entry  # noqa: E402
+from deploy.vector_index import (HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH,  # noqa: E402
                                     HNSW_NEIGHBOURS, IVF_PROBES, PQ_RERANK, import_faiss,
                                     pq_subquantisers)
 
@@ -119,74 +119,86 @@ def entries_of(ids: np.ndarray, tag: str) -> List[Entry]:
 
 def bench_size(num: int, args: argparse.Namespace, folder: str) -> Iterator[Dict[str, object]]:
     """The table's rows for `num` entries, each as soon as it is measured."""
-    faiss = import_faiss()
     raw = num * args.dim * 4
     centres = identity_centres(num, args.dim, args.views)
     queries, _ = reid_like(max(args.queries, 64 * args.repeats), centres, 1)
     path = os.path.join(folder, f"gallery_{num}")
-
     # Exact: the gallery itself, built, saved, and opened again as a user would.
     build_s = _build_and_save(path, *reid_like(num, centres, 0, args.views))
     gc.collect()  # the generated features are gone: only the gallery's own copy is measured
+    gallery, rows, exact_top = _exact_rows(path, raw, build_s, queries, args)
+    yield from rows
+    for kind in args.approximate:
+        yield from _approximate_rows(gallery, kind, queries, exact_top, args)
+        yield _saved_index_row(gallery, path, kind, raw, queries, exact_top, args)
+        gallery = Gallery.open(path, writable=True)
+    yield _add_row(gallery, centres)
+    gallery.close()
+    shutil.rmtree(path)
+
+
+def _exact_rows(path: str, raw: int, build_s: float, queries: np.ndarray,
+                args: argparse.Namespace):
+    """(the opened gallery, its row and faiss's flat index's beside it, the exact top-10)."""
     before = resident_bytes()
     load_s, gallery = timed(lambda: Gallery.open(path, writable=True))
     exact = {"method": "gallery exact", "build_s": build_s, "load_s": load_s,
              "memory": (resident_bytes() - before) / raw, "recall": 1.0}
     _, exact_top = gallery.search(queries[:args.queries], 10)
-
     # Side by side, timed in turns: faiss's own flat index over the same rows.
     before = resident_bytes()
-    flat_s, flat = timed(lambda: _flat(faiss, gallery.matrix.rows))
+    flat_s, flat = timed(lambda: _flat(import_faiss(), gallery.matrix.rows))
     flat_row = {"method": "faiss IndexFlatIP", "build_s": flat_s,
                 "memory": (resident_bytes() - before) / raw,
                 "recall": recall_at_10(flat.search(queries[:args.queries], 10)[1], exact_top)}
     (exact["ms1"], exact["ms64"]), (flat_row["ms1"], flat_row["ms64"]) = search_speeds(
         [gallery.search, flat.search], queries, args.repeats)
-    yield exact
-    yield flat_row
     del flat
     gc.collect()
+    return gallery, [exact, flat_row], exact_top
 
-    # Approximate: the gallery's options, built from its rows when first searched, then
-    # searched at each effort (PQ candidates re-ranked, HNSW efSearch, IVF probes) without
-    # building again.
-    for kind in args.approximate:
-        efforts = {"pq": args.pq_rerank, "hnsw": args.hnsw_ef, "ivf": args.ivf_probes}[kind]
-        gallery.use_index(kind, efforts[0])
-        build_s, _ = timed(lambda: gallery.search(queries[:1], 10))
-        for effort in efforts:
-            gallery.use_index(kind, effort)
-            row = {"method": f"gallery {kind} {EFFORT_NAMES[kind]} {effort}",
-                   "recall": recall_at_10(gallery.search(queries[:args.queries], 10)[1], exact_top)}
-            if effort == efforts[0]:
-                row["build_s"] = build_s
-            [(row["ms1"], row["ms64"])] = search_speeds([gallery.search], queries, args.repeats)
-            yield row
-        # Saved with the gallery, the index is read at the next load instead of built. The
-        # open gallery is closed first, as a user's would be: two copies of 2M rows and the
-        # segments' page cache do not fit in 24 GiB, and paging would be timed as loading.
-        save_s, _ = timed(gallery.save_index)
-        index_bytes = int(gallery.manifest.ann["bytes"])  # what the index holds in memory too
-        gallery.close()
-        del gallery
-        gc.collect()
-        load_s, reloaded = timed(lambda: Gallery.open(path, index=kind))
-        yield {"method": f"gallery {kind} saved", "build_s": save_s, "load_s": load_s,
-               "memory": index_bytes / raw, "recall": recall_at_10(reloaded.search(queries[:args.queries], 10)[1], exact_top)}
-        del reloaded
-        gc.collect()
-        gallery = Gallery.open(path, writable=True)
 
-    # Adding 1,000 entries (new views of known identities) to the opened gallery and saving,
-    # last: recall above is measured on the gallery as built, 10 views to each identity.
+def _approximate_rows(gallery: Gallery, kind: str, queries: np.ndarray, exact_top: np.ndarray,
+                      args: argparse.Namespace) -> Iterator[Dict[str, object]]:
+    """The gallery's `kind` index, built from its rows when first searched, then searched at
+    each effort (PQ candidates re-ranked, HNSW efSearch, IVF probes) without building again."""
+    efforts = {"pq": args.pq_rerank, "hnsw": args.hnsw_ef, "ivf": args.ivf_probes}[kind]
+    gallery.use_index(kind, efforts[0])
+    build_s, _ = timed(lambda: gallery.search(queries[:1], 10))
+    for effort in efforts:
+        gallery.use_index(kind, effort)
+        row = {"method": f"gallery {kind} {EFFORT_NAMES[kind]} {effort}",
+               "recall": recall_at_10(gallery.search(queries[:args.queries], 10)[1], exact_top)}
+        if effort == efforts[0]:
+            row["build_s"] = build_s
+        [(row["ms1"], row["ms64"])] = search_speeds([gallery.search], queries, args.repeats)
+        yield row
+
+
+def _saved_index_row(gallery: Gallery, path: str, kind: str, raw: int, queries: np.ndarray,
+                     exact_top: np.ndarray, args: argparse.Namespace) -> Dict[str, object]:
+    """Saved with the gallery, the index is read at the next load instead of built. The open
+    gallery is closed first, as a user's would be: two copies of 2M rows and the segments'
+    page cache do not fit in 24 GiB, and paging would be timed as loading."""
+    save_s, _ = timed(gallery.save_index)
+    index_bytes = int(gallery.manifest.ann["bytes"])  # what the index holds in memory too
+    gallery.close()
+    gc.collect()
+    load_s, reloaded = timed(lambda: Gallery.open(path, index=kind))
+    recall = recall_at_10(reloaded.search(queries[:args.queries], 10)[1], exact_top)
+    return {"method": f"gallery {kind} saved", "build_s": save_s, "load_s": load_s,
+            "memory": index_bytes / raw, "recall": recall}
+
+
+def _add_row(gallery: Gallery, centres: np.ndarray) -> Dict[str, object]:
+    """Adding 1,000 entries (new views of known identities) to the opened gallery and saving,
+    last: recall above is measured on the gallery as built, 10 views to each identity."""
     adds = []
     for attempt in range(3):
         new, new_ids = reid_like(1000, centres, 7 + attempt)
         adds.append(timed(lambda: (gallery.add(new, entries_of(new_ids, f"a{attempt}_")),
                                    gallery.save()))[0])
-    yield {"method": "gallery add 1k + save", "add_s": statistics.median(adds)}
-    gallery.close()
-    shutil.rmtree(path)
+    return {"method": "gallery add 1k + save", "add_s": statistics.median(adds)}
 
 
 def _build_and_save(path: str, feats: np.ndarray, ids: np.ndarray) -> float:

@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from processor import do_train, evaluate  # noqa: E402
 from processor.checkpoint import ResumeError, check_output_dir_is_free  # noqa: E402
-from processor.cli import base_parser, load_config_or_exit, set_seed, start_run  # noqa: E402
+from processor.cli import base_parser, load_config_or_exit, start_run  # noqa: E402
+from utils.seed import set_seed
 from train import build_training  # noqa: E402
 from utils.device import select_device  # noqa: E402
 

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -31,8 +31,8 @@ logger = logging.getLogger("transreid.model")
 FEATURE_SETTINGS = ("MODEL.TRANSFORMER_TYPE", "MODEL.JPM", "TEST.NECK_FEAT", "INPUT.SIZE_TEST",
                     "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD", "TEST.FLIP_FEATS", "TEST.AMP_DTYPE")
 EXTRACT_AGAIN = "extract it again with tools/extract_features.py and this --weight and config"
-# Settings added after feature files were first written: a record without them had these.
-# "precision" is that of an exported model (processor.runtimes); PyTorch weights run as stored.
+# Settings a feature record may lack (older records), at the value they then had. "precision" is
+# that of an exported model (deploy.metadata); PyTorch weights run as stored.
 SETTING_DEFAULTS = {"TEST.FLIP_FEATS": False, "TEST.AMP_DTYPE": "fp32", "precision": "fp32"}
 
 
@@ -41,6 +41,28 @@ class SideInfoCounts:
     """Cameras and views the model has SIE embeddings for; 0 when it ignores that label."""
     cameras: int
     views: int
+
+    def check(self, name: str, label: int, source: str, fix: str = "") -> None:
+        """`check_sie_label` against this model's `name` ('camera' or 'view') count."""
+        check_sie_label(label, self.cameras if name == "camera" else self.views, name, source, fix)
+
+
+def check_sie_label(label: int, count: int, name: str, source: str, fix: str = "") -> None:
+    """The one SIE range check: a ToolError when `label` of `name` ('camera' or 'view'), which
+    `source` gave, has no embedding among `count` (0: the model ignores the label)."""
+    if count and not 0 <= label < count:
+        raise ToolError(f"{source} has no SIE embedding: the model knows {count} {name}s "
+                        f"(ids 0..{count - 1}); {fix or f'pass --{name} mean or a known id'}")
+
+
+def flip_mean(forward: Callable[..., torch.Tensor], images: torch.Tensor, flip: bool,
+              **labels: torch.Tensor) -> torch.Tensor:
+    """The eval feature with TEST.FLIP_FEATS: float32 features of `images`, averaged with their
+    mirror images' when `flip` (before normalisation, as fast-reid's TEST.FLIP.ENABLED)."""
+    feats = forward(images, **labels).float()
+    if flip:
+        feats = (feats + forward(images.flip(3), **labels).float()) / 2
+    return feats
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Union
@@ -139,9 +140,11 @@ def saved_epoch(path: str) -> Optional[int]:
     """The epoch of the training state in `path`; None when there is no readable one."""
     try:
         # mmap: the tensors stay on disk, only the small index is read.
-        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["epoch"])
-    except Exception:  # missing, foreign or unreadable: there is nothing to resume from
-        return None
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError):
+        return None  # missing, damaged or not a torch.save file: nothing to resume from
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return int(epoch) if isinstance(epoch, int) else None
 
 
 def resume_hint(output_dir: str) -> str:
@@ -213,7 +216,7 @@ class Checkpointer:
             "rng": rng,
             "config": self.cfg.dump(),
             # Where this run writes: resuming elsewhere is refused if that folder holds
-            # another run's state (see processor.check_output_dir_is_free).
+            # another run's state (`check_output_dir_is_free`).
             "output_dir": os.path.realpath(self.cfg.OUTPUT_DIR),
         }
 

@@ -1,17 +1,15 @@
-"""What train.py, test.py and the tools share: `--config_file` plus `KEY VALUE` overrides,
-the merged config, the output folder and the logger."""
+"""What train.py, test.py and the tools share on the command line: `--config_file` plus
+`KEY VALUE` overrides, the merged config, the output folder and its logger, and one `error:`
+line for a user's mistake."""
 from __future__ import annotations
 
 import argparse
 import functools
 import logging
 import os
-import random
 import sys
 from typing import Callable, Optional, TypeVar
 
-import numpy as np
-import torch
 from yacs.config import CfgNode
 
 from config import ConfigError, load_config
@@ -72,14 +70,6 @@ def _log_to_files(err: UserError) -> None:
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-
-
-def set_seed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 def start_run(cfg, config_file: str, if_train: bool, rank: int = 0,

@@ -18,9 +18,6 @@ from typing import Callable, Set, Tuple, TypeVar
 import torch
 from torch import nn
 
-from config import check_choice
-from config.choices import COMPILE_MODES
-
 logger = logging.getLogger("transreid.compile")
 
 T = TypeVar("T")
@@ -33,8 +30,8 @@ _FAILED: "weakref.WeakKeyDictionary[nn.Module, Set[str]]" = weakref.WeakKeyDicti
 
 def compile_enabled(cfg, device: torch.device) -> bool:
     """MODEL.COMPILE for `device`: 'auto' compiles on CUDA only (on the CPU compiling the
-    training step takes longer than a short run saves)."""
-    mode = check_choice("MODEL.COMPILE", cfg.MODEL.COMPILE, COMPILE_MODES)
+    training step takes longer than a short run saves). `load_config` checked the value."""
+    mode = cfg.MODEL.COMPILE
     return mode == "on" or (mode == "auto" and device.type == "cuda")
 
 

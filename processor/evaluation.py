@@ -5,42 +5,21 @@ the reference's result lines. Evaluators see features, never models.
 from __future__ import annotations
 
 import logging
-from typing import Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from config import switches
-from model.trained import load_trained
-from utils.errors import ToolError
 from utils.metrics import EvalResult, R1_mAP_eval, query_gallery_distance
 
-from . import runtimes
-from .inference import FeatureExtractor, runtime_extractor
+from .inference import FeatureExtractor
 from .verification_report import verification_report
 
 logger = logging.getLogger("transreid.evaluation")
 
 # The false-accept rate whose threshold test.py reports (and a gallery can take).
 VERIFICATION_FAR = 1e-3
-
-
-def evaluation_model(cfg, dataset, device: torch.device) -> Union[nn.Module, FeatureExtractor]:
-    """What test.py evaluates for TEST.WEIGHT: the PyTorch model sized and checked for
-    `dataset`, on `device`; for an exported .onnx / .xml, a FeatureExtractor that runs it
-    (`evaluate` takes either)."""
-    weight = cfg.TEST.WEIGHT
-    if runtimes.check_model_suffix(weight) in runtimes.PYTORCH_SUFFIXES:
-        return load_trained(cfg, dataset).model.to(device)
-    exported = runtimes.ExportedModel(weight)
-    for found, known, name in ((dataset.num_cameras, exported.counts.cameras, "cameras"),
-                               (dataset.num_views, exported.counts.views, "views")):
-        if known and found > known:  # labels the file has no SIE embedding for
-            raise ToolError(f"TEST.WEIGHT '{weight}' knows {known} SIE {name}, but "
-                            f"{dataset.display_name} has {found}: test it on the dataset it "
-                            "was trained on, or export the portable form")
-    return runtime_extractor(FeatureExtractor, exported, cfg=cfg)
 
 
 def make_evaluator(cfg, num_query: int) -> R1_mAP_eval:
@@ -60,17 +39,24 @@ def distance_matrix(cfg, query_feats: torch.Tensor, gallery_feats: torch.Tensor)
                                   cfg.TEST.RE_RANKING_K2, cfg.TEST.RE_RANKING_LAMBDA).numpy()
 
 
-def evaluate(cfg, model: Union[nn.Module, "FeatureExtractor"], val_loader, num_query: int,
-             device: torch.device, verification: bool = False) -> EvalResult:
-    """mAP, CMC and mINP of `model` (a module, or an extractor of an exported file) on a
-    query-then-gallery loader; with `verification`, also the verification figures of its
-    distances (`EvalResult.verification`).
+def evaluate(cfg, model: nn.Module, val_loader, num_query: int, device: torch.device,
+             verification: bool = False) -> EvalResult:
+    """mAP, CMC and mINP of `model` on a query-then-gallery loader (`evaluate_features` of its
+    FeatureExtractor on `device`)."""
+    return evaluate_features(cfg, FeatureExtractor(cfg, model, device), val_loader, num_query,
+                             verification)
+
+
+def evaluate_features(cfg, extractor: FeatureExtractor, val_loader, num_query: int,
+                      verification: bool = False) -> EvalResult:
+    """mAP, CMC and mINP of the extractor's features of a query-then-gallery loader; with
+    `verification`, also the verification figures of its distances (`EvalResult.verification`).
 
     The loader draws its seed from the global RNG; forking it keeps training randomness
     independent of when and how often evaluation runs (so a resumed run matches an
     uninterrupted one).
     """
-    extractor = model if isinstance(model, FeatureExtractor) else FeatureExtractor(cfg, model, device)
+    device = extractor.device
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
         feats, pids, camids, _ = extractor.extract_loader(val_loader, desc="extracting features")
     evaluator = make_evaluator(cfg, num_query)

@@ -27,7 +27,7 @@ import logging
 import operator
 import os
 from collections.abc import Iterable
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Collection, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -40,16 +40,18 @@ from datasets.bases import ImageDataset, to_rgb
 from datasets.image_list import ImageRecord
 from datasets.make_dataloader import val_collate_fn
 from datasets.transforms import build_test_transforms
+from deploy.backends import Backend, ExportedModel
+from deploy.formats import is_exported, resolve_format
+from deploy.metadata import fit_config, given_keys
 from model.backbones.specs import eval_feature_dim
-from model.trained import SideInfoCounts, TrainedModel, load_trained, sie_counts_of
+from model.trained import (SideInfoCounts, TrainedModel, check_sie_label, flip_mean, load_trained,
+                           sie_counts_of)
 from utils.device import select_device
 from utils.errors import ToolError
 from utils.precision import autocast, inference_dtype
 from utils.progress import Progress
 
-from . import runtimes
 from .compiled import CompiledForward, compile_enabled
-from .runtimes import ExportedModel
 
 logger = logging.getLogger("transreid.inference")
 
@@ -63,8 +65,44 @@ LabelsInput = Union[Sequence[Optional[int]], np.ndarray, torch.Tensor]
 UNKNOWN = -1
 
 
+class TorchBackend:
+    """A PyTorch model as `FeatureExtractor` runs it: eval mode on one device, TEST.FLIP_FEATS,
+    TEST.AMP_DTYPE autocast and MODEL.COMPILE (`compile`: None reads it). `model` itself stays
+    uncompiled."""
+
+    def __init__(self, cfg, model: nn.Module, device: Optional[torch.device] = None,
+                 counts: Optional[SideInfoCounts] = None, compile: Optional[bool] = None,
+                 provenance: Optional[Dict[str, object]] = None) -> None:
+        self.device = device or select_device(cfg.MODEL.DEVICE)
+        self.model = model.to(self.device)
+        self.forward = CompiledForward(
+            self.model, compile_enabled(cfg, self.device) if compile is None else compile,
+            "evaluation")
+        self.counts = counts or sie_counts_of(model)
+        self.feature_dim = eval_feature_dim(cfg)
+        self.provenance = provenance
+        self.flip = switches(cfg).flip_feats
+        self.amp_dtype = inference_dtype(cfg.TEST.AMP_DTYPE, self.device)
+        if self.amp_dtype is not None:
+            logger.info("Features under %s autocast (TEST.AMP_DTYPE %s)", self.amp_dtype,
+                        cfg.TEST.AMP_DTYPE)
+        if self.flip:
+            logger.info("Features are the mean of each image's and its mirror image's "
+                        "(TEST.FLIP_FEATS)")
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, cam_label: torch.Tensor,
+                 view_label: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        images = images.to(self.device, non_blocking=True)
+        labels = dict(cam_label=cam_label.to(self.device), view_label=view_label.to(self.device))
+        with autocast(self.device, self.amp_dtype):
+            return flip_mean(self.forward, images, self.flip, **labels)
+
+
 class FeatureExtractor:
-    """Re-ID features (N x D float32 tensors) of images, batched on one device.
+    """Re-ID features (N x D float32 tensors) of images, batched, through one backend: a
+    PyTorch model (`TorchBackend`) or an exported file (`deploy.backends.ExportedModel`).
 
     >>> extractor = FeatureExtractor.from_files("configs/Market/vit_transreid_stride.yml",
     ...                                         "logs/market/transformer_120.pth")
@@ -72,59 +110,79 @@ class FeatureExtractor:
 
     `counts` are the cameras and views the model has SIE embeddings for (0: none); a model
     built by `from_files` knows them from its checkpoint. `compile` (default: MODEL.COMPILE)
-    runs the forward through torch.compile; `model` itself stays uncompiled. `runtime`, set by
-    `from_files` for an exported file, runs instead of the model.
+    runs the forward through torch.compile.
     """
-
-    runtime: Optional[ExportedModel] = None
 
     def __init__(self, cfg, model: nn.Module, device: Optional[torch.device] = None,
                  counts: Optional[SideInfoCounts] = None, camera: LabelChoice = AUTO,
                  view: LabelChoice = AUTO, compile: Optional[bool] = None) -> None:
-        self.cfg = cfg
-        self.device = device or select_device(cfg.MODEL.DEVICE)
-        self.model = model.to(self.device)
-        self.forward = CompiledForward(
-            self.model, compile_enabled(cfg, self.device) if compile is None else compile,
-            "evaluation")
-        self.counts = counts or sie_counts_of(model)
+        self._attach(cfg, TorchBackend(cfg, model, device, counts, compile), camera, view)
+
+    def _attach(self, cfg, backend: Backend, camera: LabelChoice, view: LabelChoice) -> None:
+        self.cfg, self.backend = cfg, backend
+        self.device, self.counts = backend.device, backend.counts
         self.camera, self.view = camera, view
-        self.flip = switches(cfg).flip_feats
-        self.amp_dtype = inference_dtype(cfg.TEST.AMP_DTYPE, self.device)
-        if self.amp_dtype is not None:
-            logger.info("Features under %s autocast (TEST.AMP_DTYPE %s)", self.amp_dtype,
-                        cfg.TEST.AMP_DTYPE)
         self.transform = build_test_transforms(cfg)
         self.trained: Optional[TrainedModel] = None
-        if self.flip:
-            logger.info("Features are the mean of each image's and its mirror image's "
-                        "(TEST.FLIP_FEATS)")
+
+    @classmethod
+    def from_backend(cls, cfg, backend: Backend, camera: LabelChoice = AUTO,
+                     view: LabelChoice = AUTO) -> "FeatureExtractor":
+        """An extractor of `backend`, fed images transformed as `cfg` says."""
+        extractor = cls.__new__(cls)
+        extractor._attach(cfg, backend, camera, view)
+        return extractor
 
     @classmethod
     def from_files(cls, config_file: str = "", weight: str = "", opts: Sequence[str] = (),
                    device: Optional[torch.device] = None, num_cameras: Optional[int] = None,
                    num_views: Optional[int] = None, **kwargs) -> "FeatureExtractor":
-        """From a config file, `KEY VALUE` overrides and a model file, run by its suffix:
-        `.pth` weights by PyTorch (the model is sized from them; `num_cameras` / `num_views`
-        split a joint SIE table), an exported `.onnx` by ONNX Runtime and `.xml` by OpenVINO
-        (on the CPU). An exported file needs no config: its metadata sets the input size,
+        """From a config file, `KEY VALUE` overrides and a model file: `.pth` weights (the
+        model is sized from them; `num_cameras` / `num_views` split a joint SIE table), or an
+        exported `.onnx` / `.xml`, which needs no config: its metadata sets the input size,
         normalisation and flip (`from_files(weight="model.onnx")`, or the file first)."""
-        if not weight and runtimes.is_exported(config_file):
+        if not weight and is_exported(config_file):
             config_file, weight = "", config_file
-        if runtimes.check_model_suffix(weight) not in runtimes.PYTORCH_SUFFIXES:
-            return runtime_extractor(cls, runtimes.ExportedModel(weight), config_file, opts,
-                                     **kwargs)
         cfg = load_config(config_file, [*opts, "TEST.WEIGHT", weight,
                                         "MODEL.PRETRAIN_CHOICE", "none"])
-        return cls.from_trained(cfg, load_trained(cfg, num_cameras=num_cameras,
-                                                  num_views=num_views), device, **kwargs)
+        return cls.from_config(cfg, chosen=given_keys(config_file, opts), device=device,
+                               num_cameras=num_cameras, num_views=num_views, **kwargs)
+
+    @classmethod
+    def from_config(cls, cfg, dataset=None, chosen: Optional[Collection[str]] = None,
+                    device: Optional[torch.device] = None, num_cameras: Optional[int] = None,
+                    num_views: Optional[int] = None, **kwargs) -> "FeatureExtractor":
+        """The extractor of TEST.WEIGHT, run as its format says (`deploy.formats`): PyTorch
+        weights built by `cfg` (checked for `dataset`, when one is evaluated), or an exported
+        file under `cfg` fitted to it (`deploy.metadata.fit_config`; `chosen`: the keys the
+        user set, None for all). Its `cfg` is then the one to build loaders from."""
+        weight = cfg.TEST.WEIGHT
+        if not resolve_format(weight).exported:
+            trained = load_trained(cfg, dataset, num_cameras=num_cameras, num_views=num_views)
+            return cls.from_trained(cfg, trained, device, **kwargs)
+        exported = ExportedModel(weight)
+        if dataset is not None:
+            for name, found in (("camera", dataset.num_cameras), ("view", dataset.num_views)):
+                exported.counts.check(name, found - 1, f"{dataset.display_name}'s {name} "
+                                      f"{found - 1}", "test it on the dataset it was trained "
+                                      "on, or export the portable form")
+        kwargs.pop("compile", None)  # nothing of PyTorch's runs
+        return cls.from_backend(fit_config(exported.metadata, weight, cfg=cfg, chosen=chosen),
+                                exported, **kwargs)
 
     @classmethod
     def from_trained(cls, cfg, trained: TrainedModel, device: Optional[torch.device] = None,
                      **kwargs) -> "FeatureExtractor":
         extractor = cls(cfg, trained.model, device, trained.counts, **kwargs)
+        extractor.backend.provenance = trained.provenance
         extractor.trained = trained
         return extractor
+
+    @property
+    def provenance(self) -> Optional[Dict[str, object]]:
+        """What the features depend on (`model.trained.feature_provenance`; for an exported
+        file the one it records, with its precision); None for a model built by hand."""
+        return self.backend.provenance
 
     # ------------------------------------------------------------------ public calls
     def __call__(self, images: Sequence[ImageInput], cameras: Optional[LabelsInput] = None,
@@ -146,8 +204,8 @@ class FeatureExtractor:
     def extract_records(self, records: Sequence[ImageRecord], desc: str = "features",
                         show_progress: bool = True) -> torch.Tensor:
         """Features (N x D, on the CPU, in `records` order), SIE labels per `camera` / `view`."""
-        if not records:  # D from the config, without running the model
-            return torch.empty(0, eval_feature_dim(self.cfg), dtype=torch.float32)
+        if not records:  # the backend's width, without running it
+            return torch.empty(0, self.backend.feature_dim, dtype=torch.float32)
         cam_options = label_options(records, self.camera, self.counts.cameras, "camera")
         view_options = label_options(records, self.view, self.counts.views, "view")
         samples = [(r.path, UNKNOWN, UNKNOWN, UNKNOWN) for r in records]
@@ -174,22 +232,11 @@ class FeatureExtractor:
         return torch.cat(feats), pids, camids, paths
 
     # ------------------------------------------------------------------ the forward pass
-    @torch.no_grad()
     def features(self, images: torch.Tensor, cam_label: torch.Tensor,
                  view_label: torch.Tensor) -> torch.Tensor:
         """The one place the model runs: eval-mode float32 features of a batch of transformed
         images with one camera and view label each."""
-        if self.runtime is not None:  # an exported file: flip and precision are its own
-            return self.runtime(images, cam_label, view_label)
-        self.model.eval()
-        images = images.to(self.device, non_blocking=True)
-        labels = dict(cam_label=cam_label.to(self.device), view_label=view_label.to(self.device))
-        with autocast(self.device, self.amp_dtype):
-            feats = self.forward(images, **labels).float()
-            if self.flip:
-                # Mean before normalisation, as fast-reid's TEST.FLIP.ENABLED.
-                feats = (feats + self.forward(images.flip(3), **labels).float()) / 2
-        return feats
+        return self.backend.features(images, cam_label, view_label)
 
     def averaged_features(self, images: torch.Tensor, cam_options: Sequence[Sequence[int]],
                           view_options: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -322,7 +369,7 @@ def label_options(records: Sequence[ImageRecord], choice: LabelChoice, count: in
     if count == 0:
         return [[0]] * len(records)  # the model ignores this label
     if isinstance(choice, int):
-        _check_label(choice, count, name, f"--{name} {choice}")
+        check_sie_label(choice, count, name, f"--{name} {choice}")
         return [[choice]] * len(records)
     everything = list(range(count))
     options = []
@@ -333,35 +380,6 @@ def label_options(records: Sequence[ImageRecord], choice: LabelChoice, count: in
         else:
             # An image handed in from memory is named by its place in the call.
             image = f"'{record.path}'" if isinstance(record.path, str) else f"image {index}"
-            _check_label(known, count, name, f"{name} {known} of {image}")
+            check_sie_label(known, count, name, f"{name} {known} of {image}")
             options.append([known])
     return options
-
-
-def _check_label(label: int, count: int, name: str, source: str) -> None:
-    if not 0 <= label < count:
-        raise ToolError(f"{source} has no SIE embedding: the model knows {count} {name}s "
-                        f"(ids 0..{count - 1}); pass --{name} mean or a known id")
-
-
-def runtime_extractor(cls, exported: ExportedModel, config_file: str = "",
-                      opts: Sequence[str] = (), cfg=None, **kwargs) -> "FeatureExtractor":
-    """A `cls` (FeatureExtractor) that runs an exported file on the CPU. Its config is
-    `config_file` and `opts` under the file's own input settings, or `cfg`, which must feed
-    the file as it was exported (`ExportedModel.check_config`)."""
-    if cfg is None:
-        cfg = exported.config(config_file, opts)
-    else:
-        exported.check_config(cfg)
-    kwargs["compile"] = False  # nothing of PyTorch's runs
-    extractor = cls(cfg, nn.Identity(), torch.device("cpu"), exported.counts, **kwargs)
-    extractor.runtime = exported
-    return extractor
-
-
-def features_provenance(extractor: FeatureExtractor) -> Optional[Dict[str, object]]:
-    """What the extractor's features depend on (`model.trained.feature_provenance`; for an
-    exported file the one it records, with its precision); None for a model built by hand."""
-    if extractor.runtime is not None:
-        return extractor.runtime.provenance
-    return None if extractor.trained is None else extractor.trained.provenance

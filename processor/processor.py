@@ -17,12 +17,13 @@ from utils.errors import UserError
 from utils.metrics import EvalResult
 from utils.precision import AMP_DTYPES, autocast
 from utils.progress import Progress
+from utils.seed import set_seed
 
 from .checkpoint import Checkpointer, TrainingObjects, restore_rng_states, rng_states, unwrap
-from .cli import set_seed
 from .compiled import CompiledForward, compile_enabled
 from .dist_watchdog import start_watchdog
-from .evaluation import evaluate, log_result
+from .evaluation import evaluate, evaluate_features, log_result
+from .inference import FeatureExtractor
 from .run_log import MetricsLog
 from .step_stats import (NON_FINITE_GRADIENT, NON_FINITE_LOSS, Reading, StepStats, any_non_finite,
                          gradients, loss_gate, skip_updates_if)
@@ -44,10 +45,14 @@ def do_inference(cfg, model: torch.nn.Module, val_loader, num_query: int,
     """Evaluate `model` on a query-then-gallery loader and log mAP, CMC and mINP (and with
     `verification` TAR@FAR, EER and thresholds), as the reference's do_inference; returns the
     whole EvalResult (the reference returned its `cmc[0], cmc[4]`)."""
-    device = select_device(cfg.MODEL.DEVICE)
-    if isinstance(model, torch.nn.Module):  # else an extractor of an exported file
-        model.to(device)
-    result = evaluate(cfg, model, val_loader, num_query, device, verification)
+    extractor = FeatureExtractor(cfg, model, select_device(cfg.MODEL.DEVICE))
+    return inference_of(cfg, extractor, val_loader, num_query, title, verification)
+
+
+def inference_of(cfg, extractor: FeatureExtractor, val_loader, num_query: int,
+                 title: str = "Validation Results", verification: bool = False) -> EvalResult:
+    """`do_inference` through any backend: a PyTorch model or an exported file."""
+    result = evaluate_features(cfg, extractor, val_loader, num_query, verification)
     log_result(logging.getLogger("transreid.test"), result, title)
     return result
 

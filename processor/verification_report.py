@@ -2,14 +2,13 @@
 identity" from "another", and the threshold a gallery should use for a false-accept rate.
 
 The figures themselves are `utils.verification`'s; this logs them and says which of them a
-gallery (`processor.gallery`, cosine distances of unit features) can take as its threshold.
+gallery (`deploy.gallery`, cosine distances of unit features) can take as its threshold.
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Optional
 
-import numpy as np
 
 from utils.verification import VerificationResult, verify
 
@@ -46,14 +45,3 @@ def verification_report(distmat, q_pids, g_pids, q_camids, g_camids,
                     "the other half (%.2fx the target)", held.target_far, held.measured_far,
                     held.ratio)
     return result
-
-
-def self_verification(features: np.ndarray, labels: Sequence[str],
-                      cameras: Sequence[Optional[int]], target_far: float) -> VerificationResult:
-    """Verification figures of unit `features` compared with each other (cosine distance)
-    under the re-ID protocol: pairs of one label and one camera do not count; entries of
-    unknown camera share one. Raises ValueError when there are no genuine or impostor pairs."""
-    ids = np.unique(list(labels), return_inverse=True)[1]
-    cams = np.array([-1 if camera is None else camera for camera in cameras])
-    return verify(1.0 - features @ features.T, ids, ids, cams, cams, target_far,
-                  check_held_out=False)

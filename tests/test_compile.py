@@ -78,7 +78,7 @@ def test_compiled_training_and_features_match_eager_and_keep_the_names(tiny_opts
     eval_batch = random_batch(cfg, 8, SIZES, torch.device("cpu"), train=False)
     expected, _ = features(cfg, eager.model, eval_batch, compile_=False)
     actual, extractor = features(cfg, eager.model, eval_batch, compile_=True)
-    assert extractor.forward.is_compiled and extractor.model is eager.model
+    assert extractor.backend.forward.is_compiled and extractor.backend.model is eager.model
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -149,7 +149,7 @@ def test_a_failing_compile_extracts_eagerly_and_warns_once_per_model(tiny_opts, 
         first, _ = features(cfg, model, batch, compile_=True)
         # Training's evaluation builds an extractor per evaluation: no second attempt.
         second, extractor = features(cfg, model, batch, compile_=True)
-    assert len(made) == 1 and not extractor.forward.is_compiled
+    assert len(made) == 1 and not extractor.backend.forward.is_compiled
     assert len(warnings_of(caplog)) == 1
     assert "evaluation forward" in warnings_of(caplog)[0].getMessage()
     assert torch.equal(first, expected) and torch.equal(second, expected)

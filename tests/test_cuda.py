@@ -15,7 +15,7 @@ import torch.distributed as dist
 from config import load_config
 from processor import do_train
 from processor.checkpoint import LAST_CHECKPOINT
-from processor.cli import set_seed
+from utils.seed import set_seed
 from tools import extract_features
 from train import build_training
 from utils.metrics import R1_mAP_eval

@@ -20,8 +20,9 @@ from config import load_config  # noqa: E402
 from datasets import SyntheticSettings, ensure_synthetic_person  # noqa: E402
 from model import make_model  # noqa: E402
 from processor import FeatureExtractor  # noqa: E402
-from processor.gallery import Gallery  # noqa: E402
-from processor.runtimes import ExportedModel, read_metadata  # noqa: E402
+from deploy.gallery import Gallery  # noqa: E402
+from deploy.backends import ExportedModel
+from deploy.metadata import read_metadata  # noqa: E402
 from tests.conftest import TINY_TRANSREID_OPTS  # noqa: E402
 from tests.test_checkpoint_faults import load_test_script  # noqa: E402
 from tools import export, extract_features, search  # noqa: E402

@@ -13,7 +13,7 @@ import torch
 from tests.test_checkpoint_faults import tmpfs  # noqa: F401  (a fixture)
 from tests.test_pipeline import run_script
 from tests.test_tools import Setup
-from tools import (export_onnx, extract_features, plot_training, search, visualize_attention,
+from tools import (export, extract_features, plot_training, search, visualize_attention,
                    visualize_ranks)
 from utils.files import UnsafeOutputError, check_output, check_output_folder
 
@@ -62,10 +62,10 @@ def test_file_outputs_never_replace_inputs_or_checkpoints(setup, run_dir, index)
     protected = targets(setup, run_dir)
     refused(extract_features.main, setup.args("--images", setup.query_dir, "--output", target),
             *protected)
-    refused(export_onnx.main, setup.args("--output", target), *protected)
+    refused(export.main, setup.args("--format", "onnx", "--output", target), *protected)
     refused(plot_training.main, [run_dir, "--output", target], *protected)
     # --overwrite allows replacing an earlier result, never an input or a file of another kind.
-    refused(export_onnx.main, setup.args("--output", target, "--overwrite"), *protected)
+    refused(export.main, setup.args("--format", "onnx", "--output", target, "--overwrite"), *protected)
     refused(plot_training.main, [run_dir, "--output", target, "--overwrite"], *protected)
 
 

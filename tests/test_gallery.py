@@ -1,4 +1,4 @@
-"""The lasting gallery (processor/gallery.py, its folder format and tools/gallery.py): search
+"""The lasting gallery (deploy/gallery.py, its folder format and tools/gallery.py): search
 against a brute-force oracle, save / load / add / remove round trips, saves killed midway, and
 each refusal in one line."""
 import json
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from processor import gallery_store
-from processor.gallery import Gallery
-from processor.gallery_store import Entry, GalleryError
-from processor import vector_index
-from processor.vector_index import ApproximateIndex
+from deploy import gallery_store
+from deploy.gallery import Gallery
+from deploy.gallery_store import Entry, GalleryError
+from deploy import vector_index
+from deploy.vector_index import ApproximateIndex
 from tools import gallery as gallery_tool, search
 from test_tools import Setup  # the tiny saved model and rendered images of the tool tests
 
@@ -290,8 +290,8 @@ def test_a_fault_between_the_segments_and_the_manifest_keeps_the_previous_galler
 WRITER = textwrap.dedent("""
     import sys, numpy as np
     sys.path.insert(0, {root!r})
-    from processor.gallery import Gallery
-    from processor.gallery_store import Entry
+    from deploy.gallery import Gallery
+    from deploy.gallery_store import Entry
     gallery = Gallery.open({folder!r}, writable=True)
     rng = np.random.default_rng(0)
     for step in range(100000):

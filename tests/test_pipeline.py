@@ -15,7 +15,7 @@ import processor.processor as processor_module
 from config import load_config
 from processor import do_train, evaluate
 from processor.checkpoint import LAST_CHECKPOINT, ResumeError, check_output_dir_is_free
-from processor.cli import set_seed
+from utils.seed import set_seed
 from processor.processor import NonFiniteLossError, Trainer
 from solver.scheduler_factory import create_scheduler
 from tests.test_run_log import check_metrics_csv

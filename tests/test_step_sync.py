@@ -11,7 +11,7 @@ from benchmarks.bench_train import build_trainer, random_batch
 from config import load_config
 from processor import do_train
 from processor.checkpoint import LAST_CHECKPOINT
-from processor.cli import set_seed
+from utils.seed import set_seed
 from processor.processor import NonFiniteLossError
 from processor.step_stats import any_non_finite, loss_gate, skip_updates_if
 from train import build_training

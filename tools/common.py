@@ -1,7 +1,7 @@
 """What the tools share: their command line, and the one way they open a model (`.pth`, or an
 exported `.onnx` / `.xml`: `load_extractor`). The work itself is the library's: the trained
 model (`model.trained`), images (`datasets.image_list`), features (`processor.FeatureExtractor`,
-whose doc explains the SIE label choices; exported files `processor.runtimes`) and feature
+whose doc explains the SIE label choices; exported files `deploy`) and feature
 files (`tools.feature_files`).
 """
 from __future__ import annotations
@@ -11,10 +11,9 @@ import logging
 import textwrap
 from typing import Sequence
 
-from model.trained import load_trained
+from deploy.metadata import given_keys
 from processor.cli import base_parser, load_cli_config
-from processor.inference import AUTO, MEAN, FeatureExtractor, LabelChoice, runtime_extractor
-from processor.runtimes import PYTORCH_SUFFIXES, ExportedModel, check_model_suffix
+from processor.inference import AUTO, MEAN, FeatureExtractor, LabelChoice
 from utils.device import apply_visible_devices
 from utils.errors import ToolError
 
@@ -99,16 +98,13 @@ def load_tool_config(args: argparse.Namespace, extra_opts: Sequence[str] = ()):
 
 
 def load_extractor(args: argparse.Namespace, cfg, dataset=None, **kwargs) -> FeatureExtractor:
-    """The FeatureExtractor of TEST.WEIGHT: PyTorch weights (.pth) built by `cfg` (and checked
-    for `dataset`, when one is evaluated), or an exported .onnx / .xml run by its runtime under
-    `cfg` with the file's input settings on top (its `cfg` is then the one to use)."""
-    weight = cfg.TEST.WEIGHT
-    if check_model_suffix(weight) in PYTORCH_SUFFIXES:
-        trained = load_trained(cfg, dataset, num_cameras=getattr(args, "num_cameras", None),
-                               num_views=getattr(args, "num_views", None))
-        return FeatureExtractor.from_trained(cfg, trained, **kwargs)
-    exported = ExportedModel(weight)
-    return runtime_extractor(FeatureExtractor, exported, cfg=exported.adapt(cfg), **kwargs)
+    """The FeatureExtractor of TEST.WEIGHT (`FeatureExtractor.from_config`): PyTorch weights
+    built by `cfg` (and checked for `dataset`, when one is evaluated), or an exported file under
+    `cfg` fitted to it (its `cfg` is then the one to use)."""
+    return FeatureExtractor.from_config(
+        cfg, dataset, chosen=given_keys(args.config_file, args.opts or []),
+        num_cameras=getattr(args, "num_cameras", None), num_views=getattr(args, "num_views", None),
+        **kwargs)
 
 
 def configure_logging() -> None:

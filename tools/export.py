@@ -19,14 +19,16 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.deploy_graph import CAMERA_MODES, EXACT_MEAN
+from deploy.calibration import CalibrationSet, calibration_set, random_check_set
+from deploy.export import FORMS, OPSETS, ExportPlan, Tolerance, check_outputs, export_model
+from deploy.formats import EXPORT_FORMATS
+from deploy.graphs import CAMERA_MODES, EXACT_MEAN
+from deploy.metadata import LABELLED, PORTABLE, PRECISIONS
 from model.trained import load_trained
 from processor.cli import exits_on_user_error
-from processor.export import (FORMATS, FORMS, PRECISIONS, ExportPlan, calibration_set,
-                              check_outputs, export_model, random_check_set)
-from processor.runtimes import LABELLED, require_package
 from tools.common import (add_sie_count_arguments, configure_logging, load_tool_config,
                           positive_int, tool_parser)
+from utils.errors import UserError, require_package
 
 logger = logging.getLogger("transreid.tools")
 
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "written only if they agree. Needs: pip install onnx onnxruntime [openvino [nncf]].",
         "python tools/export.py --config_file configs/Market/vit_transreid_stride.yml "
         "--weight logs/market/transformer_120.pth --format openvino --precision int8")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="onnx",
+    parser.add_argument("--format", choices=sorted(EXPORT_FORMATS), default="onnx",
                         help="onnx (default) or openvino")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32 (default), int8 or bf16 (OpenVINO only)")
@@ -56,13 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "one pass each; default), 'fixed' (--camera/--view), or 'averaged' "
                              "(one pass with the mean SIE embedding; its cosine to 'mean' is "
                              "printed)")
-    parser.add_argument("--camera", type=int, default=0, help="camera id of --camera-mode fixed")
-    parser.add_argument("--view", type=int, default=0, help="view id of --camera-mode fixed")
+    parser.add_argument("--camera", type=int, default=None,
+                        help="camera id of --camera-mode fixed")
+    parser.add_argument("--view", type=int, default=None, help="view id of --camera-mode fixed")
     parser.add_argument("--output", default="",
                         help="file to write (.onnx or .xml; default: the weights' name with "
                              "_<precision> and the format's suffix)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    parser.add_argument("--opset", type=int, default=17,
+                        help=f"ONNX opset version, {OPSETS.start} to {OPSETS.stop - 1} (default 17)")
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="static batch size (default: dynamic); runtimes pad the last batch")
     parser.add_argument("--calibration-size", type=int, default=300,
@@ -82,16 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_output(weight: str, fmt: str, precision: str) -> str:
-    return f"{os.path.splitext(weight)[0]}_{precision}{FORMATS[fmt]}"
+    return f"{os.path.splitext(weight)[0]}_{precision}{EXPORT_FORMATS[fmt].suffix}"
 
 
 def require_runtimes(fmt: str, precision: str) -> None:
-    """Every optional package the export will need, before any work."""
-    packages = ["onnx", "onnxruntime"]
-    if fmt == "openvino":
-        packages += ["openvino"] + (["nncf"] if precision == "int8" else [])
+    """Every optional package the export will need, before any work: the ONNX exporter's (every
+    format is made from its file), the format's runtime, and OpenVINO's int8 quantizer."""
+    packages = dict.fromkeys([*EXPORT_FORMATS["onnx"].packages, *EXPORT_FORMATS[fmt].packages]
+                             + (["nncf"] if fmt == "openvino" and precision == "int8" else []))
     for package in packages:
         require_package(package, f"exporting to {fmt} {precision}")
+
+
+def check_set(args: argparse.Namespace, cfg, counts) -> CalibrationSet:
+    """The images the written file is checked on. Reduced precision and the portable form's
+    camera handling are judged on real crops (another draw than the calibration's), not on
+    noise; the portable form falls back to noise where no training crops are at hand."""
+    if args.precision == "int8":
+        return calibration_set(cfg, args.check_size, args.seed + 1)
+    if args.form == PORTABLE and (counts.cameras or counts.views):
+        try:
+            return calibration_set(cfg, args.check_size, args.seed + 1)
+        except UserError as err:
+            logger.warning("the portable form's cost is measured on random images, not on "
+                           "real crops: %s", err)
+    return random_check_set(cfg, counts, args.check_size)
 
 
 @exits_on_user_error
@@ -101,7 +120,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan = ExportPlan(fmt=args.format, precision=args.precision, form=args.form,
                       camera_mode=args.camera_mode, camera=args.camera, view=args.view,
                       opset=args.opset, batch=args.batch)
-    plan.check()
     output = args.output or default_output(cfg.TEST.WEIGHT, args.format, args.precision)
     check_outputs(output, args.format, [cfg.TEST.WEIGHT, args.config_file], args.overwrite)
     require_runtimes(args.format, args.precision)
@@ -109,12 +127,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     calibration = None
     if args.precision == "int8":
         calibration = calibration_set(cfg, args.calibration_size, args.seed)
-        # Reduced precision is judged on real crops (another draw), not on noise.
-        check = calibration_set(cfg, args.check_size, args.seed + 1)
-    else:
-        check = random_check_set(cfg, trained.counts, args.check_size)
-    for line in export_model(trained, plan, output, check, calibration, args.atol, args.rtol,
-                             args.min_cosine):
+    check = check_set(args, cfg, trained.counts)
+    tolerance = Tolerance(args.atol, args.rtol, args.min_cosine)
+    for line in export_model(trained, plan, output, check, calibration, tolerance):
         print(line)
     print(f"wrote {output}")
     return 0

@@ -16,7 +16,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from datasets.image_list import collect_images
 from processor.cli import exits_on_user_error
-from processor.inference import features_provenance
 from tools.common import (add_label_arguments, add_overwrite_argument, add_sie_count_arguments,
                           configure_logging, load_extractor, load_tool_config, tool_parser)
 from tools.feature_files import check_feature_outputs, save_feature_index
@@ -56,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extractor = load_extractor(args, cfg, camera=args.camera, view=args.view)
     features = extractor.extract_records(records)
     csv_path = save_feature_index(features.numpy(), records, args.output,
-                                  features_provenance(extractor))
+                                  extractor.provenance)
     logger.info("Wrote %d x %d features to %s and their index to %s", *features.shape,
                 args.output, csv_path)
     return 0

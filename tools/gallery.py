@@ -20,9 +20,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from datasets.image_list import ImageRecord, collect_images
 from processor import FeatureExtractor
 from processor.cli import exits_on_user_error
-from processor.gallery import Gallery, Hit
-from processor.inference import features_provenance
-from processor.vector_index import EXACT, INDEX_KINDS
+from deploy.enrolment import add_images, search_images
+from deploy.gallery import Gallery, Hit
+from deploy.vector_index import EXACT, INDEX_KINDS
 from tools.common import (add_label_arguments, add_sie_count_arguments, configure_logging,
                           load_extractor, load_tool_config, positive_int, tool_parser)
 from utils.errors import ToolError
@@ -122,7 +122,7 @@ def enrol(gallery: Gallery, args: argparse.Namespace, extractor: FeatureExtracto
     if args.threshold_far is not None and args.threshold is None:
         raise ToolError("--threshold-far goes with --threshold DIST (the FAR it stands for)")
     records = images_of(args.images)
-    gallery.add_images(extractor, records, args.label)
+    add_images(gallery, extractor, records, args.label)
     if args.calibrate_far is not None:
         gallery.calibrate(args.calibrate_far)
     elif args.threshold is not None:
@@ -137,7 +137,7 @@ def enrol(gallery: Gallery, args: argparse.Namespace, extractor: FeatureExtracto
 def run_build(args: argparse.Namespace) -> None:
     extractor = model_extractor(args)
     # Created (locked, and checked not to be a gallery already) before any image is read.
-    with Gallery.create(args.gallery, features_provenance(extractor), args.index,
+    with Gallery.create(args.gallery, extractor.provenance, args.index,
                         args.overwrite) as gallery:
         enrol(gallery, args, extractor)
 
@@ -163,7 +163,7 @@ def format_hits(query: ImageRecord, hits: Sequence[Hit]) -> str:
 def run_search(args: argparse.Namespace) -> None:
     gallery = Gallery.open(args.gallery, index=args.index)
     extractor = model_extractor(args)
-    results, skipped = gallery.search_images(extractor, images_of(args.query), args.topk)
+    results, skipped = search_images(gallery, extractor, images_of(args.query), args.topk)
     if gallery.threshold is None:
         print("(the gallery has no threshold: set one with add --calibrate-far or --threshold)")
     for query, hits in results:

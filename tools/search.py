@@ -21,9 +21,8 @@ from datasets.image_list import ImageRecord, collect_images
 from model.trained import check_same_model
 from processor import FeatureExtractor, distance_matrix
 from processor.cli import exits_on_user_error
-from processor.gallery import Gallery
-from processor.gallery_store import Entry, is_gallery
-from processor.inference import features_provenance
+from deploy.gallery import Gallery
+from deploy.gallery_store import Entry, is_gallery
 from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
                           add_sie_count_arguments, configure_logging, load_extractor,
                           load_tool_config, tool_parser)
@@ -78,7 +77,7 @@ def gallery_features(args: argparse.Namespace, extractor: FeatureExtractor,
                      ) -> Tuple[torch.Tensor, List[ImageRecord]]:
     if args.gallery.endswith(".npy"):
         features, records, provenance = load_feature_index(args.gallery)
-        check_same_model(provenance, features_provenance(extractor), args.gallery)
+        check_same_model(provenance, extractor.provenance, args.gallery)
         return torch.from_numpy(features), records
     records = collect_images(args.gallery)
     return extractor.extract_records(records, desc="gallery features"), records
@@ -123,7 +122,7 @@ def rank_in_saved_gallery(args: argparse.Namespace, extractor: FeatureExtractor,
         raise ToolError(f"--rerank needs every gallery feature at once; '{args.gallery}' is a "
                         "saved gallery searched top-k: drop --rerank")
     gallery = Gallery.open(args.gallery)
-    gallery.check_model(features_provenance(extractor))
+    gallery.check_model(extractor.provenance)
     distances, orders = gallery.search(extractor.extract_records(queries, desc="query features"),
                                        args.topk)
     return [entry_record(e) for e in gallery.entries], distances, orders

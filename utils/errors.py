@@ -9,6 +9,7 @@ existing `except` clauses keep working.
 Command-line entry points (`processor.cli.exits_on_user_error`) print a `UserError` as one `error:` line and
 exit with status 1; any other exception is a bug and keeps its traceback.
 """
+import importlib
 
 
 class UserError(Exception):
@@ -21,3 +22,11 @@ class ToolError(UserError, RuntimeError):
 
 class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message says which and why."""
+
+
+def require_package(name: str, purpose: str):
+    """`import name` of an optional dependency, or a ToolError with the pip command."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ToolError(f"{purpose} needs the optional package {name}: pip install {name}") from None

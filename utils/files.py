@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import torch
 
@@ -118,20 +118,32 @@ def atomic_output(path: str) -> Iterator[str]:
         _remove_if_present(tmp_path)
 
 
+def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> int:
+    """`write(handle)` as the file `path`, through `atomic_output`, synced to disk before the
+    rename (a crash after it cannot leave an empty file under the new name); returns the size."""
+    with atomic_output(path) as tmp_path:
+        with open(tmp_path, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return os.path.getsize(tmp_path)
+
+
 def atomic_save(obj: Any, path: str) -> None:
-    """torch.save through `atomic_output`, synced to disk before the rename."""
-    with atomic_output(path) as tmp_path, open(tmp_path, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """torch.save through `atomic_write`."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """`text` as the file `path`, through `atomic_output`, synced to disk before the rename."""
-    with atomic_output(path) as tmp_path, open(tmp_path, "w") as handle:
-        handle.write(text)
-        handle.flush()
+    """`text` (UTF-8) as the file `path`, through `atomic_write`."""
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def fsync_path(path: str) -> None:
+    """Sync a file that a library wrote by name (not through a handle) to disk."""
+    with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
+
 
 def remove_stale_temp_files(folder: str) -> List[str]:
     """Remove the temporary files that a write killed midway left in `folder` (not its

@@ -255,3 +255,14 @@ def verify(distmat, q_pids: Sequence[int], g_pids: Sequence[int], q_camids: Sequ
         measured = float(pairs_of(evaluation).impostor.rate_at_most(np.array([threshold]))[0])
         held_out = HeldOutCheck(target_far, threshold, measured)
     return figures(pairs_of(np.arange(len(q_pids))), target_far, held_out)
+
+
+def self_verification(features: np.ndarray, labels: Sequence[str],
+                      cameras: Sequence[Optional[int]], target_far: float) -> VerificationResult:
+    """Verification figures of unit `features` compared with each other (cosine distance)
+    under the re-ID protocol: pairs of one label and one camera do not count; entries of
+    unknown camera share one. Raises ValueError when there are no genuine or impostor pairs."""
+    ids = np.unique(list(labels), return_inverse=True)[1]
+    cams = np.array([-1 if camera is None else camera for camera in cameras])
+    return verify(1.0 - features @ features.T, ids, ids, cams, cams, target_far,
+                  check_held_out=False)

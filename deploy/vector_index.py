@@ -12,9 +12,9 @@ The approximate indexes are built when first searched:
   candidates costs recall. A scan of every code needs no navigation, which is why it keeps its
   recall on features whose identities are spread evenly over the sphere, where HNSW's greedy
   routing loses its way. Centring matters for trained models' features, which share a large
-  common direction: the fast scan's 8-bit lookup tables would spend their range on it (recall@10
-  0.24 on the quickstart model's gallery without, 0.999 with centring and OPQ). On unit rows,
-  L2 ranks as the inner product does, and neither centring nor a rotation changes L2.
+  common direction: the fast scan's 8-bit lookup tables would spend their range on it
+  (docs/gallery.md has the recall with and without). On unit rows, L2 ranks as the inner
+  product does, and neither centring nor a rotation changes L2.
 * hnsw, ivf: faiss's `IndexHNSWFlat` and `IndexIVFFlat`, each with its own copy of the rows.
 """
 from __future__ import annotations
@@ -40,7 +40,14 @@ PQ_DIMS_PER_CODE = 48  # dimensions per 4-bit sub-quantiser: 16 of them (8 bytes
 PQ_MIN_CODES = 16  # sub-quantisers of narrow rows (at most one per dimension): 8 bytes or more
 PQ_RERANK = 128  # candidates re-ranked exactly per query (at least 2k)
 PQ_TRAIN_ROWS, PQ_MIN_TRAIN = 65536, 1024  # fewer rows are repeated: faiss wants 39 per centroid
-OPQ_ITERATIONS = 10  # faiss: 50; as good on the quickstart model's features, in a fifth the time
+OPQ_ITERATIONS = 10  # faiss: 50 (docs/gallery.md says why fewer)
+
+
+def check_index_kind(kind: str) -> str:
+    """The one check of an index kind (a ToolError listing the kinds)."""
+    if kind not in INDEX_KINDS:
+        raise ToolError(f"unknown index '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
+    return kind
 
 
 def import_faiss():
@@ -156,8 +163,11 @@ class ApproximateIndex:
     `built_from` is the number of rows it was built (and trained) from."""
 
     def __init__(self, kind: str, matrix: FeatureMatrix) -> None:
+        if check_index_kind(kind) == EXACT:
+            raise ToolError("the exact search needs no approximate index")
         faiss = import_faiss()
         self.kind, self.matrix, self.built_from, self.rerank = kind, matrix, len(matrix), PQ_RERANK
+        logger.info("Building the %s index of %d entries", kind, len(matrix))
         rows = matrix.rows
         if kind == PQ:
             self.index, self._parts = rotated_pq(faiss, matrix.dim)
@@ -166,7 +176,7 @@ class ApproximateIndex:
             self.index = faiss.IndexHNSWFlat(matrix.dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             self.index.hnsw.efSearch = HNSW_EF_SEARCH
-        elif kind == IVF:
+        else:
             # About 4 sqrt(N) lists, trained on 40 rows a list (faiss warns below 39).
             lists = max(1, min(len(rows) // 39, int(4 * math.sqrt(max(len(rows), 1)))))
             self.quantizer = faiss.IndexFlatIP(matrix.dim)
@@ -175,8 +185,6 @@ class ApproximateIndex:
             self.index.cp.niter = 10  # k-means iterations (faiss: 25); lists move little after
             self.index.train(training_rows(rows, 40 * lists))
             self.index.nprobe = min(IVF_PROBES, lists)
-        else:
-            raise ToolError(f"unknown index '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
         self.add(rows)
 
     @classmethod
@@ -236,3 +244,38 @@ class ApproximateIndex:
             return exact_search(self.matrix, queries, k)
         _, candidates = self.index.search(queries, wanted)
         return rerank(self.matrix.rows, queries, candidates, k)
+
+
+class GallerySearch:
+    """How a gallery's rows are searched: exactly, or through an approximate index of `kind`,
+    built when first searched (or read from a saved file), extended as rows are added and
+    built again when outgrown. `effort`: see `ApproximateIndex.effort` (None: its default)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = check_index_kind(kind)
+        self.approximate: Optional[ApproximateIndex] = None
+        self.effort: Optional[int] = None
+
+    def use(self, kind: str, effort: Optional[int] = None) -> None:
+        if check_index_kind(kind) != self.kind:
+            self.kind, self.approximate = kind, None
+        self.effort = effort
+
+    def added(self, rows: np.ndarray) -> None:
+        if self.approximate is not None:
+            self.approximate.add(rows)
+
+    def index(self, matrix: FeatureMatrix) -> ApproximateIndex:
+        """The approximate index of `matrix`'s rows, built if missing or outgrown."""
+        if self.approximate is None or self.approximate.outgrown:
+            self.approximate = ApproximateIndex(self.kind, matrix)
+        if self.effort is not None:
+            self.approximate.effort = self.effort
+        return self.approximate
+
+    def search(self, matrix: FeatureMatrix, queries: np.ndarray,
+               k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(inner products, row positions), k best per query, best first."""
+        if self.kind == EXACT:
+            return exact_search(matrix, queries, k)
+        return self.index(matrix).search(queries, k)

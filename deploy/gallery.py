@@ -3,15 +3,15 @@ new crop "who is this, or is it nobody we know?".
 
 >>> extractor = FeatureExtractor.from_files("configs/Market/vit_transreid_stride.yml", "model.pth")
 >>> with Gallery.create("my_gallery") as gallery:             # or Gallery.open(folder, writable=True)
-...     gallery.add_images(extractor, collect_images("crops/alice"), label="alice")
+...     add_images(gallery, extractor, collect_images("crops/alice"), label="alice")
 ...     gallery.calibrate(target_far=1e-3)                      # or set_threshold(0.35, 1e-3)
 ...     gallery.save()
->>> hits, skipped = Gallery.open("my_gallery").search_images(extractor, collect_images("new/"))
+>>> hits, skipped = search_images(Gallery.open("my_gallery"), extractor, collect_images("new/"))
 
 Features are unit rows; the distance is the cosine distance 1 - cos (0 = same direction, 2 =
 opposite), and a hit is a match when its distance is <= the gallery's threshold. The folder
-format, and why a save killed midway loses nothing, are in `processor.gallery_store`; the search
-itself (exact by default; PQ, HNSW or IVF as options) in `processor.vector_index`.
+format, and why a save killed midway loses nothing, are in `deploy.gallery_store`; the search
+itself (exact by default; PQ, HNSW or IVF as options) in `deploy.vector_index`.
 """
 from __future__ import annotations
 
@@ -24,16 +24,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from datasets.image_list import ImageRecord, readable_images
 from model.trained import check_same_model
 from utils.errors import ToolError
-from utils.verification import VerificationResult
+from utils.verification import VerificationResult, self_verification
 
 from . import gallery_store as store
 from .gallery_store import Entry, GalleryError, Manifest
-from .inference import FeatureExtractor, features_provenance
-from .vector_index import EXACT, INDEX_KINDS, ApproximateIndex, FeatureMatrix, exact_search
-from .verification_report import self_verification
+from .vector_index import EXACT, ApproximateIndex, FeatureMatrix, GallerySearch
 
 logger = logging.getLogger("transreid.gallery")
 
@@ -59,17 +56,15 @@ class Gallery:
     def __init__(self, folder: str, manifest: Manifest, index: Optional[str] = None) -> None:
         self.folder = folder
         self.manifest = manifest
-        self.index_kind = index or manifest.index
-        if self.index_kind not in INDEX_KINDS:
-            raise GalleryError(f"unknown index '{self.index_kind}'; choose one of "
-                               f"{', '.join(INDEX_KINDS)}")
+        try:
+            self.searcher = GallerySearch(index or manifest.index)
+        except ToolError as err:
+            raise GalleryError(f"gallery '{folder}': {err}") from None
         self.matrix = FeatureMatrix(manifest.dim)
         self.entries: List[Entry] = []
         self.row_ids = np.zeros(0, np.int64)  # global id of each row; unsaved rows: ids >= next_row
         self.removed = np.zeros(0, np.int64)  # saved rows removed since (the tombstones)
         self._next_id = manifest.next_row
-        self._approximate: Optional[ApproximateIndex] = None
-        self._effort: Optional[int] = None
         self._lock: Optional[store.FileLock] = None
         self._dirty = False
 
@@ -151,7 +146,7 @@ class Gallery:
                            "building it again", self.folder, len(index), covered)
             return
         index.add(self.matrix.rows[covered:])
-        self._approximate = index
+        self.searcher.approximate = index
 
     def close(self) -> None:
         """Release the write lock (unsaved changes are dropped: call `save` first)."""
@@ -220,8 +215,7 @@ class Gallery:
         self.entries.extend(entries)
         self.row_ids = np.concatenate([self.row_ids, self._next_id + np.arange(len(features))])
         self._next_id += len(features)
-        if self._approximate is not None:
-            self._approximate.add(features)
+        self.searcher.added(features)
         self._dirty = True
 
     def remove(self, label: Optional[str] = None, path: Optional[str] = None) -> int:
@@ -245,7 +239,7 @@ class Gallery:
         self.matrix.keep(~gone)
         self.entries = [e for e, g in zip(self.entries, gone) if not g]
         self.row_ids = self.row_ids[~gone]
-        self._approximate = None  # rebuilt when next searched: positions have moved
+        self.searcher.approximate = None  # rebuilt when next searched: positions have moved
         self._dirty = True
         return int(gone.sum())
 
@@ -333,7 +327,7 @@ class Gallery:
                                "approximate index to save")
         if self._dirty:
             raise GalleryError(f"gallery '{self.folder}' has unsaved changes; save() first")
-        index = self._approximate_index()
+        index = self.searcher.index(self.matrix)
         manifest = copy.deepcopy(self.manifest)
         store.write_index_file(self.folder, manifest, self.index_kind, len(index),
                                index.built_from, index.write)
@@ -341,17 +335,15 @@ class Gallery:
         self.manifest = manifest
 
     # -------------------------------------------------------------------------------- searching
+    @property
+    def index_kind(self) -> str:
+        return self.searcher.kind
+
     def use_index(self, kind: str, effort: Optional[int] = None) -> None:
         """Search `kind` (flat, pq, hnsw, ivf) from now on; an approximate index is built when
         first searched. `effort`: see `ApproximateIndex.effort` (default: the module's).
         Saved as the gallery's choice by the next `save`."""
-        if kind not in INDEX_KINDS:
-            raise GalleryError(f"unknown index '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
-        if kind != self.index_kind:
-            self.index_kind, self._approximate = kind, None
-        self._effort = effort
-        if self._approximate is not None and effort is not None:
-            self._approximate.effort = effort
+        self.searcher.use(kind, effort)
 
     def search(self, features, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
         """(cosine distances, row positions) of the k nearest entries of each query row, nearest
@@ -361,19 +353,8 @@ class Gallery:
         k = min(k, len(self))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        if self.index_kind == EXACT:
-            similarity, positions = exact_search(self.matrix, queries, k)
-        else:
-            similarity, positions = self._approximate_index().search(queries, k)
+        similarity, positions = self.searcher.search(self.matrix, queries, k)
         return 1.0 - similarity, positions
-
-    def _approximate_index(self) -> ApproximateIndex:
-        if self._approximate is None or self._approximate.outgrown:
-            logger.info("Building the %s index of %d entries", self.index_kind, len(self))
-            self._approximate = ApproximateIndex(self.index_kind, self.matrix)
-        if self._effort is not None:
-            self._approximate.effort = self._effort
-        return self._approximate
 
     def hits(self, features, k: int = 10) -> List[List[Hit]]:
         """Per query row, its k nearest entries with their distances and match decisions."""
@@ -382,39 +363,3 @@ class Gallery:
         return [[Hit(self.entries[p], float(d), None if threshold is None else bool(d <= threshold))
                  for d, p in zip(row_d, row_p) if p >= 0]
                 for row_d, row_p in zip(distances, positions)]
-
-    # ------------------------------------------------------------------------- through a model
-    def add_images(self, extractor: FeatureExtractor, records: Sequence[ImageRecord],
-                   label: Optional[str] = None) -> int:
-        """Enrol images: each labelled `label`, else by its own identity (a Market-style name or
-        a list file's pid); camera from the record. An unreadable image stops the enrolment
-        (nothing is added) with its name."""
-        self._check_extractor(extractor)
-        entries = [Entry(label if label is not None else _record_label(r), os.path.abspath(r.path),
-                         r.camid) for r in records]
-        self.add(extractor.extract_records(records, desc="gallery features"), entries)
-        return len(entries)
-
-    def search_images(self, extractor: FeatureExtractor, records: Sequence[ImageRecord],
-                      k: int = 10) -> Tuple[List[Tuple[ImageRecord, List[Hit]]], List[str]]:
-        """(query, its hits) of each readable query image, and the paths of those that could not
-        be read (each named in a warning; the others are searched)."""
-        self._check_extractor(extractor)
-        readable, skipped = readable_images(records)
-        if not readable:
-            return [], skipped
-        features = extractor.extract_records(readable, desc="query features")
-        return list(zip(readable, self.hits(features, k))), skipped
-
-    def _check_extractor(self, extractor: FeatureExtractor) -> None:
-        provenance = features_provenance(extractor)
-        if self.manifest.provenance is None and not self.dim:
-            self.manifest.provenance = provenance  # an empty gallery takes the model's
-        self.check_model(provenance)
-
-
-def _record_label(record: ImageRecord) -> str:
-    if record.pid is None:
-        raise GalleryError(f"no identity label for '{record.path}': give one (--label NAME), use "
-                           "Market-style names (0002_c1s1_000451_03.jpg) or a list file with pids")
-    return str(record.pid)

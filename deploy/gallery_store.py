@@ -33,7 +33,7 @@ import torch
 
 from utils.errors import ToolError
 from utils.file_lock import FileLock, describe_holder
-from utils.files import atomic_output, atomic_write_text
+from utils.files import atomic_output, atomic_write, atomic_write_text, fsync_path
 
 logger = logging.getLogger("transreid.gallery")
 
@@ -203,27 +203,16 @@ def read_tombstones(folder: str, manifest: Manifest) -> np.ndarray:
     return np.sort(ids.astype(np.int64))
 
 
-def _write_synced(path: str, write) -> int:
-    """`write(handle)` to `path` atomically, synced before the rename; returns the size."""
-    with atomic_output(path) as tmp_path:
-        with open(tmp_path, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        size = os.path.getsize(tmp_path)
-    return size
-
-
 def write_segment(folder: str, manifest: Manifest, features: np.ndarray,
                   entries: List[Entry]) -> Segment:
     """A new segment file pair for rows next_row .. (added to `manifest`, not yet saved)."""
     name = manifest.file_name("seg", ".npy")
-    size = _write_synced(os.path.join(folder, name),
+    size = atomic_write(os.path.join(folder, name),
                          lambda h: np.save(h, np.ascontiguousarray(features, dtype=np.float32)))
     segment = Segment(name, manifest.next_row, len(features), size, 0)
 
     text = _entries_csv(entries).encode()
-    segment.entries_bytes = _write_synced(os.path.join(folder, segment.entries_name),
+    segment.entries_bytes = atomic_write(os.path.join(folder, segment.entries_name),
                                           lambda h: h.write(text))
     manifest.segments.append(segment)
     manifest.next_row += len(features)
@@ -244,7 +233,7 @@ def write_tombstones(folder: str, manifest: Manifest, ids: np.ndarray) -> None:
         manifest.tombstones, manifest.num_tombstones = None, 0
         return
     name = manifest.file_name("tomb", ".npy")
-    _write_synced(os.path.join(folder, name), lambda h: np.save(h, ids.astype(np.int64)))
+    atomic_write(os.path.join(folder, name), lambda h: np.save(h, ids.astype(np.int64)))
     manifest.tombstones, manifest.num_tombstones = name, len(ids)
 
 
@@ -255,8 +244,7 @@ def write_index_file(folder: str, manifest: Manifest, kind: str, rows: int, buil
     name = manifest.file_name("ann", ".faiss")
     with atomic_output(os.path.join(folder, name)) as tmp_path:
         write(tmp_path)
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
+        fsync_path(tmp_path)
         size = os.path.getsize(tmp_path)
     manifest.ann = {"name": name, "kind": kind, "rows": rows, "built_from": built_from,
                     "num_tombstones": manifest.num_tombstones, "bytes": size}

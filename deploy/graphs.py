@@ -5,7 +5,7 @@ Two forms:
 
 * `LabelledGraph`: the model as `FeatureExtractor` runs it. Inputs: images normalised by the
   config's INPUT.PIXEL_MEAN / PIXEL_STD, and an int64 camera (view) label per image for a model
-  with SIE. The runtime side (`processor.runtimes`) can then average over cameras exactly as
+  with SIE. The runtime side (`deploy.backends`) can then average over cameras exactly as
   PyTorch does.
 * `PortableGraph`: one image input, one feature output, as trackers call a re-ID model (boxmot
   feeds only the graph's first input, with ImageNet-normalised RGB crops). The ImageNet
@@ -18,12 +18,14 @@ before normalisation, as `FeatureExtractor`) and return float32 features, not L2
 from __future__ import annotations
 
 import copy
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from utils.errors import ToolError
+from model.trained import SideInfoCounts, flip_mean
+
+from .metadata import INPUT_NAMES, PORTABLE, DeployMetadata
 
 # torchvision / timm's ImageNet statistics: what trackers (boxmot) feed every re-ID model.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,14 +34,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # How the portable form replaces the per-image SIE labels.
 EXACT_MEAN, FIXED, AVERAGED = "mean", "fixed", "averaged"
 CAMERA_MODES = (EXACT_MEAN, FIXED, AVERAGED)
-
-
-def flip_mean(model: nn.Module, images: torch.Tensor, flip: bool, **labels) -> torch.Tensor:
-    """The model's features, averaged with those of the mirrored images when `flip`."""
-    feats = model(images, **labels)
-    if flip:
-        feats = (feats + model(images.flip(3), **labels)) / 2
-    return feats
 
 
 class LabelledGraph(nn.Module):
@@ -61,10 +55,9 @@ def label_pairs(cameras: int, views: int, mode: str, camera: int = 0,
                 view: int = 0) -> List[Tuple[int, int]]:
     """The (camera, view) pairs whose features a portable graph averages: every known pair for
     the exact mean, one for a fixed camera (view) or a model without SIE."""
-    for label, count, name in ((camera, cameras, "camera"), (view, views, "view")):
-        if count and not 0 <= label < count:
-            raise ToolError(f"--{name} {label} has no SIE embedding: the model knows {count} "
-                            f"{name}s (ids 0..{count - 1})")
+    counts = SideInfoCounts(cameras, views)
+    counts.check("camera", camera, f"--camera {camera}")
+    counts.check("view", view, f"--view {view}")
     if mode != EXACT_MEAN:
         return [(camera if cameras else 0, view if views else 0)]
     return [(c, v) for c in range(max(cameras, 1)) for v in range(max(views, 1))]
@@ -111,3 +104,20 @@ class PortableGraph(nn.Module):
                               view_label=labels + view)
             total = feats if total is None else total + feats
         return total / len(self.pairs)
+
+
+def graph_inputs(metadata: DeployMetadata, images: torch.Tensor, cams: torch.Tensor,
+                 views: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The graph's inputs for images normalised as the model's config says: the portable form
+    takes them ImageNet-normalised instead, and no labels."""
+    if metadata.form == PORTABLE:
+        return {INPUT_NAMES[0]: to_imagenet(images, metadata.provenance)}
+    return dict(zip(INPUT_NAMES, (images, cams, views)))
+
+
+def to_imagenet(images: torch.Tensor, provenance: Dict[str, object]) -> torch.Tensor:
+    """Images normalised by INPUT.PIXEL_MEAN / STD, re-normalised by ImageNet's statistics."""
+    def column(values) -> torch.Tensor:
+        return torch.tensor(values, dtype=images.dtype).view(1, 3, 1, 1)
+    pixels = images * column(provenance["INPUT.PIXEL_STD"]) + column(provenance["INPUT.PIXEL_MEAN"])
+    return (pixels - column(IMAGENET_MEAN)) / column(IMAGENET_STD)

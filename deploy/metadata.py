@@ -1,0 +1,160 @@
+"""What an exported file says about itself, and the one way a config is fitted to it.
+
+Every file `deploy.export` writes carries one metadata entry, `METADATA_KEY`, a JSON object
+(ONNX `metadata_props`; OpenVINO `rt_info`) that says how to feed it and what its features are:
+input size, mean / std and channel order of the input, feature width, SIE counts and camera
+handling, flip, precision, and the provenance of the PyTorch features it reproduces
+(`model.trained.feature_provenance`). A file is therefore usable without a config.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Collection, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from config import ConfigError, load_config, switches
+from model.trained import SideInfoCounts
+from utils.errors import ToolError
+
+from .formats import backend_module, resolve_format
+
+METADATA_KEY = "transreid_deploy"
+METADATA_VERSION = 1
+INPUT_NAMES = ("images", "cam_label", "view_label")
+OUTPUT_NAME = "features"
+LABELLED, PORTABLE = "labelled", "portable"
+PRECISIONS = ("fp32", "int8", "bf16")
+
+
+@dataclass(frozen=True)
+class DeployMetadata:
+    """What an exported file says about itself (the JSON of `METADATA_KEY`)."""
+    form: str                     # LABELLED (SIE labels as inputs) or PORTABLE (one input)
+    input_size: List[int]         # H, W: the graph's static image size
+    pixel_mean: List[float]       # of the graph's input, RGB order, for pixels in [0, 1]
+    pixel_std: List[float]
+    channel_order: str            # 'RGB'
+    feature_dim: int              # width of the output row of one image
+    sie_cameras: int              # SIE embeddings of the model (0: none)
+    sie_views: int
+    camera_mode: str              # 'inputs' (labelled), or the portable CAMERA_MODES choice
+    camera_pairs: List[List[int]]  # (camera, view) pairs a portable graph averages over
+    normalized_output: bool
+    flip: bool
+    precision: str                # 'fp32', 'int8' (static QDQ) or 'bf16' (runtime hint)
+    provenance: Dict[str, object]
+    version: int = METADATA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, path: str) -> "DeployMetadata":
+        try:
+            metadata = cls(**json.loads(text))
+            metadata.check()
+            return metadata
+        except (ValueError, TypeError) as err:
+            raise ToolError(f"'{path}' has unreadable {METADATA_KEY} metadata ({err}); export "
+                            "it again with tools/export.py") from None
+
+    def check(self) -> None:
+        """A ValueError naming the first field of a type or range no export writes."""
+        problems = (
+            ("form", self.form in (LABELLED, PORTABLE)),
+            ("input_size", _numbers(self.input_size, 2, int) and min(self.input_size) > 0),
+            ("pixel_mean", _numbers(self.pixel_mean, 3)),
+            ("pixel_std", _numbers(self.pixel_std, 3) and min(self.pixel_std) > 0),
+            ("feature_dim", _numbers([self.feature_dim], 1, int) and self.feature_dim > 0),
+            ("sie_cameras", _numbers([self.sie_cameras], 1, int) and self.sie_cameras >= 0),
+            ("sie_views", _numbers([self.sie_views], 1, int) and self.sie_views >= 0),
+            ("flip", isinstance(self.flip, bool)),
+            ("precision", self.precision in PRECISIONS),
+            ("provenance", isinstance(self.provenance, dict)),
+            ("version", self.version == METADATA_VERSION))
+        for field, valid in problems:
+            if not valid:
+                raise ValueError(f"{field} is {getattr(self, field)!r}")
+
+    @property
+    def counts(self) -> SideInfoCounts:
+        """The SIE labels the file takes as inputs: none for the portable form."""
+        if self.form == PORTABLE:
+            return SideInfoCounts(0, 0)
+        return SideInfoCounts(self.sie_cameras, self.sie_views)
+
+    def settings(self) -> Dict[str, object]:
+        """The config keys whose values the file was exported for."""
+        return {"INPUT.SIZE_TEST": list(self.input_size),
+                "INPUT.PIXEL_MEAN": list(self.pixel_mean),
+                "INPUT.PIXEL_STD": list(self.pixel_std),
+                "TEST.FLIP_FEATS": bool(self.flip)}
+
+    def feature_provenance(self) -> Dict[str, object]:
+        """The provenance of the PyTorch features, plus the precision (which changes them)."""
+        return {**self.provenance, "precision": self.precision}
+
+
+def _numbers(values: object, count: int, kind: type = float) -> bool:
+    """Whether `values` is a list of `count` finite numbers (integers for `kind` int)."""
+    allowed = (int,) if kind is int else (int, float)
+    return (isinstance(values, list) and len(values) == count
+            and all(isinstance(v, allowed) and not isinstance(v, bool) and np.isfinite(v)
+                    for v in values))
+
+
+def read_metadata(path: str) -> DeployMetadata:
+    """The metadata of an exported file, read by its format's backend."""
+    if not os.path.isfile(path):
+        raise ToolError(f"model file '{path}' does not exist; check the path")
+    fmt = resolve_format(path)
+    if not fmt.exported:
+        raise ToolError(f"'{path}' is PyTorch weights, not an exported model")
+    text = backend_module(fmt).metadata_text(path)
+    if text is None:
+        raise ToolError(f"'{path}' has no {METADATA_KEY} metadata: it was not exported by this "
+                        "project's tools/export.py, so its input size, normalisation and camera "
+                        "handling are unknown; export the .pth again with tools/export.py")
+    return DeployMetadata.from_json(text, path)
+
+
+def given_keys(config_file: str, opts: Sequence[str]) -> Optional[Collection[str]]:
+    """The keys a user chose: every key when a config file was given (None), else those that
+    the KEY VALUE overrides name."""
+    return None if config_file else set(list(opts)[::2])
+
+
+def fit_config(metadata: DeployMetadata, path: str, config_file: str = "",
+               opts: Sequence[str] = (), cfg=None, chosen: Optional[Collection[str]] = None):
+    """The config that feeds the exported file `path`: the user's (`cfg`, or `config_file` and
+    `opts`) with the settings the file was exported for on top. A setting the user chose
+    (`chosen` keys; None: every key) that differs from the file's is refused, naming the key:
+    the file would be fed other images than it expects and give wrong features silently."""
+    if cfg is None:
+        cfg = load_config(config_file, opts)
+    have = {"INPUT.SIZE_TEST": list(cfg.INPUT.SIZE_TEST),
+            "INPUT.PIXEL_MEAN": list(cfg.INPUT.PIXEL_MEAN),
+            "INPUT.PIXEL_STD": list(cfg.INPUT.PIXEL_STD),
+            "TEST.FLIP_FEATS": switches(cfg).flip_feats}
+    for key, want in metadata.settings().items():
+        if (chosen is None or key in chosen) and not np.allclose(
+                np.asarray(have[key], float), np.asarray(want, float)):
+            raise ConfigError(f"'{path}' was exported for {key} {want}, but the config has "
+                              f"{have[key]}; pass {key} \"{want}\" or leave it out")
+    fitted = cfg.clone()
+    fitted.defrost()
+    fitted.merge_from_list(_file_opts(metadata, path))
+    fitted.freeze()
+    return fitted
+
+
+def _file_opts(metadata: DeployMetadata, path: str) -> List[str]:
+    pairs = [("TEST.WEIGHT", path), ("MODEL.PRETRAIN_CHOICE", "none"),
+             *((key, str(value)) for key, value in metadata.settings().items()),
+             # The file's precision is its own; PyTorch autocast does not apply, and nothing of
+             # PyTorch's runs on a GPU.
+             ("TEST.AMP_DTYPE", "fp32"), ("MODEL.DEVICE", "cpu")]
+    return [item for pair in pairs for item in pair]
