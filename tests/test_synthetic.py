@@ -17,7 +17,7 @@ from config import cfg as default_cfg
 from config import load_config
 from datasets import build_dataset, make_dataloader
 from datasets.synthetic import SyntheticSettings, person
-from datasets.synthetic.store import MANIFEST
+from datasets.synthetic.store import MANIFEST, remove_abandoned_renders
 
 SYNTHETIC_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  "configs", "Synthetic")
@@ -131,6 +131,18 @@ def test_other_settings_render_into_their_own_folder(tmp_path, caplog):
     assert starts == [f"rendering {images} synthetic person images (8 ids, 6 per id, 4 cameras, "
                       f"32x16, seed 3) into {second} (not there yet)"]
     assert f"rendering synthetic persons: {images}/{images}" in caplog.text
+
+
+def test_cleaning_up_after_a_killed_render_spares_other_settings_renders(tmp_path):
+    # A live render of other settings writes into a hidden sibling whose name starts with the
+    # plain folder's name too; only the plain folder's own leftovers may go.
+    plain = tmp_path / synthetic.PERSON_FOLDER
+    other = TINY.folder_name(synthetic.PERSON_FOLDER)
+    own_leftover, others_render = tmp_path / f".{plain.name}.k1ll3d", tmp_path / f".{other}.l1ve"
+    own_leftover.mkdir()
+    others_render.mkdir()
+    assert remove_abandoned_renders(str(plain)) == [str(own_leftover)]
+    assert sorted(os.listdir(tmp_path)) == [others_render.name]
 
 
 def test_configs_of_other_settings_never_share_a_folder():
