@@ -14,6 +14,7 @@ from utils.options import yes_no
 
 from . import choices
 from .defaults import _C
+from .keys import check_keys_exist, dotted_keys
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,32 @@ def _protect_strings(values: Any, defaults: CfgNode) -> Any:
             for key, value in values.items()}
 
 
+SHOWN_CONFIGS = 3  # config files named when a folder is given instead of one
+
+
+def _missing_config_file(config_file: str) -> ConfigError:
+    example = "a path such as configs/Synthetic/vit_transreid_tiny.yml"
+    if not os.path.isdir(config_file):
+        return ConfigError(f"config file '{config_file}' does not exist; pass --config_file with {example}")
+    run_config = os.path.join(config_file, "config.yaml")
+    if os.path.isfile(run_config):  # a run folder: train.py saves the config it ran with there
+        return ConfigError(f"config file '{config_file}' is a folder; pass the config.yaml in it: "
+                           f"--config_file {run_config}")
+    yamls = sorted(name for name in os.listdir(config_file) if name.endswith((".yml", ".yaml")))
+    if yamls:
+        more = f" and {len(yamls) - SHOWN_CONFIGS} more" if len(yamls) > SHOWN_CONFIGS else ""
+        return ConfigError(f"config file '{config_file}' is a folder; pass one of its files: "
+                           f"{', '.join(os.path.join(config_file, name) for name in yamls[:SHOWN_CONFIGS])}"
+                           f"{more}")
+    return ConfigError(f"config file '{config_file}' is a folder, not a YAML file; pass --config_file "
+                       f"with {example}")
+
+
 def _merge_file(cfg: CfgNode, config_file: str) -> None:
     if not os.path.isfile(config_file):
-        raise ConfigError(f"config file '{config_file}' does not exist; pass --config_file with a "
-                          "path such as configs/Synthetic/vit_transreid_tiny.yml")
+        raise _missing_config_file(config_file)
     values = _read_yaml(config_file)
+    check_keys_exist(dotted_keys(values), f"{config_file}: ")
     try:
         cfg.merge_from_other_cfg(CfgNode(_protect_strings(values, cfg)))
     except KeyError as err:
@@ -116,6 +138,7 @@ def _merge_opts(cfg: CfgNode, opts: Sequence[str]) -> None:
     if len(opts) % 2:
         raise ConfigError(f"overrides come in KEY VALUE pairs; got an odd number: {list(opts)}")
     opts = list(opts)
+    check_keys_exist(opts[0::2], "command-line override: ")
     for i in range(0, len(opts), 2):
         default = _lookup(cfg, opts[i])
         opts[i + 1] = _as_string_if_expected(opts[i + 1], default)

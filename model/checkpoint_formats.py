@@ -6,6 +6,9 @@
   under `teacher` (or `student` / `target_encoder` when a file holds only that), its keys
   prefixed `module.backbone.` or `backbone.`, beside a projection `head.*` that re-ID leaves out,
   and an `argparse.Namespace` of training arguments, which `weights_only` loading allows.
+* Trained TransReID models (`base.*` beside the neck and classifiers) handed in as pre-trained
+  backbone weights: refused with where such a file goes instead.
+* Which Python objects a ZIP-format torch.save file pickles, read statically.
 
 Pure functions on bytes, paths and mappings, as timm's `checkpoint_filter_fn`: the state dict is
 adapted outside the model, which `model.weights` then loads strictly.
@@ -14,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import pickle
 import struct
 import zipfile
-from typing import Dict, Iterator, Mapping
+from typing import Dict, Iterator, List, Mapping, Optional
 
 import torch
 
@@ -42,6 +47,14 @@ CLIP_MARKERS = ('visual.class_embedding', 'visual.transformer.resblocks.0.ln_1.w
 CLIP_HINT = ("CLIP's image encoder is not a TransReID ViT (pre-norm before the blocks, QuickGELU, a "
              "projection head) and its weights are not loaded here; start from a jx ViT / DeiT or a "
              "TransReID-SSL checkpoint instead (docs/ssl.md)")
+
+
+# A whole re-ID model's state dict (what train.py saves, and the reference): the backbone under
+# `base.`, beside the BN neck and the classifiers, which no pre-trained backbone file holds.
+TRAINED_BACKBONE_PREFIX = 'base.'
+TRAINED_HEAD_PREFIXES = ('bottleneck', 'classifier')
+# The training state train.py writes beside the weights (processor/checkpoint.py LAST_CHECKPOINT).
+RESUME_FILE = 'last_checkpoint.pth'
 
 
 class SafetensorsMissingError(UserError, ImportError):
@@ -79,6 +92,25 @@ def read_safetensors(path: str) -> StateDict:
         raise SafetensorsMissingError(f"'{path}' is a .safetensors file, which needs the safetensors package: "
                                       "pip install safetensors") from None
     return load_file(path, device='cpu')
+
+
+# What torch's static reading of a damaged data.pkl raises: a missing record (RuntimeError), a
+# cut-off stream (EOFError, struct.error, IndexError), an unknown opcode (UnpicklingError), an
+# undecodable name (UnicodeDecodeError, a ValueError). Anything else is a bug and propagates.
+DAMAGED_PICKLE_ERRORS = (RuntimeError, EOFError, struct.error, IndexError, pickle.UnpicklingError,
+                         ValueError, OSError)
+
+
+def unsafe_globals(path: str, file_format: str) -> Optional[List[str]]:
+    """The Python classes and functions, other than torch's, that a ZIP-format file pickles;
+    None where that cannot be told (a legacy file, or PyTorch before 2.5)."""
+    lister = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
+    if file_format != 'zip' or lister is None:
+        return None
+    try:
+        return list(lister(path))
+    except DAMAGED_PICKLE_ERRORS:
+        return None
 
 
 def is_torchscript_archive(path: str) -> bool:
@@ -122,3 +154,22 @@ def check_not_clip(keys: Mapping[str, object], source: str) -> None:
     """Refuse a CLIP state dict by its keys, with why, rather than with hundreds of mismatches."""
     if any(marker in keys for marker in CLIP_MARKERS):
         raise CheckpointFormatError(f"'{source}' holds a CLIP model (keys visual.*, text_projection). {CLIP_HINT}")
+
+
+def check_not_trained_model(keys: Mapping[str, object], source: str) -> None:
+    """Refuse a trained TransReID model given as pre-trained backbone weights (MODEL.PRETRAIN_PATH
+    with PRETRAIN_CHOICE 'imagenet'), saying where such a file goes, rather than listing every key
+    as a mismatch."""
+    if not (any(key.startswith(TRAINED_BACKBONE_PREFIX) for key in keys)
+            and any(key.startswith(TRAINED_HEAD_PREFIXES) for key in keys)):
+        return
+    run = os.path.dirname(source) or '.'
+    config = os.path.join(run, 'config.yaml')
+    config = config if os.path.isfile(config) else 'CONFIG'
+    resume = os.path.join(run, RESUME_FILE)
+    resume = resume if os.path.isfile(resume) else os.path.join('RUN_FOLDER', RESUME_FILE)
+    raise CheckpointFormatError(
+        f"'{source}' is a trained TransReID model, not pre-trained backbone weights for MODEL.PRETRAIN_PATH "
+        f"(PRETRAIN_CHOICE 'imagenet'): test it with python test.py --config_file {config} TEST.WEIGHT {source}, "
+        f"continue its training with python train.py --config_file {config} MODEL.RESUME {resume}, or train "
+        f"from it with MODEL.PRETRAIN_CHOICE finetune")

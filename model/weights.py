@@ -24,7 +24,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from utils.files import verify_zip
 
 from . import checkpoint_formats as formats
 from .pos_embed import resize_pos_embed
+from .pretrained_sources import download_hint
 
 logger = logging.getLogger("transreid.model")
 
@@ -51,32 +52,6 @@ UNUSED_TRAINED_PREFIXES = ('base.fc.', 'base.head.')
 CLASSIFIER_PREFIX = 'classifier'
 BN_BATCH_COUNTER = 'num_batches_tracked'
 
-# Where to get the ImageNet weights of each backbone (the reference README's links).
-IMAGENET_SOURCES: Dict[str, Tuple[str, str]] = {
-    'vit_base_patch16_224_TransReID': (
-        'https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/'
-        'jx_vit_base_p16_224-80ecf9dd.pth', 'timm:vit_base_patch16_224.orig_in21k_ft_in1k'),
-    'deit_base_patch16_224_TransReID': (
-        'https://dl.fbaipublicfiles.com/deit/deit_base_distilled_patch16_224-df68dfff.pth',
-        'timm:deit_base_distilled_patch16_224.fb_in1k'),
-    'vit_small_patch16_224_TransReID': (
-        'https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/'
-        'vit_small_p16_224-15ec54c9.pth', ''),
-    'deit_small_patch16_224_TransReID': (
-        'https://dl.fbaipublicfiles.com/deit/deit_small_distilled_patch16_224-649709d9.pth',
-        'timm:deit_small_distilled_patch16_224.fb_in1k'),
-    'deit_tiny_patch16_224_TransReID': (
-        'https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth',
-        'timm:deit_tiny_patch16_224.fb_in1k'),
-    # TransReID-SSL's LUPerson ViT-S/16 (its README's Google Drive link; the ICS variants: docs/ssl.md).
-    'vit_small_ssl_patch16_224_TransReID': (
-        'https://drive.google.com/file/d/1ODxA7mJv17UfzwfXtY9dTWNsYghoNWGB/view', ''),
-    'resnet50': ('https://download.pytorch.org/models/resnet50-19c8e357.pth', 'timm:resnet50.tv_in1k'),
-}
-
-FROM_SCRATCH_HINT = "or set MODEL.PRETRAIN_CHOICE none to train from scratch"
-
-
 class WeightsNotFoundError(UserError, FileNotFoundError):
     """A weights file (or timm download) that cannot be had; the message says where to get it."""
 
@@ -89,16 +64,6 @@ class UnreadableWeightsError(WeightsNotFoundError):
     """A weights path that exists but is no usable weights file: a directory, or an empty,
     truncated or non-PyTorch file. A WeightsNotFoundError, so that every caller that reports a
     missing weights file in one line (train.py, test.py, the tools) reports this one too."""
-
-
-def imagenet_download_hint(backbone_name: str) -> str:
-    """Where to get ImageNet weights for `backbone_name` (a TRANSFORMER_TYPE or 'resnet50')."""
-    url, timm_name = IMAGENET_SOURCES.get(backbone_name, (None, ''))
-    if url is None:
-        return f"point MODEL.PRETRAIN_PATH at ImageNet weights for {backbone_name}, {FROM_SCRATCH_HINT}"
-    timm_hint = f", or set MODEL.PRETRAIN_PATH {timm_name} (needs internet)" if timm_name else ''
-    return (f"download {url} into pretrained/ and set MODEL.PRETRAIN_PATH to it{timm_hint}, "
-            f"{FROM_SCRATCH_HINT}")
 
 
 def _shape(tensor: torch.Tensor) -> Tuple[int, ...]:
@@ -210,18 +175,6 @@ def _file_format(path: str) -> str:
                                  "download or a Git LFS pointer (git lfs pull); copy or download it again")
 
 
-def _unsafe_globals(path: str, file_format: str) -> Optional[List[str]]:
-    """The Python classes and functions, other than torch's, that a ZIP-format file pickles;
-    None where that cannot be told (a legacy file, or PyTorch before 2.5)."""
-    lister = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
-    if file_format != 'zip' or lister is None:
-        return None
-    try:
-        return list(lister(path))
-    except Exception:  # a damaged pickle inside the archive: torch raises many kinds
-        return None
-
-
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
@@ -232,7 +185,7 @@ def _unpickling_error(path: str, file_format: str) -> Exception:
     # exception class; the pickle's list of classes tells the two apart where it can be read.
     resave = ("If you trust the file, re-save only its state dict: "
               "torch.save(torch.load(path, weights_only=False)['model'], new_path)")
-    unsafe = _unsafe_globals(path, file_format)
+    unsafe = formats.unsafe_globals(path, file_format)
     if unsafe:
         return CheckpointMismatchError(f"'{path}' holds Python objects besides tensors ({', '.join(unsafe)}), "
                                        f"which are not unpickled for safety. {resave}")
@@ -365,21 +318,25 @@ def adapt_imagenet_vit_state(state: Mapping[str, torch.Tensor], pos_embed_shape:
 
 def load_imagenet_vit(backbone: nn.Module, source: str, backbone_name: str, hw_ratio: int = 1) -> None:
     """Pre-trained weights from `source` into a TransReID ViT; only the SIE table may stay untouched."""
-    state = read_pretrained(source, imagenet_download_hint(backbone_name))
+    stem = backbone.patch_embed.conv is not None
+    hint = download_hint(backbone_name, stem)
+    state = read_pretrained(source, hint)
+    formats.check_not_trained_model(state, source)
     state = adapt_imagenet_vit_state(state, backbone.pos_embed.shape, backbone.patch_embed.grid_size,
                                      backbone.patch_embed.proj.weight.shape, hw_ratio)
     load_state_strict(backbone, state, source, allowed_missing={'sie_embed'},
                       fix_hint=f"These are not pre-trained weights for {backbone_name} (MODEL.TRANSFORMER_TYPE) "
-                               f"{'with' if backbone.patch_embed.conv is not None else 'without'} the convolution "
-                               "stem (MODEL.STEM_CONV); " + imagenet_download_hint(backbone_name))
+                               f"{'with' if stem else 'without'} the convolution stem (MODEL.STEM_CONV); " + hint)
     logger.info("Loaded pre-trained weights for %s from %s", backbone_name, source)
 
 
 def load_imagenet_resnet(backbone: nn.Module, source: str) -> None:
     """torchvision-format ResNet-50 ImageNet weights (the 'fc' head dropped) into the backbone."""
-    state = drop_prefixed(read_pretrained(source, imagenet_download_hint('resnet50')), IMAGENET_HEAD_PREFIXES)
+    state = read_pretrained(source, download_hint('resnet50'))
+    formats.check_not_trained_model(state, source)
+    state = drop_prefixed(state, IMAGENET_HEAD_PREFIXES)
     load_state_strict(backbone, state, source,
-                      fix_hint="Expected torchvision ResNet-50 weights; " + imagenet_download_hint('resnet50'))
+                      fix_hint="Expected torchvision ResNet-50 weights; " + download_hint('resnet50'))
     logger.info("Loaded ImageNet weights for resnet50 from %s", source)
 
 

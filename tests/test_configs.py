@@ -228,15 +228,54 @@ def test_odd_override_count_is_an_error():
         load_config("", ["SOLVER.BASE_LR"])
 
 
-def test_unknown_override_key_is_named():
-    with pytest.raises(ConfigError, match="SOLVER.BASE_LRR"):
-        load_config("", ["SOLVER.BASE_LRR", "0.1"])
+@pytest.mark.parametrize("key, fix", [
+    ("SOLVER.BASE_LRR", "did you mean SOLVER.BASE_LR?"),
+    ("SOLVERR.BASE_LR", "did you mean SOLVER.BASE_LR?"),
+    ("MODEL.TRANSFROMER_TYPE", "did you mean MODEL.TRANSFORMER_TYPE?"),
+    ("SOLVER.FOO", "check its spelling against config/defaults.py"),  # nothing alike: no guess
+])
+def test_a_misspelled_key_gets_one_line_with_the_nearest_key(tmp_path, key, fix):
+    with pytest.raises(ConfigError) as info:
+        load_config("", [key, "0.1"])
+    assert str(info.value) == f"command-line override: {key} is not a config key; {fix}"
+    section, name = key.split(".")
+    path = tmp_path / "typo.yml"
+    path.write_text(f"{section}:\n  {name}: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(info.value) == f"{path}: {key} is not a config key; {fix}"
+
+
+def test_a_key_below_a_value_is_named_not_a_type_error():
+    with pytest.raises(ConfigError) as info:
+        load_config("", ["SOLVER.BASE_LR.X", "1"])
+    assert str(info.value) == ("command-line override: SOLVER.BASE_LR.X: SOLVER.BASE_LR is a value, "
+                               "not a section; set SOLVER.BASE_LR itself")
 
 
 def test_missing_config_file_is_named(tmp_path):
     missing = tmp_path / "nope.yml"
     with pytest.raises(ConfigError, match="nope.yml"):
         load_config(str(missing))
+
+
+def test_a_folder_as_config_file_is_called_a_folder_and_its_config_suggested(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("SOLVER:\n  BASE_LR: 0.5\n")
+    (run / "other.yml").write_text("")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(run))
+    assert str(info.value) == (f"config file '{run}' is a folder; pass the config.yaml in it: "
+                               f"--config_file {run / 'config.yaml'}")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(CONFIG_DIR / "Synthetic"))
+    names = ", ".join(str(CONFIG_DIR / "Synthetic" / name) for name in sorted(
+        os.listdir(CONFIG_DIR / "Synthetic"))[:3])
+    assert str(info.value).startswith(
+        f"config file '{CONFIG_DIR / 'Synthetic'}' is a folder; pass one of its files: {names}")
+    with pytest.raises(ConfigError, match=r"is a folder, not a YAML file; pass --config_file with a path"):
+        load_config(str(tmp_path / "run" / ".."))  # no config in it
 
 
 def test_check_choice_returns_the_value_or_names_key_value_and_choices():

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from config import load_config
+from datasets import SyntheticSettings, ensure_synthetic_person
 from processor import do_train
 from processor.checkpoint import LAST_CHECKPOINT
 from utils.seed import set_seed
@@ -186,7 +187,8 @@ def test_extract_features_tool_on_the_gpu_matches_the_cpu(tiny_opts, accelerator
     cfg, parts = build(tiny_opts)
     weight = str(tmp_path / "tiny.pth")
     torch.save(parts["model"].state_dict(), weight)
-    query_dir = os.path.join(cfg.DATASETS.ROOT_DIR, "synthetic_market1501", "query")
+    dataset = ensure_synthetic_person(cfg.DATASETS.ROOT_DIR, SyntheticSettings.from_cfg(cfg))
+    query_dir = os.path.join(dataset, "query")
 
     def features(device):
         output = str(tmp_path / f"{device}.npy")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 from collections import defaultdict
@@ -13,10 +14,13 @@ import pytest
 
 import datasets.synthetic as synthetic
 from config import cfg as default_cfg
+from config import load_config
 from datasets import build_dataset, make_dataloader
 from datasets.synthetic import SyntheticSettings, person
-from datasets.synthetic.store import MANIFEST
+from datasets.synthetic.store import MANIFEST, remove_abandoned_renders
 
+SYNTHETIC_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "configs", "Synthetic")
 TINY = SyntheticSettings(num_ids=8, images_per_id=6, num_cameras=3, image_size=(32, 16), seed=3)
 
 
@@ -102,12 +106,57 @@ def test_manifest_keeps_or_regenerates(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "render_person_dataset", fail)
     synthetic.ensure_synthetic_person(str(tmp_path), TINY)  # unchanged: kept as is
     monkeypatch.undo()
+    # A set rendered by another generator version is rendered again, in its place.
+    with open(os.path.join(root, MANIFEST), "w") as f:
+        json.dump(dict(manifest, version=synthetic.GENERATOR_VERSION - 1), f)
+    assert synthetic.ensure_synthetic_person(str(tmp_path), TINY) == root
+    assert file_hashes(root) == before
+
+
+def test_other_settings_render_into_their_own_folder(tmp_path, caplog):
+    first = synthetic.ensure_synthetic_person(str(tmp_path), TINY)
+    before = file_hashes(first)
     changed = dataclasses.replace(TINY, num_cameras=4)
-    synthetic.ensure_synthetic_person(str(tmp_path), changed)
-    after = file_hashes(root)
-    assert after != before
-    with open(os.path.join(root, MANIFEST)) as f:
+    with caplog.at_level(logging.INFO, logger="transreid.datasets"):
+        second = synthetic.ensure_synthetic_person(str(tmp_path), changed)
+    assert second != first and os.path.dirname(second) == str(tmp_path)
+    assert os.path.basename(second).startswith(synthetic.PERSON_FOLDER + "_")
+    assert file_hashes(first) == before  # the first set is neither replaced nor touched
+    with open(os.path.join(second, MANIFEST)) as f:
         assert json.load(f)["settings"]["num_cameras"] == 4
+    # One line says what is rendered, how many images and where, and progress follows.
+    images = sum(len(files) for _, _, files in os.walk(second)) - 1  # less the manifest
+    starts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rendering ")
+              and " into " in r.getMessage()]
+    assert starts == [f"rendering {images} synthetic person images (8 ids, 6 per id, 4 cameras, "
+                      f"32x16, seed 3) into {second} (not there yet)"]
+    assert f"rendering synthetic persons: {images}/{images}" in caplog.text
+
+
+def test_cleaning_up_after_a_killed_render_spares_other_settings_renders(tmp_path):
+    # A live render of other settings writes into a hidden sibling whose name starts with the
+    # plain folder's name too; only the plain folder's own leftovers may go.
+    plain = tmp_path / synthetic.PERSON_FOLDER
+    other = TINY.folder_name(synthetic.PERSON_FOLDER)
+    own_leftover, others_render = tmp_path / f".{plain.name}.k1ll3d", tmp_path / f".{other}.l1ve"
+    own_leftover.mkdir()
+    others_render.mkdir()
+    assert remove_abandoned_renders(str(plain)) == [str(own_leftover)]
+    assert sorted(os.listdir(tmp_path)) == [others_render.name]
+
+
+def test_configs_of_other_settings_never_share_a_folder():
+    quickstart = load_config(os.path.join(SYNTHETIC_CONFIGS, "vit_transreid_tiny.yml"))
+    stride = load_config(os.path.join(SYNTHETIC_CONFIGS, "vit_transreid_stride.yml"))
+    folder = {name: SyntheticSettings.from_cfg(cfg).folder_name(synthetic.PERSON_FOLDER)
+              for name, cfg in (("quickstart", quickstart), ("stride", stride))}
+    # The quickstart's set stays where the docs name it (data/synthetic_market1501).
+    assert folder["quickstart"] == "synthetic_market1501"
+    assert re.fullmatch(r"synthetic_market1501_[0-9a-f]{8}", folder["stride"])
+    names = {dataclasses.replace(TINY, **{field: value}).folder_name("x")
+             for field, value in (("num_ids", 10), ("images_per_id", 7), ("num_cameras", 4),
+                                  ("image_size", (48, 16)), ("seed", 5))}
+    assert len(names | {TINY.folder_name("x")}) == 6  # every setting is part of the key
 
 
 def test_interrupted_render_leaves_nothing(tmp_path, monkeypatch):
@@ -151,7 +200,8 @@ def test_synthetic_vehicle_veri_layout_and_views(tmp_path):
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.INPUT.SIZE_TRAIN = cfg.INPUT.SIZE_TEST = [24, 24]
     _, _, _, num_query, num_classes, cams, num_views = make_dataloader(cfg)
-    root = tmp_path / synthetic.VEHICLE_FOLDER
+    root = tmp_path / SyntheticSettings.from_cfg(cfg).folder_name(synthetic.VEHICLE_FOLDER)
+    assert os.listdir(tmp_path) == [root.name]
     names = {d: sorted(os.listdir(root / d)) for d in ("image_train", "image_query", "image_test")}
     assert all(re.fullmatch(r"\d{4}_c\d{3}_\d{8}_0\.jpg", n) for v in names.values() for n in v)
     assert set(names["image_query"]) <= set(names["image_test"])  # as VeRi

@@ -16,6 +16,7 @@ import torchvision
 from config import cfg as default_cfg
 from model import CheckpointMismatchError, WeightsNotFoundError, make_model
 from model import weights
+from model.pretrained_sources import download_hint
 from model.weights import adapt_imagenet_vit_state, resize_pos_embed
 from test_model import CAMERA_NUM, NUM_CLASSES, TINY_SPECS, TINY_VIT, VIEW_NUM, perturb_, tiny_cfg
 from test_model import tiny_vits  # noqa: F401  (fixture)
@@ -374,7 +375,7 @@ def test_missing_imagenet_file_says_where_to_get_it(tmp_path):
     assert 'https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth' in message
     assert 'timm:deit_tiny_patch16_224.fb_in1k' in message
     assert 'MODEL.PRETRAIN_CHOICE none' in message
-    vit_base_hint = weights.imagenet_download_hint('vit_base_patch16_224_TransReID')
+    vit_base_hint = download_hint('vit_base_patch16_224_TransReID')
     assert 'releases/download/v0.1-vitjx/jx_vit_base_p16_224-80ecf9dd.pth' in vit_base_hint
     assert 'timm:vit_base_patch16_224.orig_in21k_ft_in1k' in vit_base_hint
 

@@ -2,12 +2,17 @@
 
 `ensure_synthetic_person` writes a person dataset in Market-1501's layout and naming,
 `ensure_synthetic_vehicle` a vehicle dataset in VeRi-776's layout with view-label files, so the
-benchmark parsers read them unchanged. A manifest (generator version and settings) sits in each
-dataset folder; a dataset whose manifest differs is rendered again. Every image draws from its
-own generator seeded by (seed, stream, pid, frame): the same seed gives the same bytes.
+benchmark parsers read them unchanged. Each set of settings has its own folder (the default
+settings the plain name, others the name and a hash of the settings), so configs of other
+settings never render over each other's set. A manifest (generator version and settings) sits in
+each dataset folder; a dataset whose manifest differs is rendered again. Every image draws from
+its own generator seeded by (seed, stream, pid, frame): the same seed gives the same bytes.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -15,6 +20,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 
 from config import ConfigError
+from utils.progress import Progress
 
 from . import person, vehicle
 from .camera import Camera, make_camera
@@ -24,6 +30,10 @@ from .store import ensure_rendered
 PERSON_FOLDER = "synthetic_market1501"
 VEHICLE_FOLDER = "synthetic_veri"
 GENERATOR_VERSION = 1
+
+SETTINGS_KEY_LENGTH = 8  # hex digits of the settings' hash in a folder name
+
+logger = logging.getLogger("transreid.datasets")
 
 # Streams keep the draws of cameras, identities, the plan and each image independent.
 _CAMERAS, _IDENTITIES, _PLAN, _IMAGES = range(4)
@@ -56,10 +66,26 @@ class SyntheticSettings:
             if not ok:
                 raise ConfigError(f"DATASETS.SYNTHETIC.{key} is {value}; it must be {rule}")
 
-    def manifest(self, generator: str) -> Dict[str, object]:
+    def as_dict(self) -> Dict[str, object]:
         settings = asdict(self)
         settings["image_size"] = list(self.image_size)
-        return {"generator": generator, "version": GENERATOR_VERSION, "settings": settings}
+        return settings
+
+    def manifest(self, generator: str) -> Dict[str, object]:
+        return {"generator": generator, "version": GENERATOR_VERSION, "settings": self.as_dict()}
+
+    def folder_name(self, base: str) -> str:
+        """`base` for the default settings (the folder every earlier version rendered them
+        into), else `base_<hash of the settings>`: one folder per set of settings."""
+        if self == SyntheticSettings():
+            return base
+        text = json.dumps(self.as_dict(), sort_keys=True)
+        return f"{base}_{hashlib.sha1(text.encode()).hexdigest()[:SETTINGS_KEY_LENGTH]}"
+
+    def describe(self, images: int, kind: str) -> str:
+        height, width = self.image_size
+        return (f"{images} synthetic {kind} images ({self.num_ids} ids, {self.images_per_id} "
+                f"per id, {self.num_cameras} cameras, {height}x{width}, seed {self.seed})")
 
     def rng(self, *stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, *stream])
@@ -95,14 +121,22 @@ def _person_views(rng: np.random.Generator) -> Sequence[int]:
     return choices[int(rng.integers(len(choices)))]
 
 
+def _rendering(shots: List[Shot], kind: str) -> Progress:
+    return Progress(shots, len(shots), f"rendering synthetic {kind}", logger=logger)
+
+
+def person_shots(settings: SyntheticSettings) -> List[Shot]:
+    return plan_shots(settings.num_ids, settings.images_per_id, settings.num_cameras,
+                      settings.rng(_PLAN), distractor_rate=0.08, junk_rate=0.04)
+
+
 def render_person_dataset(settings: SyntheticSettings, out_dir: str) -> None:
     cameras = _cameras(settings, person.NUM_VIEWS, _person_views)
     people = person.make_identities(settings.num_ids, settings.rng(_IDENTITIES))
-    shots = plan_shots(settings.num_ids, settings.images_per_id, settings.num_cameras,
-                       settings.rng(_PLAN), distractor_rate=0.08, junk_rate=0.04)
+    shots = person_shots(settings)
     for folder in MARKET_FOLDERS.values():
         os.makedirs(os.path.join(out_dir, folder))
-    for shot in shots:
+    for shot in _rendering(shots, "persons"):
         rng = settings.rng(_IMAGES, shot.pid + 1, shot.frame)
         camera = cameras[shot.cam]
         view = int(rng.choice(person.NUM_VIEWS, p=camera.view_weights))
@@ -118,10 +152,13 @@ def render_person_dataset(settings: SyntheticSettings, out_dir: str) -> None:
 
 
 def ensure_synthetic_person(root: str, settings: SyntheticSettings) -> str:
-    """Path of the synthetic person dataset under `root`, rendered first if needed."""
+    """Path of the synthetic person dataset of `settings` under `root`, rendered first if
+    needed."""
     settings.validate(max_cameras=9)  # Market names hold one camera digit
-    return ensure_rendered(os.path.join(root, PERSON_FOLDER), settings.manifest("synthetic"),
-                           lambda out: render_person_dataset(settings, out))
+    return ensure_rendered(os.path.join(root, settings.folder_name(PERSON_FOLDER)),
+                           settings.manifest("synthetic"),
+                           lambda out: render_person_dataset(settings, out),
+                           settings.describe(len(person_shots(settings)), "person"))
 
 
 # -------------------------------------------------------------------------------- vehicles
@@ -143,15 +180,19 @@ def _keypoint_line(folder: str, name: str, view: int) -> str:
     return " ".join([f"{folder}/{name}"] + ["-1"] * 40 + [str(view)])
 
 
+def vehicle_shots(settings: SyntheticSettings) -> List[Shot]:
+    return plan_shots(settings.num_ids, settings.images_per_id, settings.num_cameras,
+                      settings.rng(_PLAN))
+
+
 def render_vehicle_dataset(settings: SyntheticSettings, out_dir: str) -> None:
     cameras = _cameras(settings, vehicle.NUM_VIEWS, _vehicle_views)
     vehicles = vehicle.make_identities(settings.num_ids, settings.rng(_IDENTITIES))
-    shots = plan_shots(settings.num_ids, settings.images_per_id, settings.num_cameras,
-                       settings.rng(_PLAN))
+    shots = vehicle_shots(settings)
     for folder in ("image_train", "image_query", "image_test"):
         os.makedirs(os.path.join(out_dir, folder))
     keypoints: Dict[str, List[str]] = {"train": [], "test": []}
-    for shot in shots:
+    for shot in _rendering(shots, "vehicles"):
         rng = settings.rng(_IMAGES, shot.pid + 1, shot.frame)
         camera = cameras[shot.cam]
         view = int(rng.choice(vehicle.NUM_VIEWS, p=camera.view_weights))
@@ -171,11 +212,13 @@ def render_vehicle_dataset(settings: SyntheticSettings, out_dir: str) -> None:
 
 
 def ensure_synthetic_vehicle(root: str, settings: SyntheticSettings) -> str:
-    """Path of the synthetic vehicle dataset under `root`, rendered first if needed."""
+    """Path of the synthetic vehicle dataset of `settings` under `root`, rendered first if
+    needed."""
     settings.validate(max_cameras=999)
-    return ensure_rendered(os.path.join(root, VEHICLE_FOLDER),
+    return ensure_rendered(os.path.join(root, settings.folder_name(VEHICLE_FOLDER)),
                            settings.manifest("synthetic_vehicle"),
-                           lambda out: render_vehicle_dataset(settings, out))
+                           lambda out: render_vehicle_dataset(settings, out),
+                           settings.describe(len(vehicle_shots(settings)), "vehicle"))
 
 
 __all__ = ["SyntheticSettings", "ensure_synthetic_person", "ensure_synthetic_vehicle",

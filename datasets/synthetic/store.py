@@ -27,8 +27,10 @@ def read_manifest(folder: str) -> Optional[Dict[str, Any]]:
         return None
 
 
-def ensure_rendered(target: str, manifest: Dict[str, Any], render: Callable[[str], None]) -> str:
-    """Return `target`, rendering it with `render(folder)` unless its manifest equals `manifest`.
+def ensure_rendered(target: str, manifest: Dict[str, Any], render: Callable[[str], None],
+                    what: str = "") -> str:
+    """Return `target`, rendering it with `render(folder)` unless its manifest equals `manifest`;
+    `what` names the rendered set in the one log line that says a render starts.
 
     Rendering goes to a temporary sibling folder that is renamed into place only when complete,
     so an interrupted run never leaves a half dataset behind; a stale dataset is replaced.
@@ -46,8 +48,8 @@ def ensure_rendered(target: str, manifest: Dict[str, Any], render: Callable[[str
             return target
         remove_abandoned_renders(target)
         missing = current is None and not os.path.exists(target)
-        reason = "not found" if missing else "settings changed"
-        logger.info("rendering %s (%s) into %s", manifest.get("generator"), reason, target)
+        reason = "not there yet" if missing else "settings changed"
+        logger.info("rendering %s into %s (%s)", what or manifest.get("generator"), target, reason)
         _render_into_place(target, manifest, render)
     return target
 
