@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,11 +24,10 @@ from config import switches
 from model.backbones.specs import eval_feature_dim
 from model.trained import TrainedModel
 from utils.errors import ToolError
-from utils.files import atomic_output, check_output
+from utils.files import DiskFullError, check_output, fsync_path, is_disk_full
 
 from .backends import ExportedModel, fill_rows
 from .calibration import CalibrationSet, calibration_feeds
-from .exporters import onnx_exporter
 from .formats import EXPORT_FORMATS, ModelFormat, exporter_module
 from .graphs import (AVERAGED, CAMERA_MODES, EXACT_MEAN, IMAGENET_MEAN, IMAGENET_STD, FIXED,
                      LabelledGraph, PortableGraph, graph_inputs, label_pairs, with_averaged_sie)
@@ -216,8 +216,16 @@ def export_model(trained: TrainedModel, plan: ExportPlan, output: str,
               f"{metadata.feature_dim} values per image"]
     folder = os.path.dirname(os.path.abspath(output))
     os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".export_") as work:
-        made = _write(graph, metadata, plan, work, check, calibration)
+    remove_stale_work_folders(folder)
+    check_free_space(folder, trained.model, output)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=f"{WORK_PREFIX}{os.getpid()}_") as work:
+        try:
+            made = _write(graph, metadata, plan, work, check, calibration)
+        except (OSError, RuntimeError) as err:
+            if is_disk_full(err) or _no_room_left(folder):
+                raise DiskFullError(output, "nothing was written: free space there or export "
+                                    "to another folder") from err
+            raise
         if calibration is not None:
             report.append(f"int8 calibration set: {calibration.description}")
         report += portable_costs(trained, graph, metadata, plan, calibration or check)
@@ -233,6 +241,7 @@ def _write(graph: nn.Module, metadata: DeployMetadata, plan: ExportPlan, work: s
     rows = plan.batch or TRACE_BATCH
     trace = graph_inputs(metadata, *(fill_rows(t, rows) for t in (check.images, check.cams,
                                                                    check.views)))
+    onnx_exporter = exporter_module(EXPORT_FORMATS["onnx"])
     onnx_path = os.path.join(work, "model.onnx")
     onnx_exporter.trace(graph, trace, onnx_path, plan.opset, static_batch=plan.batch is not None)
     onnx_exporter.set_metadata(onnx_path, metadata)
@@ -245,8 +254,57 @@ def _write(graph: nn.Module, metadata: DeployMetadata, plan: ExportPlan, work: s
 
 
 def _move_into_place(made: str, output: str, fmt: ModelFormat) -> None:
-    """Atomic per file; companions (OpenVINO's .bin) go first, so a reader of the model file
-    never pairs it with an older companion."""
+    """Each file renamed from the work folder (beside `output`, so one rename each, atomic),
+    synced first; companions (OpenVINO's .bin) go first, so a reader of the model file never
+    pairs it with an older companion."""
     for source, target in reversed(list(zip(fmt.files(made), fmt.files(output)))):
-        with atomic_output(target) as tmp_path:
-            shutil.move(source, tmp_path)
+        fsync_path(source)
+        os.replace(source, target)
+
+
+# Work folders of exports: .export_<pid>_<random>. A folder whose process is gone was left by
+# an export that was killed (SIGTERM, SIGKILL) and is removed by the next export there.
+WORK_PREFIX = ".export_"
+_WORK_FOLDER = re.compile(re.escape(WORK_PREFIX) + r"(\d+)_[a-z0-9_]{8}")
+
+
+def remove_stale_work_folders(folder: str) -> List[str]:
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        match = _WORK_FOLDER.fullmatch(name)
+        path = os.path.join(folder, name)
+        if match and os.path.isdir(path) and not os.path.islink(path) \
+                and not _process_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            logger.info("removed '%s', left by an export that was stopped", path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+# Bytes an export needs beside the output per byte of fp32 weights: the traced ONNX file, the
+# final file, and int8's pre-processed copy.
+SPACE_PER_WEIGHT_BYTE = 3
+
+
+def check_free_space(folder: str, model: nn.Module, output: str) -> None:
+    """Refuse before any work when the folder cannot hold the export's files."""
+    needed = SPACE_PER_WEIGHT_BYTE * sum(p.numel() * 4 for p in model.parameters())
+    if shutil.disk_usage(folder).free < needed:
+        raise DiskFullError(output, f"an export of this model needs about {needed / 2**20:.0f} "
+                            "MiB there; free space or export to another folder")
+
+
+def _no_room_left(folder: str) -> bool:
+    """Whether the folder's disk is (nearly) full: what an OpenVINO write error that carries no
+    errno ('basic_ios::clear') means after a failed save."""
+    return shutil.disk_usage(folder).free < 1 << 20

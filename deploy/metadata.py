@@ -8,8 +8,12 @@ handling, flip, precision, and the provenance of the PyTorch features it reprodu
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Collection, Dict, List, Optional, Sequence
 
@@ -20,6 +24,8 @@ from model.trained import SideInfoCounts
 from utils.errors import ToolError
 
 from .formats import backend_module, resolve_format
+
+logger = logging.getLogger("transreid.runtimes")
 
 METADATA_KEY = "transreid_deploy"
 METADATA_VERSION = 1
@@ -47,6 +53,9 @@ class DeployMetadata:
     precision: str                # 'fp32', 'int8' (static QDQ) or 'bf16' (runtime hint)
     provenance: Dict[str, object]
     version: int = METADATA_VERSION
+    # SHA-256 of the weights (ONNX: its initializers; OpenVINO: the .bin), checked at open.
+    # None in files exported before it was recorded.
+    weights_sha256: Optional[str] = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -74,7 +83,9 @@ class DeployMetadata:
             ("flip", isinstance(self.flip, bool)),
             ("precision", self.precision in PRECISIONS),
             ("provenance", isinstance(self.provenance, dict)),
-            ("version", self.version == METADATA_VERSION))
+            ("version", self.version == METADATA_VERSION),
+            ("weights_sha256", self.weights_sha256 is None
+             or re.fullmatch(r"[0-9a-f]{64}", str(self.weights_sha256)) is not None))
         for field, valid in problems:
             if not valid:
                 raise ValueError(f"{field} is {getattr(self, field)!r}")
@@ -107,18 +118,58 @@ def _numbers(values: object, count: int, kind: type = float) -> bool:
 
 
 def read_metadata(path: str) -> DeployMetadata:
-    """The metadata of an exported file, read by its format's backend."""
+    """The metadata of an exported file, read by its format's backend, with its weights
+    checked against the SHA-256 the metadata records."""
     if not os.path.isfile(path):
         raise ToolError(f"model file '{path}' does not exist; check the path")
     fmt = resolve_format(path)
     if not fmt.exported:
         raise ToolError(f"'{path}' is PyTorch weights, not an exported model")
-    text = backend_module(fmt).metadata_text(path)
+    text, digest = _inspected(path, fmt)
     if text is None:
         raise ToolError(f"'{path}' has no {METADATA_KEY} metadata: it was not exported by this "
                         "project's tools/export.py, so its input size, normalisation and camera "
                         "handling are unknown; export the .pth again with tools/export.py")
-    return DeployMetadata.from_json(text, path)
+    metadata = DeployMetadata.from_json(text, path)
+    if metadata.weights_sha256 is None:
+        logger.warning("'%s' records no checksum of its weights (exported before it was "
+                       "recorded): they cannot be verified; export it again to have them", path)
+    elif digest() != metadata.weights_sha256:
+        raise ToolError(f"the weights of '{path}' do not match the SHA-256 its metadata records: "
+                        "the file (or its .bin) was damaged or replaced after export; export "
+                        "the .pth again with tools/export.py, or restore the file")
+    return metadata
+
+
+# What _inspected found, by the files' (path, size, mtime, inode): a file opened again in the
+# same process (test.py's check, then its run) is read and hashed once.
+_INSPECTED: Dict[tuple, tuple] = {}
+
+
+def _inspected(path: str, fmt) -> tuple:
+    """(metadata text, a function giving the weights' SHA-256) of an exported file."""
+    key = tuple((name, *_identity(name)) for name in fmt.files(path))
+    if key not in _INSPECTED:
+        text, digest = backend_module(fmt).inspect(path)
+        _INSPECTED[key] = (text, functools.lru_cache(maxsize=1)(digest))
+    return _INSPECTED[key]
+
+
+def _identity(path: str) -> tuple:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (None,)
+    return info.st_size, info.st_mtime_ns, info.st_ino
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def given_keys(config_file: str, opts: Sequence[str]) -> Optional[Collection[str]]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from config import switches
 from utils.metrics import EvalResult, R1_mAP_eval, query_gallery_distance
+from utils.verification import NoVerificationPairs
 
 from .inference import FeatureExtractor
 from .verification_report import verification_report
@@ -68,9 +69,13 @@ def evaluate_features(cfg, extractor: FeatureExtractor, val_loader, num_query: i
         logger.warning("No verification figures: the %d x %d distance matrix is over 2 GiB",
                        num_query, len(pids) - num_query)
         return result
-    result.verification = verification_report(distmat, pids[:num_query], pids[num_query:],
-                                              camids[:num_query], camids[num_query:],
-                                              VERIFICATION_FAR)
+    try:
+        result.verification = verification_report(distmat, pids[:num_query], pids[num_query:],
+                                                  camids[:num_query], camids[num_query:],
+                                                  VERIFICATION_FAR)
+    except NoVerificationPairs as err:  # one identity, or none seen by two cameras
+        logger.warning("No verification figures: %s", err)
+        result.extra["verification"] = {"unavailable": str(err)}
     return result
 
 

@@ -52,3 +52,12 @@ def synthetic_root(tmp_path_factory):
 def tiny_opts(synthetic_root, tmp_path):
     return TINY_TRANSREID_OPTS + ["DATASETS.ROOT_DIR", synthetic_root,
                                   "OUTPUT_DIR", str(tmp_path / "out")]
+
+
+@pytest.fixture(scope="session")
+def deployed(synthetic_root, tmp_path_factory):
+    """The tiny model and its exports (tests/deploy_setup.py), shared by the deploy tests."""
+    for package in ("onnx", "onnxruntime", "openvino", "nncf"):
+        pytest.importorskip(package)
+    from tests.deploy_setup import Deployed
+    return Deployed(synthetic_root, str(tmp_path_factory.mktemp("deploy"))).export_all()

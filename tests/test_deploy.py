@@ -1,6 +1,7 @@
 """Deployment on the tiny config: tools/export.py's files run by ONNX Runtime and OpenVINO
 through FeatureExtractor, test.py and the tools, against PyTorch; the portable form fed as a
-tracker feeds it; and each error case. One export of each kind is shared by the module."""
+tracker feeds it; and each error case. One export of each kind is shared by the session
+(tests/deploy_setup.py)."""
 import logging
 import os
 import shutil
@@ -17,64 +18,18 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")  # OpenVINO's int8
 
 from config import load_config  # noqa: E402
-from datasets import SyntheticSettings, ensure_synthetic_person  # noqa: E402
-from model import make_model  # noqa: E402
-from processor import FeatureExtractor  # noqa: E402
+from deploy.backends import ExportedModel  # noqa: E402
 from deploy.gallery import Gallery  # noqa: E402
-from deploy.backends import ExportedModel
 from deploy.metadata import read_metadata  # noqa: E402
-from tests.conftest import TINY_TRANSREID_OPTS  # noqa: E402
+from processor import FeatureExtractor  # noqa: E402
+from tests.deploy_setup import NO_WORKERS  # noqa: E402
 from tests.test_checkpoint_faults import load_test_script  # noqa: E402
 from tools import export, extract_features, search  # noqa: E402
 from tools import gallery as gallery_tool  # noqa: E402
 from utils.errors import ToolError, UserError  # noqa: E402
 
-NUM_CAMERAS, NUM_CLASSES = 3, 16  # the tiny synthetic set's
 HEIGHT, WIDTH = 64, 32
 IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-# Flip on, so that every export must carry it in its graph; the 5-block tiny ViT of the
-# quickstart keeps each export to a second or two.
-OPTS = TINY_TRANSREID_OPTS + ["TEST.FLIP_FEATS", "True", "TEST.IMS_PER_BATCH", "64",
-                              "MODEL.TRANSFORMER_TYPE", "vit_tiny5_patch16_224_TransReID"]
-# A config's only business with an exported file here: no loader workers for six images.
-NO_WORKERS = ["DATALOADER.NUM_WORKERS", "0"]
-
-
-class Deployed:
-    """The tiny synthetic set, a model saved as weights, and its exports."""
-
-    def __init__(self, root: str, work: str) -> None:
-        self.opts = OPTS + ["DATASETS.ROOT_DIR", root]
-        self.cfg = load_config("", self.opts)
-        folder = ensure_synthetic_person(root, SyntheticSettings.from_cfg(self.cfg))
-        self.query = sorted(os.path.join(folder, "query", name)
-                            for name in os.listdir(os.path.join(folder, "query")))[:6]
-        torch.manual_seed(0)
-        self.model = make_model(self.cfg, NUM_CLASSES, NUM_CAMERAS, 1).eval()
-        self.weight = os.path.join(work, "tiny.pth")
-        torch.save(self.model.state_dict(), self.weight)
-        self.work = work
-        self.files = {}
-
-    def export(self, name: str, *args: str) -> str:
-        output = os.path.join(self.work, name)
-        argv = ["--weight", self.weight, "--output", output, "--check-size", "4",
-                "--calibration-size", "16", *args, *self.opts]
-        assert export.main(argv) == 0
-        return output
-
-
-@pytest.fixture(scope="module")
-def deployed(synthetic_root, tmp_path_factory):
-    setup = Deployed(synthetic_root, str(tmp_path_factory.mktemp("deploy")))
-    setup.files = {
-        "onnx": setup.export("fp32.onnx"),
-        "onnx-int8": setup.export("int8.onnx", "--precision", "int8"),
-        "openvino": setup.export("fp32.xml", "--format", "openvino"),
-        "openvino-int8": setup.export("int8.xml", "--format", "openvino", "--precision", "int8"),
-        "portable": setup.export("portable.onnx", "--form", "portable"),
-    }
-    return setup
 
 
 @pytest.fixture(scope="module")

@@ -191,12 +191,21 @@ class VerificationResult:
                 "held_out": None if self.held_out is None else self.held_out.as_dict()}
 
 
+class NoVerificationPairs(ValueError):
+    """A matrix without genuine or without impostor pairs: there is nothing to verify."""
+
+
+def check_pairs(pairs: PairDistances) -> None:
+    if pairs.genuine.total == 0 or pairs.impostor.total == 0:
+        raise NoVerificationPairs(
+            f"{pairs.genuine.total} genuine and {pairs.impostor.total} impostor pairs: "
+            "verification needs both (identities seen by two cameras, and two identities)")
+
+
 def figures(pairs: PairDistances, target_far: float,
             held_out: Optional[HeldOutCheck] = None) -> VerificationResult:
     """TAR at the reported FARs, the EER, the threshold for `target_far` and the ROC curve."""
-    if pairs.genuine.total == 0 or pairs.impostor.total == 0:
-        raise ValueError(f"{pairs.genuine.total} genuine and {pairs.impostor.total} impostor "
-                         "pairs: verification needs both (identities seen by two cameras)")
+    check_pairs(pairs)
     fars = sorted(set(REPORTED_FARS) | {target_far}, reverse=True)
     thresholds = {far: threshold_at_far(pairs.impostor, far) for far in fars}
     tars = {far: float(pairs.genuine.rate_at_most(np.array([t]))[0]) for far, t in thresholds.items()}
@@ -248,13 +257,16 @@ def verify(distmat, q_pids: Sequence[int], g_pids: Sequence[int], q_camids: Sequ
         return protocol_pairs(_row_blocks(distmat, rows, chunk_rows), q_pids[rows], g_pids,
                               q_camids[rows], g_camids, exact, value_range, bins)
 
+    pairs = pairs_of(np.arange(len(q_pids)))
+    check_pairs(pairs)
     held_out = None
     if check_held_out:
-        calibration, evaluation = split_queries(q_pids, seed)
-        threshold = threshold_at_far(pairs_of(calibration).impostor, target_far)
-        measured = float(pairs_of(evaluation).impostor.rate_at_most(np.array([threshold]))[0])
-        held_out = HeldOutCheck(target_far, threshold, measured)
-    return figures(pairs_of(np.arange(len(q_pids))), target_far, held_out)
+        calibration, evaluation = (pairs_of(rows) for rows in split_queries(q_pids, seed))
+        if calibration.impostor.total and evaluation.impostor.total:
+            threshold = threshold_at_far(calibration.impostor, target_far)
+            measured = float(evaluation.impostor.rate_at_most(np.array([threshold]))[0])
+            held_out = HeldOutCheck(target_far, threshold, measured)
+    return figures(pairs, target_far, held_out)
 
 
 def self_verification(features: np.ndarray, labels: Sequence[str],

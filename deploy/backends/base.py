@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from model.trained import SideInfoCounts
+from utils.errors import ToolError
 
 from ..formats import backend_module, resolve_format
 from ..metadata import INPUT_NAMES, read_metadata
@@ -46,6 +47,10 @@ class ExportedModel:
         self.metadata = read_metadata(path)
         runtime = backend_module(resolve_format(path))
         self.session = runtime.Session(path, self.metadata, **session_options)
+        if list(self.session.input_size) != list(self.metadata.input_size):
+            raise ToolError(f"'{path}' takes {list(self.session.input_size)} images but its "
+                            f"metadata says input_size {self.metadata.input_size}; export it "
+                            "again with tools/export.py")
         self.counts = self.metadata.counts
         self.feature_dim = self.metadata.feature_dim
         self.provenance: Optional[Dict[str, object]] = self.metadata.feature_provenance()

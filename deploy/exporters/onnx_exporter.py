@@ -1,6 +1,7 @@
 """ONNX: the traced graph itself (fp32), or ONNX Runtime's static QDQ int8 of it."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Dict, List, Optional, Sequence
@@ -11,6 +12,7 @@ from torch import nn
 
 from utils.errors import require_package
 
+from ..backends.onnx_backend import weights_sha256
 from ..metadata import METADATA_KEY, OUTPUT_NAME, DeployMetadata
 
 
@@ -33,8 +35,10 @@ def trace(graph: nn.Module, inputs: Dict[str, torch.Tensor], path: str, opset: i
 
 
 def set_metadata(path: str, metadata: DeployMetadata) -> None:
+    """The metadata as the file's one `metadata_props` entry, with its weights' SHA-256."""
     onnx = require_package("onnx", "exporting to ONNX")
     model = onnx.load(path)
+    metadata = dataclasses.replace(metadata, weights_sha256=weights_sha256(model))
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata.to_json()

@@ -3,6 +3,7 @@ runtime's precision hint on fp32 weights (recorded in the metadata). NNCF rather
 reading ONNX Runtime's QDQ file: that lost accuracy on ViT-B (docs/deploy.md)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Dict, Optional, Sequence
 
@@ -10,7 +11,8 @@ import numpy as np
 
 from utils.errors import require_package
 
-from ..metadata import METADATA_KEY, DeployMetadata
+from ..backends.openvino_backend import weights_path
+from ..metadata import METADATA_KEY, DeployMetadata, file_sha256
 
 
 def write(onnx_path: str, work: str, metadata: DeployMetadata,
@@ -19,8 +21,12 @@ def write(onnx_path: str, work: str, metadata: DeployMetadata,
     model = ov.convert_model(onnx_path)
     if metadata.precision == "int8":
         model = int8(model, feeds)
-    model.set_rt_info(metadata.to_json(), [METADATA_KEY])
     made = os.path.join(work, "model.xml")
+    # The .bin's checksum goes into the .xml: saved once for it, then again with it.
+    ov.save_model(model, made, compress_to_fp16=False)
+    digest = file_sha256(weights_path(made))
+    model.set_rt_info(dataclasses.replace(metadata, weights_sha256=digest).to_json(),
+                      [METADATA_KEY])
     ov.save_model(model, made, compress_to_fp16=False)
     return made
 
