@@ -18,7 +18,9 @@ multiple of MODEL.DEVIDE_LENGTH) get only the weight the backbone blocks passed 
 part's tokens, not b2's direct attention; the tool logs which patches are repeated or left out.
 
 Writes one PNG per image (the image, then the global map, then local maps 1..P) and grid.png,
-the same panels for the first --grid-size images, one row each.
+the same panels for the first --grid-size images, one row each, named above it; under them a
+colour scale and, with JPM, a caption with the largest difference between a local map and the
+global one and why it is small (model/attention_rollout.py).
 """
 from __future__ import annotations
 
