@@ -3,8 +3,9 @@
 python tools/plot_training.py OUTPUT_DIR [OUTPUT_DIR ...] [--output PNG]
 
 Draws the loss (with its ID, triplet and, when trained with it, center parts), the training
-accuracy, the learning rate and the evaluations' mAP, Rank-k and mINP against epochs into OUTPUT_DIR/training.png of the first run;
-several runs are overlaid in one colour each, named by their folder. Needs matplotlib.
+accuracy, the learning rate and the evaluations' mAP, Rank-k and mINP against epochs into
+OUTPUT_DIR/training.png of the first run; several runs are overlaid in one colour each, named by
+their folder. Needs matplotlib.
 
 The x axis counts epochs done: iteration i of epoch e (of N_e batches) is at e - 1 + i / N_e,
 so an epoch's end and its evaluation are at x = e. N_e is the epoch's largest iteration in
