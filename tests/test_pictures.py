@@ -91,7 +91,10 @@ def test_histograms_name_the_distance_and_every_entry():
     assert axes.get_ylabel() == "share of pairs"
     assert [text.get_text() for text in axes.get_legend().get_texts()] == [
         f"genuine ({result.num_genuine} pairs)", f"impostor ({result.num_impostor} pairs)",
-        f"threshold {result.threshold:.4f} (FAR 0.001)"]
+        f"threshold {result.threshold:.3g} (FAR 0.001)"]
+    small = dataclasses.replace(result, threshold=0.000812345)
+    assert histogram_figure(small).axes[0].get_legend().get_texts()[2].get_text() == \
+        "threshold 0.000812 (FAR 0.001)"
 
 
 # ------------------------------------------------------------------------------ CMC summary

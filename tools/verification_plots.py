@@ -8,7 +8,8 @@ from typing import Dict
 import numpy as np
 from PIL import Image
 
-from tools.drawing import BLUE, GREEN, RED, figure_image, mpl_colour, new_figure, save_png
+from tools.drawing import (BLUE, GREEN, RED, distance_texts, figure_image, mpl_colour, new_figure,
+                           save_png)
 from utils.distance import DISTANCE_UNIT
 from utils.verification import DistanceCounts, VerificationResult
 
@@ -74,7 +75,8 @@ def histogram_figure(result: VerificationResult, width: int = 640, height: int =
         axes.stairs(_density(counts, edges), edges, color=mpl_colour(colour), fill=True,
                     alpha=0.45, label=f"{name} ({counts.total} pairs)")
     axes.axvline(result.threshold, color="0.2", linestyle="--",
-                 label=f"threshold {result.threshold:.4f} (FAR {result.target_far:g})")
+                 label=f"threshold {distance_texts([result.threshold])[0]} "
+                       f"(FAR {result.target_far:g})")
     axes.set_xlabel(DISTANCE_UNIT)
     axes.set_ylabel("share of pairs")
     axes.legend(fontsize=8)
