@@ -25,6 +25,14 @@ Branches:
     b2 never attends to them directly. A local map gives them only what the backbone blocks
     passed on to the part's tokens (usually little), not zero.
 
+Why the local maps look like the global one: every branch ends with one block after the same
+backbone rollout R. The branch's last step keeps a share c of its weight on the class token (its
+residual half plus its own attention to it, so c >= 0.5), and its map is c times R's class-token
+row plus what its attention sends through patch tokens, whose rows of R the backbone blocks have
+already mixed with the whole image. So at least half of every map is the same picture, and
+the local maps can differ from the global one only by what the rest adds.
+`AttentionMaps.class_share` holds c per branch.
+
 `spread_over_pixels` turns patch maps into pixel maps: each patch's weight covers its 16x16
 pixels, averaged where patches overlap (stride below 16); pixels no patch covers are NaN.
 """
@@ -145,6 +153,9 @@ class AttentionMaps:
     """Rollout of each branch's class token over the image patches."""
     maps: torch.Tensor  # B x branches x num_y x num_x, on the device of the images
     branches: Tuple[str, ...]  # 'global', then 'local 1'..'local P' with JPM
+    # B x branches: the weight each branch's last step keeps on the class token, i.e. the share
+    # of its map that is the backbone's class-token map, common to all branches (>= 0.5)
+    class_share: torch.Tensor
 
 
 @contextmanager
@@ -193,12 +204,18 @@ def attention_maps(model: nn.Module, images: torch.Tensor, cam_label: Optional[t
     with recorded_norm1_outputs(blocks) as normed:
         model(images, cam_label=cam_label, view_label=view_label)
     base = _backbone_rollout(inner, normed, images.shape[0])
-    maps = [_class_token_rollout(last[GLOBAL], normed[GLOBAL], base)[:, None]]
+    steps = [_class_token_step(last[GLOBAL], normed[GLOBAL]).unsqueeze(1)]
+    sources = [torch.arange(base.shape[1])[None]]  # the global branch: every token, in order
     if "local" in last:
-        maps.append(_local_rollout(last["local"], normed["local"], base, jpm_layout(model).parts))
+        parts = jpm_layout(model).parts
+        steps.append(_class_token_step(last["local"], normed["local"]).view(
+            len(base), len(parts), -1))
+        # Token j of part p is backbone token sources[p, j]: the class token, then its patches.
+        sources.append(torch.cat([torch.zeros(len(parts), 1, dtype=torch.long), parts + 1], 1))
+    maps = [_branch_rollout(step, base, source) for step, source in zip(steps, sources)]
     stacked = torch.cat(maps, dim=1)
     return AttentionMaps(stacked.reshape(*stacked.shape[:2], *model.base.patch_embed.grid_size),
-                         branch_names(model))
+                         branch_names(model), torch.cat([step[..., 0] for step in steps], dim=1))
 
 
 def branch_names(model: nn.Module) -> Tuple[str, ...]:
@@ -220,22 +237,15 @@ def _backbone_rollout(inner: Sequence[nn.Module], normed: Dict[str, torch.Tensor
     return torch.eye(tokens, device=normed[GLOBAL].device).expand(batch, -1, -1)
 
 
-def _class_token_rollout(block: nn.Module, normed: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """B x patches: the class-token row of `block` (run on all tokens) after `base`."""
-    step = residual_attention(attention_weights(normed, block.attn, query_rows=1))
-    return (step @ base)[:, 0, 1:]
+def _class_token_step(block: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+    """(B or B * P) x T: the class token's row of `block`'s rollout step."""
+    return residual_attention(attention_weights(normed, block.attn, query_rows=1))[:, 0]
 
 
-def _local_rollout(block: nn.Module, normed: torch.Tensor, base: torch.Tensor,
-                   parts: torch.Tensor) -> torch.Tensor:
-    """B x P x patches: the class-token row of the local branch on each part, over the image's
-    patches. `normed` holds the B * P part sequences (image-major), `parts` their patches."""
-    batch, num_parts = base.shape[0], parts.shape[0]
-    step = residual_attention(attention_weights(normed, block.attn, query_rows=1))
-    step = step.view(batch, num_parts, 1, -1)
-    # Token j of part p is backbone token sources[p, j]: the class token, then the part's patches.
-    sources = torch.cat([torch.zeros(num_parts, 1, dtype=torch.long), parts + 1], dim=1)
-    return (step @ base[:, sources.to(base.device)])[:, :, 0, 1:]
+def _branch_rollout(step: torch.Tensor, base: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """B x parts x patches: class-token rows `step` (B x parts x part tokens) after `base`, where
+    token j of part p is backbone token sources[p, j] (the global branch: one part, all tokens)."""
+    return (step.unsqueeze(2) @ base[:, sources.to(base.device)])[:, :, 0, 1:]
 
 
 def pixel_maps(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:

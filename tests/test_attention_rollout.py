@@ -16,13 +16,15 @@ from datasets.transforms import build_test_transforms
 from model import make_model
 from model.backbones.vit_pytorch import Attention
 from model.attention_rollout import (attention_maps, attention_weights, branch_names, jpm_layout,
-                                     pixel_maps, rollout, spread_over_pixels)
+                                     pixel_maps, recorded_norm1_outputs, rollout,
+                                     spread_over_pixels)
 from tests.conftest import TINY_TRANSREID_OPTS
 from tools import visualize_attention
 from datasets.image_list import ImageRecord
 from model.trained import SideInfoCounts, TrainedModel
 from processor.inference import AUTO
-from tools.visualize_attention import GRID_NAME, GridLayout
+from tools.visualize_attention import (GRID_NAME, GridLayout, caption, grid_picture,
+                                       largest_local_difference)
 
 # Default JPM (shift 5, 2 shuffle groups, 4 parts) on the 4 x 2 patches of a 64 x 32 image.
 DEFAULT_JPM = []
@@ -187,6 +189,36 @@ def test_maps_peak_at_the_patch_the_model_is_built_to_attend(extra, global_targe
         assert (others < 0.02).all(), weights
     if extra is PADDED_JPM:
         assert (maps[:, 1:, [0, 3]] < 0.01).all()  # tail patches: only the backbone's mixing
+    if local_targets:
+        # A backbone that does not mix tokens lets each branch's own attention show in full.
+        assert largest_local_difference(result.maps.numpy()) > 0.95
+
+
+def test_every_branch_map_holds_the_backbones_class_token_map_at_half_weight_or_more():
+    """Why the local maps look like the global one: each map is class_share (>= 0.5) times the
+    backbone's rollout of the class token, the same for every branch, plus a non-negative rest
+    of total weight at most 1 - class_share."""
+    _, model = tiny_model()
+    images = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    cameras = torch.tensor([0, 2])
+    result = attention_maps(model, images, cam_label=cameras)
+    inner = {f"block {i}": block for i, block in enumerate(model.base.blocks[:-1])}
+    branches = {"global": model.b1[0], "local": model.b2[0], **inner}
+    with torch.no_grad(), recorded_norm1_outputs(branches) as normed:
+        model(images, cam_label=cameras)
+        backbone = plain_rollout([attention_weights(normed[name], block.attn).double().numpy()
+                                  for name, block in inner.items()])
+        # The last step's class row: (own attention + 1) / 2 on the class token itself.
+        own = [attention_weights(normed[name], branches[name].attn, query_rows=1)
+               .mean(1)[:, 0, 0].view(2, -1) for name in ("global", "local")]
+    share = result.class_share.double().numpy()
+    np.testing.assert_allclose(share, (torch.cat(own, 1).double().numpy() + 1) / 2, rtol=1e-5)
+    assert share.shape == (2, 5) and (share >= 0.5).all()
+    maps = result.maps.flatten(2).double().numpy()
+    rest = maps - share[..., None] * backbone[:, None, 0, 1:]
+    assert rest.min() > -1e-6
+    assert (rest.sum(-1) <= 1 - share + 1e-6).all()
+    assert 0 < largest_local_difference(result.maps.numpy()) < 1
 
 
 def test_maps_need_a_transformer_in_eval_mode():
@@ -217,17 +249,36 @@ def saved_model(tmp_path_factory):
 
 
 def test_tool_writes_a_picture_per_image_and_a_grid(saved_model, tmp_path, tiny_opts):
-    pytest.importorskip("matplotlib")  # optional (requirements-dev.txt)
+    matplotlib = pytest.importorskip("matplotlib")  # optional (requirements-dev.txt)
     weight, images, cfg = saved_model
     out = tmp_path / "maps"
     assert visualize_attention.main(["--weight", weight, "--images", images, "--output", str(out),
                                      "--grid-size", "2", "--scale", "1", *tiny_opts]) == 0
-    assert sorted(os.listdir(out)) == ["000_0001_c1s1_000001_00.png", "001_b.png", "002_c.png",
-                                       GRID_NAME]
+    names = ["000_0001_c1s1_000001_00", "001_b", "002_c"]
+    assert sorted(os.listdir(out)) == [f"{name}.png" for name in names] + [GRID_NAME]
     layout = GridLayout(panel_width=32, panel_height=64)
-    columns = 1 + 1 + cfg.MODEL.DEVIDE_LENGTH  # image, global, local 1..P
-    assert Image.open(out / "001_b.png").size == layout.canvas_size(1, columns)
-    assert Image.open(out / GRID_NAME).size == layout.canvas_size(2, columns)
+    headers = ["image", "global", "local 1", "local 2", "local 3", "local 4"]
+    records = [ImageRecord(os.path.join(images, name)) for name in sorted(os.listdir(images))]
+    _, model = tiny_model()
+    trained = TrainedModel(model, SideInfoCounts(cameras=3, views=0), cfg)
+    maps = next(visualize_attention.image_attention(cfg, trained, records, AUTO, AUTO))[1]
+    grid = grid_picture(names[:2], headers, caption(maps[:2]), layout)
+    texts = [text.text for text in grid.texts]
+    assert texts[:8] == headers + names[:2]
+    assert texts[8:10] == ["lowest", "highest attention, each map its own range"]
+    notes = " ".join(texts[10:])
+    assert notes.startswith(f"Local maps differ from the global map by at most "
+                            f"{largest_local_difference(maps[:2]):.0%} of the colour scale")
+    picture = Image.open(out / GRID_NAME).convert("RGB")
+    assert picture.size == grid.size
+    # The colour scale runs from the colormap's coldest colour to its hottest.
+    left, top, right, bottom = grid.bar
+    jet = matplotlib.colormaps["jet"]
+    for x, value in ((left, 0.0), (right - 1, 1.0)):
+        expected = np.asarray(jet(value)[:3]) * 255
+        assert np.abs(np.asarray(picture.getpixel((x, (top + bottom) // 2))) - expected).max() <= 3
+    one = grid_picture(names[1:2], headers, caption(maps[1:2]), layout)
+    assert Image.open(out / "001_b.png").size == one.size
     # The image panel is the image itself (resized), and heat maps change the pixels.
     picture = np.asarray(Image.open(out / "001_b.png").convert("RGB"), dtype=np.int16)
     left, top = layout.panel_origin(0, 0)
@@ -236,6 +287,18 @@ def test_tool_writes_a_picture_per_image_and_a_grid(saved_model, tmp_path, tiny_
     assert np.abs(picture[top:top + 64, left:left + 32] - image).max() <= 1
     left, _ = layout.panel_origin(0, 1)
     assert np.abs(picture[top:top + 64, left:left + 32] - image).mean() > 10
+
+
+def test_largest_local_difference_and_caption_by_hand():
+    nan = float("nan")
+    global_map = np.array([[0.0, 1.0], [2.0, 3.0]])  # drawn as 0, 1/3, 2/3, 1
+    local = np.array([[10.0, 11.0], [13.0, nan]])  # drawn as 0, 1/3, 1, NaN
+    maps = np.stack([global_map, local, global_map * 5])[None]
+    assert largest_local_difference(maps) == pytest.approx(1 / 3)
+    assert largest_local_difference(maps[:, :1]) is None and caption(maps[:, :1]) == []
+    assert caption(maps)[0].startswith("Local maps differ from the global map by at most 33% ")
+    flat = np.stack([global_map, np.ones((2, 2))])[None]  # a flat map is drawn all coldest
+    assert largest_local_difference(flat) == pytest.approx(1.0)
 
 
 def test_maps_of_an_unknown_camera_are_the_mean_over_cameras(saved_model):
@@ -269,7 +332,8 @@ def test_tool_on_benchmark_queries(saved_model, tmp_path, tiny_opts):
                                      str(out), *tiny_opts]) == 0
     assert sorted(os.listdir(out)) == [GRID_NAME, "query_00000.png", "query_00003.png"]
     layout = GridLayout(panel_width=64, panel_height=128)  # the default --scale 2
-    assert Image.open(out / GRID_NAME).size == layout.canvas_size(2, 6)
+    width, height = Image.open(out / GRID_NAME).size
+    assert width == layout.grid_size(2, 6)[0] and height > layout.grid_size(2, 6)[1]
     with pytest.raises(SystemExit, match=r"--query-index \[9999\] out of range"):
         visualize_attention.main(["--weight", weight, "--query-index", "9999", "--output-dir",
                                   str(tmp_path / "none"), *tiny_opts])

@@ -2,14 +2,16 @@
 when a chart is drawn): the CMC / mAP summary, and the helpers of tools/plot_training.py."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from datasets.bases import read_image
 from datasets.image_list import ImageRecord
+from utils.distance import DISTANCE_UNIT
 from utils.errors import ToolError
 from utils.files import atomic_output
 
@@ -18,6 +20,7 @@ WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (150, 150, 150)
 GREEN, RED, BLUE = (0, 170, 0), (220, 0, 0), (30, 90, 220)
 
 
+@functools.lru_cache(maxsize=None)
 def font(size: int) -> ImageFont.ImageFont:
     """Pillow's built-in font (scalable when Pillow has FreeType, a fixed bitmap otherwise)."""
     try:
@@ -37,23 +40,80 @@ def border_colour(correct: Optional[bool]) -> RGB:
     return GREY if correct is None else (GREEN if correct else RED)
 
 
+# What each frame colour of a rank list means, in the legend's order.
+FRAME_MEANINGS: Tuple[Tuple[RGB, str], ...] = (
+    (BLUE, "query"), (GREEN, "same identity"), (RED, "another identity"),
+    (GREY, "identity unknown"))
+CAPTION_FONT_SIZE = 11
+
+
+def distance_texts(distances: Sequence[float]) -> List[str]:
+    """The distances with one number of decimals: three significant digits of the largest, and
+    up to three more where distinct distances would otherwise read the same."""
+    values = np.asarray(distances, dtype=float).ravel()
+    if not values.size:
+        return []
+    largest = float(np.abs(values).max())
+    first = 3 if largest == 0 else max(3, 2 - int(np.floor(np.log10(largest))))
+    distinct = len(np.unique(values))
+    for decimals in range(first, first + 4):
+        texts = [f"{value:.{decimals}f}" for value in values]
+        if len(set(texts)) == distinct:
+            break
+    return texts
+
+
+@dataclass(frozen=True)
+class PlacedText:
+    """A text of a Pillow picture: where it is anchored (Pillow's anchor codes) and its size."""
+    text: str
+    xy: Tuple[float, float]
+    anchor: str = "la"
+    size: int = CAPTION_FONT_SIZE
+
+    def box(self) -> Tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the drawn text."""
+        left, top, right, bottom = font(self.size).getbbox(self.text, anchor=self.anchor)
+        x, y = self.xy
+        return (int(left + x), int(top + y), int(np.ceil(right + x)), int(np.ceil(bottom + y)))
+
+
+def wrap_words(text: str, width: int, size: int = CAPTION_FONT_SIZE) -> List[str]:
+    """`text` in lines of at most `width` pixels (a longer word keeps a line of its own)."""
+    lines: List[str] = []
+    for word in text.split():
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and font(size).getlength(joined) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    return lines
+
+
+def draw_texts(draw: ImageDraw.ImageDraw, texts: Sequence[PlacedText]) -> None:
+    for text in texts:
+        draw.text(text.xy, text.text, fill=BLACK, font=font(text.size), anchor=text.anchor)
+
+
 @dataclass(frozen=True)
 class RankListLayout:
     """Geometry of a rank-list picture: the query, a wider gap, then the matches in rank order,
-    each thumbnail framed by a border and captioned underneath."""
+    each thumbnail framed by a border and captioned underneath; under them, the legend."""
     thumb_height: int = 128
     thumb_width: int = 64
     border: int = 4
     gap: int = 6
     query_gap: int = 18
     caption_height: int = 30
+    legend_line: int = 16
+    swatch: int = 10
 
     @property
     def cell_width(self) -> int:
         return self.thumb_width + 2 * self.border
 
-    def canvas_size(self, num_matches: int) -> Tuple[int, int]:
-        """(width, height) of a picture with `num_matches` matches."""
+    def strip_size(self, num_matches: int) -> Tuple[int, int]:
+        """(width, height) of the framed and captioned thumbnails of `num_matches` matches."""
         width = self.gap + (num_matches + 1) * (self.cell_width + self.gap) + self.query_gap
         height = 2 * self.gap + self.thumb_height + 2 * self.border + self.caption_height
         return width, height
@@ -63,32 +123,77 @@ class RankListLayout:
         return self.gap + position * (self.cell_width + self.gap) + (self.query_gap if position else 0)
 
 
+@dataclass(frozen=True)
+class RankListPicture:
+    """Everything a rank list shows and where: `draw_rank_list` draws it, tests read it."""
+    size: Tuple[int, int]
+    cells: Tuple[Tuple[int, str, RGB], ...]  # (left, image path, frame colour), query first
+    texts: Tuple[PlacedText, ...]  # captions, then the legend's words
+    swatches: Tuple[Tuple[Tuple[int, int, int, int], RGB], ...]  # legend: (box, colour)
+
+
+def rank_list_picture(query: ImageRecord, matches: Sequence[ImageRecord],
+                      distances: Sequence[float],
+                      layout: RankListLayout = RankListLayout()) -> RankListPicture:
+    """The query then its matches, framed blue (query), green (same identity), red (another)
+    or grey (unknown), captioned with rank and distance; a legend of the colours in use and of
+    the numbers under them."""
+    colours = [border_colour(same_identity(query, match)) for match in matches]
+    cells = [(layout.cell_left(0), query.path, BLUE)]
+    captions = [["query", f"id {query.pid}" if query.pid is not None else ""]]
+    numbers = distance_texts(distances)
+    for rank, (match, colour, text) in enumerate(zip(matches, colours, numbers), 1):
+        cells.append((layout.cell_left(rank), match.path, colour))
+        captions.append([f"#{rank}", text])
+    width, strip_height = layout.strip_size(len(matches))
+    texts = [PlacedText(line, (left + layout.cell_width / 2,
+                               strip_height - layout.gap - layout.caption_height + 2
+                               + number * layout.caption_height // 2), "ma")
+             for (left, _, _), lines in zip(cells, captions) for number, line in enumerate(lines)]
+    entries = [(colour, name) for colour, name in FRAME_MEANINGS
+               if colour == BLUE or colour in colours]
+    entries.append((None, f"under each match: rank, {DISTANCE_UNIT}"))
+    legend_texts, swatches, height = _legend(entries, width, strip_height, layout)
+    width = max([width, *(text.box()[2] + layout.gap for text in legend_texts)])
+    return RankListPicture((width, height), tuple(cells), tuple(texts + legend_texts),
+                           tuple(swatches))
+
+
+def _legend(entries, width: int, top: int, layout: RankListLayout):
+    """Legend entries (colour or None, words) flowed into lines of at most `width` pixels:
+    (texts, swatches, bottom of the picture)."""
+    texts, swatches = [], []
+    x, y = layout.gap, top
+    for colour, words in entries:
+        mark = 0 if colour is None else layout.swatch + 4
+        length = mark + int(np.ceil(font(CAPTION_FONT_SIZE).getlength(words)))
+        if x > layout.gap and x + length > width - layout.gap:
+            x, y = layout.gap, y + layout.legend_line
+        middle = y + layout.legend_line // 2
+        if colour is not None:
+            half = layout.swatch // 2
+            swatches.append(((x, middle - half, x + layout.swatch, middle + half), colour))
+        texts.append(PlacedText(words, (x + mark, middle), "lm"))
+        x += length + 3 * layout.gap
+    return texts, swatches, y + layout.legend_line + layout.gap
+
+
 def draw_rank_list(query: ImageRecord, matches: Sequence[ImageRecord], distances: Sequence[float],
                    layout: RankListLayout = RankListLayout()) -> Image.Image:
-    """The query then its matches; borders green (same identity), red (another) or grey (unknown)."""
-    canvas = Image.new("RGB", layout.canvas_size(len(matches)), WHITE)
+    """The picture of `rank_list_picture`."""
+    picture = rank_list_picture(query, matches, distances, layout)
+    canvas = Image.new("RGB", picture.size, WHITE)
     draw = ImageDraw.Draw(canvas)
-    caption_font = font(11)
-    query_caption = ["query", f"id {query.pid}" if query.pid is not None else ""]
-    _draw_cell(canvas, draw, layout, 0, query.path, BLUE, query_caption, caption_font)
-    for rank, (match, distance) in enumerate(zip(matches, distances), 1):
-        colour = border_colour(same_identity(query, match))
-        _draw_cell(canvas, draw, layout, rank, match.path, colour,
-                   [f"#{rank}", f"{distance:.3f}"], caption_font)
+    for left, path, colour in picture.cells:
+        top = layout.gap
+        draw.rectangle([left, top, left + layout.cell_width - 1,
+                        top + layout.thumb_height + 2 * layout.border - 1], fill=colour)
+        thumb = read_image(path).resize((layout.thumb_width, layout.thumb_height), Image.BILINEAR)
+        canvas.paste(thumb, (left + layout.border, top + layout.border))
+    for box, colour in picture.swatches:
+        draw.rectangle(box, fill=colour)
+    draw_texts(draw, picture.texts)
     return canvas
-
-
-def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: RankListLayout, position: int,
-               path: str, colour: RGB, caption: Sequence[str], caption_font) -> None:
-    left, top = layout.cell_left(position), layout.gap
-    bottom = top + layout.thumb_height + 2 * layout.border
-    draw.rectangle([left, top, left + layout.cell_width - 1, bottom - 1], fill=colour)
-    thumb = read_image(path).resize((layout.thumb_width, layout.thumb_height), Image.BILINEAR)
-    canvas.paste(thumb, (left + layout.border, top + layout.border))
-    line_height = layout.caption_height // 2
-    for line_no, text in enumerate(caption):
-        draw.text((left + layout.cell_width / 2, bottom + 2 + line_no * line_height), text,
-                  fill=BLACK, font=caption_font, anchor="ma")
 
 
 # -------------------------------------------------------------------------- matplotlib charts
@@ -121,7 +226,7 @@ class ChartLayout:
     """Pixel size of the summary chart and the margins around its plot box."""
     width: int = 640
     height: int = 480
-    left: int = 60  # room for the y labels
+    left: int = 72  # room for the y tick labels and the y label
     right: int = 20
     top: int = 60  # room for the title and the numbers
     bottom: int = 50  # room for the x labels
@@ -143,6 +248,12 @@ def draw_cmc_summary(cmc: Sequence[float], mAP: float, title: str,
                      layout: ChartLayout = ChartLayout()) -> Image.Image:
     """The CMC curve (matching rate against rank), with mAP and Rank-1/5/10 written above it;
     a picture of layout.width x layout.height pixels (drawn with matplotlib)."""
+    return figure_image(cmc_summary_figure(cmc, mAP, title, layout))
+
+
+def cmc_summary_figure(cmc: Sequence[float], mAP: float, title: str,
+                       layout: ChartLayout = ChartLayout()):
+    """The matplotlib Figure of `draw_cmc_summary`."""
     from matplotlib.ticker import PercentFormatter
     figure = new_figure(layout.width, layout.height, "the CMC summary")
     cmc = np.asarray(cmc, dtype=float)
@@ -158,11 +269,12 @@ def draw_cmc_summary(cmc: Sequence[float], mAP: float, title: str,
     axes.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     axes.grid(True, color="0.88")
     axes.set_xlabel("rank")
+    axes.set_ylabel("queries with a true match within the rank")
     ranks = "  ".join(f"Rank-{rank}: {cmc[rank - 1]:.1%}" for rank in marked)
     figure.text(0.5, 1 - 8 / layout.height, title, ha="center", va="top", fontsize=12)
     figure.text(0.5, 1 - 32 / layout.height, f"mAP: {mAP:.1%}  {ranks}", ha="center", va="top",
                 fontsize=10)
-    return figure_image(figure)
+    return figure
 
 
 def save_png(image: Image.Image, path: str) -> None:

@@ -2,9 +2,10 @@
 
 python tools/plot_training.py OUTPUT_DIR [OUTPUT_DIR ...] [--output PNG]
 
-Draws the loss (with its ID and triplet parts), the training accuracy, the learning rate and
-the evaluations' mAP and Rank-1 against epochs into OUTPUT_DIR/training.png of the first run;
-several runs are overlaid in one colour each, named by their folder. Needs matplotlib.
+Draws the loss (with its ID, triplet and, when trained with it, center parts), the training
+accuracy, the learning rate and the evaluations' mAP, Rank-k and mINP against epochs into
+OUTPUT_DIR/training.png of the first run; several runs are overlaid in one colour each, named by
+their folder. Needs matplotlib.
 
 The x axis counts epochs done: iteration i of epoch e (of N_e batches) is at e - 1 + i / N_e,
 so an epoch's end and its evaluation are at x = e. N_e is the epoch's largest iteration in
@@ -55,8 +56,9 @@ PANELS = (
     ("Loss", "loss", loss_lines()),
     ("Training accuracy", "accuracy", [("accuracy", "-", "", "accuracy")]),
     ("Learning rate", "base lr", [("lr", "-", "", "lr")]),
-    ("Evaluation", "score", [(name, ("-", *LINE_STYLES)[i % 5], MARKERS[i % len(MARKERS)],
-                              metric_label(name)) for i, name in enumerate(METRICS)]),
+    # Solid, told apart by markers: a legend's short line hides a dash pattern behind its marker.
+    ("Evaluation", "score", [(name, "-", MARKERS[i % len(MARKERS)], metric_label(name))
+                             for i, name in enumerate(METRICS)]),
 )
 PERCENT_COLUMNS = {"accuracy", *METRICS}
 
@@ -120,32 +122,43 @@ def run_names(output_dirs: Sequence[str]) -> List[str]:
 
 def draw_training(runs: Sequence[RunCurves], width: int = WIDTH, height: int = HEIGHT):
     """Four panels (PANELS) of every run, overlaid; a picture of width x height pixels."""
+    return figure_image(training_figure(runs, width, height))
+
+
+def line_style(linestyle, marker: str) -> dict:
+    """The look of a curve, shared by the curve and its legend entry."""
+    return dict(linestyle=linestyle, marker=marker, markersize=4, linewidth=1.5)
+
+
+def training_figure(runs: Sequence[RunCurves], width: int = WIDTH, height: int = HEIGHT):
+    """The matplotlib Figure of `draw_training`; each curve's gid is its metrics.csv column."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import PercentFormatter
     figure = new_figure(width, height, "training curves")
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for index, (title, ylabel, columns) in enumerate(PANELS):
         axes = figure.add_subplot(2, 2, index + 1)
+        drawn = [line for line in columns if any(line[0] in run.series for run in runs)]
         for run, colour in zip(runs, colours):
-            for column, linestyle, marker, _ in columns:
+            for column, linestyle, marker, _ in drawn:
                 if column in run.series:
-                    axes.plot(*run.series[column], linestyle=linestyle, marker=marker,
-                              color=colour, markersize=4, linewidth=1.5)
+                    axes.plot(*run.series[column], color=colour, gid=column,
+                              **line_style(linestyle, marker))
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.set_ylabel(ylabel)
         axes.grid(True, color="0.9")
         if columns[0][0] in PERCENT_COLUMNS:
             axes.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-        if len(columns) > 1:  # which line is which part; the runs' colours are in the figure legend
-            axes.legend([Line2D([], [], linestyle=linestyle, marker=marker, color="0.3")
-                         for _, linestyle, marker, _ in columns],
-                        [label for *_, label in columns], loc="best", fontsize=8)
+        if len(columns) > 1 and drawn:  # which line is which; the runs' colours: figure legend
+            axes.legend([Line2D([], [], color="0.3", **line_style(linestyle, marker))
+                         for _, linestyle, marker, _ in drawn],
+                        [label for *_, label in drawn], loc="best", fontsize=8, handlelength=3)
     figure.legend([Line2D([], [], color=colour, linewidth=2) for colour in colours],
                   [run.name for run in runs], loc="upper center", ncol=min(len(runs), 4),
                   frameon=False)
     figure.tight_layout(rect=(0, 0, 1, 0.95))
-    return figure_image(figure)
+    return figure
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,9 @@ from typing import Dict
 import numpy as np
 from PIL import Image
 
-from tools.drawing import BLUE, GREEN, RED, figure_image, mpl_colour, new_figure, save_png
+from tools.drawing import (BLUE, GREEN, RED, distance_texts, figure_image, mpl_colour, new_figure,
+                           save_png)
+from utils.distance import DISTANCE_UNIT
 from utils.verification import DistanceCounts, VerificationResult
 
 ROC_PNG, HISTOGRAM_PNG = "verification_roc.png", "verification_distances.png"
@@ -18,16 +20,28 @@ HISTOGRAM_BINS = 100
 
 def draw_roc(result: VerificationResult, width: int = 640, height: int = 480) -> Image.Image:
     """TAR against FAR (log scale), the reported FARs marked, the EER in the title."""
+    return figure_image(roc_figure(result, width, height))
+
+
+def roc_figure(result: VerificationResult, width: int = 640, height: int = 480):
+    """The matplotlib Figure of `draw_roc`."""
     figure = new_figure(width, height, "the ROC curve")
     axes = figure.add_subplot(1, 1, 1)
     shown = result.roc_far > 0  # a log axis has no 0
     axes.plot(result.roc_far[shown], result.roc_tar[shown], color=mpl_colour(BLUE), linewidth=2)
+    low_far = max(1.0 / max(result.num_impostor, 1), 1e-6)
     for far, tar in result.tar_at_far.items():
+        if far < low_far:  # left of the axis: a label there would float outside the plot
+            continue
         axes.plot([far], [tar], "o", color=mpl_colour(RED), markersize=5)
+        # The curve rises to the right: a low point's label goes above it on the left, a high
+        # one's below it on the right, so that neither crosses the curve or the tick labels.
+        low = tar < 0.5
         axes.annotate(f"{tar:.1%} @ {far:g}", (far, tar), textcoords="offset points",
-                      xytext=(6, -12), fontsize=8)
+                      xytext=(-4, 6) if low else (4, -6), ha="right" if low else "left",
+                      va="bottom" if low else "top", fontsize=8)
     axes.set_xscale("log")
-    axes.set_xlim(max(1.0 / max(result.num_impostor, 1), 1e-6), 1.0)
+    axes.set_xlim(low_far, 1.0)
     axes.set_ylim(0.0, 1.0)
     axes.grid(True, color="0.88")
     axes.set_xlabel("false accept rate (impostor pairs accepted)")
@@ -35,7 +49,7 @@ def draw_roc(result: VerificationResult, width: int = 640, height: int = 480) ->
     axes.set_title(f"ROC: EER {result.eer:.2%}, {result.num_genuine} genuine / "
                    f"{result.num_impostor} impostor pairs", fontsize=10)
     figure.tight_layout()
-    return figure_image(figure)
+    return figure
 
 
 def _density(counts: DistanceCounts, edges: np.ndarray) -> np.ndarray:
@@ -47,6 +61,11 @@ def _density(counts: DistanceCounts, edges: np.ndarray) -> np.ndarray:
 def draw_distance_histograms(result: VerificationResult, width: int = 640,
                              height: int = 480) -> Image.Image:
     """Genuine and impostor distance distributions, with the threshold for the target FAR."""
+    return figure_image(histogram_figure(result, width, height))
+
+
+def histogram_figure(result: VerificationResult, width: int = 640, height: int = 480):
+    """The matplotlib Figure of `draw_distance_histograms`."""
     figure = new_figure(width, height, "the distance histograms")
     axes = figure.add_subplot(1, 1, 1)
     values = np.concatenate([result.genuine.values, result.impostor.values])
@@ -56,12 +75,13 @@ def draw_distance_histograms(result: VerificationResult, width: int = 640,
         axes.stairs(_density(counts, edges), edges, color=mpl_colour(colour), fill=True,
                     alpha=0.45, label=f"{name} ({counts.total} pairs)")
     axes.axvline(result.threshold, color="0.2", linestyle="--",
-                 label=f"threshold {result.threshold:.4f} (FAR {result.target_far:g})")
-    axes.set_xlabel("distance")
+                 label=f"threshold {distance_texts([result.threshold])[0]} "
+                       f"(FAR {result.target_far:g})")
+    axes.set_xlabel(DISTANCE_UNIT)
     axes.set_ylabel("share of pairs")
     axes.legend(fontsize=8)
     figure.tight_layout()
-    return figure_image(figure)
+    return figure
 
 
 def save_verification_plots(result: VerificationResult, folder: str) -> Dict[str, str]:

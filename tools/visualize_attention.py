@@ -18,7 +18,9 @@ multiple of MODEL.DEVIDE_LENGTH) get only the weight the backbone blocks passed 
 part's tokens, not b2's direct attention; the tool logs which patches are repeated or left out.
 
 Writes one PNG per image (the image, then the global map, then local maps 1..P) and grid.png,
-the same panels for the first --grid-size images, one row each.
+the same panels for the first --grid-size images, one row each, named above it; under them a
+colour scale and, with JPM, a caption with the largest difference between a local map and the
+global one and why it is small (model/attention_rollout.py).
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ from processor.inference import LabelChoice
 from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
                           add_sie_count_arguments, configure_logging, load_tool_config,
                           positive_int, tool_parser)
-from tools.drawing import BLACK, WHITE, font, save_png
+from tools.drawing import WHITE, PlacedText, draw_texts, save_png, wrap_words
 from tools.visualize_ranks import choose_queries, index_list
 from utils.files import check_output_folder
 
@@ -185,33 +187,100 @@ def _grid_positions(patches: Sequence[int], columns: int) -> str:
 # --------------------------------------------------------------------------------- drawing
 @dataclass(frozen=True)
 class GridLayout:
-    """Panels in rows (one per image) and columns (the image, then one per branch), under a
-    header row naming the columns."""
+    """Panels in rows (one per image, its name above it) and columns (the image, then one per
+    branch), under a header row naming the columns; under them the colour scale and a caption."""
     panel_width: int
     panel_height: int
     gap: int = 4
     header_height: int = 16
+    name_height: int = 14
+    line_height: int = 14
+    bar_width: int = 80
 
-    def canvas_size(self, rows: int, columns: int) -> Tuple[int, int]:
-        """(width, height) of a grid of `rows` x `columns` panels."""
+    @property
+    def row_height(self) -> int:
+        return self.name_height + self.panel_height + self.gap
+
+    def grid_size(self, rows: int, columns: int) -> Tuple[int, int]:
+        """(width, height) of the headers and `rows` x `columns` panels."""
         return (self.gap + columns * (self.panel_width + self.gap),
-                self.header_height + self.gap + rows * (self.panel_height + self.gap))
+                self.header_height + self.gap + rows * self.row_height)
 
     def panel_origin(self, row: int, column: int) -> Tuple[int, int]:
         return (self.gap + column * (self.panel_width + self.gap),
-                self.header_height + self.gap + row * (self.panel_height + self.gap))
+                self.header_height + self.gap + row * self.row_height + self.name_height)
+
+
+@dataclass(frozen=True)
+class GridPicture:
+    """Everything a grid shows and where, but the panels: `draw_grid` draws it, tests read it."""
+    size: Tuple[int, int]
+    texts: Tuple[PlacedText, ...]
+    bar: Tuple[int, int, int, int]  # the colour scale, coldest colour on the left
+
+
+def drawn_values(pixel_map: np.ndarray) -> np.ndarray:
+    """`pixel_map` on its colour scale: 0 at its minimum, 1 at its maximum, NaN kept."""
+    defined = np.isfinite(pixel_map)
+    if not defined.any():
+        return pixel_map
+    low, high = pixel_map[defined].min(), pixel_map[defined].max()
+    return (pixel_map - low) / (high - low) if high > low else np.where(defined, 0.0, np.nan)
+
+
+def largest_local_difference(maps: np.ndarray) -> Optional[float]:
+    """Largest difference, over pixels, images and local branches, between a local map and the
+    global one as drawn (`drawn_values`); None without local branches. maps: images x branches
+    x H x W, the global branch first."""
+    if maps.shape[1] < 2:
+        return None
+    return max(float(np.nanmax(np.abs(drawn_values(local) - drawn_values(image_maps[0]))))
+               for image_maps in maps for local in image_maps[1:])
+
+
+def caption(maps: np.ndarray) -> List[str]:
+    """Why the local maps look like the global one, with how much they differ in `maps`."""
+    difference = largest_local_difference(maps)
+    if difference is None:
+        return []
+    return [f"Local maps differ from the global map by at most {difference:.0%} of the colour "
+            "scale: each branch's last block keeps at least half its weight on the class token, "
+            "whose rollout through the backbone is the same in every branch "
+            "(docs/visualization.md)."]
+
+
+def grid_picture(names: Sequence[str], headers: Sequence[str], notes: Sequence[str],
+                 layout: GridLayout) -> GridPicture:
+    """Column headers, a name above each row, the colour scale and `notes`, placed."""
+    width, height = layout.grid_size(len(names), len(headers))
+    texts = [PlacedText(header, (layout.panel_origin(0, column)[0] + layout.panel_width / 2,
+                                 (layout.header_height + layout.gap) / 2), "mm")
+             for column, header in enumerate(headers)]
+    texts += [PlacedText(name, (layout.gap, layout.panel_origin(row, 0)[1] - 2), "ld")
+              for row, name in enumerate(names)]
+    middle = height + layout.line_height // 2
+    low = PlacedText("lowest", (layout.gap, middle), "lm")
+    bar_left = low.box()[2] + layout.gap
+    bar = (bar_left, middle - 4, bar_left + layout.bar_width, middle + 4)
+    high = PlacedText("highest attention, each map its own range", (bar[2] + layout.gap, middle),
+                      "lm")
+    texts += [low, high]
+    width = max(width, high.box()[2] + layout.gap)
+    lines = [line for note in notes for line in wrap_words(note, width - 2 * layout.gap)]
+    top = height + layout.line_height
+    texts += [PlacedText(line, (layout.gap, top + (number + 0.5) * layout.line_height), "lm")
+              for number, line in enumerate(lines)]
+    return GridPicture((width, top + len(lines) * layout.line_height + layout.gap), tuple(texts),
+                       bar)
 
 
 def heat_map_panel(image: Image.Image, pixel_map: np.ndarray, colormap, alpha: float,
                    size: Tuple[int, int]) -> Image.Image:
     """`pixel_map` (H x W, NaN where undefined) coloured from its minimum to its maximum and
     blended over `image`, both resized to `size` (width, height); NaN pixels stay uncoloured."""
-    defined = np.isfinite(pixel_map)
-    values = np.where(defined, pixel_map, 0.0)
-    if defined.any():
-        low, high = values[defined].min(), values[defined].max()
-        values = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    colours = (colormap(values)[..., :3] * 255).round().astype(np.uint8)
+    values = drawn_values(pixel_map)
+    defined = np.isfinite(values)
+    colours = (colormap(np.where(defined, values, 0.0))[..., :3] * 255).round().astype(np.uint8)
     heat = Image.fromarray(colours).resize(size, Image.BILINEAR)
     mask = Image.fromarray(defined.astype(np.uint8) * 255).resize(size, Image.NEAREST)
     photo = image.resize(size, Image.BILINEAR)
@@ -227,19 +296,17 @@ def image_panels(path: str, maps: np.ndarray, colormap, alpha: float,
     return [image.resize(size, Image.BILINEAR), *heat_maps]
 
 
-def draw_grid(rows: Sequence[Sequence[Image.Image]], headers: Sequence[str],
+def draw_grid(rows: Sequence[Sequence[Image.Image]], picture: GridPicture, colormap,
               layout: GridLayout) -> Image.Image:
-    """The panels of each row (one image each) under the column `headers`."""
-    canvas = Image.new("RGB", layout.canvas_size(len(rows), len(headers)), WHITE)
-    draw = ImageDraw.Draw(canvas)
-    header_font = font(11)
-    for column, header in enumerate(headers):
-        left, _ = layout.panel_origin(0, column)
-        draw.text((left + layout.panel_width / 2, layout.header_height / 2 + layout.gap / 2),
-                  header, fill=BLACK, font=header_font, anchor="mm")
+    """The panels of each row (one image each) in the frame of `picture`."""
+    canvas = Image.new("RGB", picture.size, WHITE)
     for row, panels in enumerate(rows):
         for column, panel in enumerate(panels):
             canvas.paste(panel, layout.panel_origin(row, column))
+    left, top, right, bottom = picture.bar
+    scale = (colormap(np.linspace(0.0, 1.0, right - left))[None, :, :3] * 255).astype(np.uint8)
+    canvas.paste(Image.fromarray(scale).resize((right - left, bottom - top)), (left, top))
+    draw_texts(ImageDraw.Draw(canvas), picture.texts)
     return canvas
 
 
@@ -254,19 +321,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_output_folder(output_dir, [*(f"{name}.png" for name in names), GRID_NAME],
                         [args.config_file, cfg.TEST.WEIGHT, *(args.images or [])], args.overwrite)
     trained = load_model(cfg, args)
-    model = trained.model
-    log_jpm_layout(model)
+    log_jpm_layout(trained.model)
     height, width = cfg.INPUT.SIZE_TEST
     layout = GridLayout(width * args.scale, height * args.scale)
-    headers = [IMAGE_COLUMN, *branch_names(model)]
-    grid_rows = []
+    headers = [IMAGE_COLUMN, *branch_names(trained.model)]
+    grid_rows, grid_maps = [], []
     for rows, maps in image_attention(cfg, trained, records, args.camera, args.view):
         for i, image_maps in zip(rows, maps):
             panels = image_panels(records[i].path, image_maps, colormap, args.alpha, layout)
-            save_png(draw_grid([panels], headers, layout), os.path.join(output_dir, f"{names[i]}.png"))
+            picture = grid_picture([names[i]], headers, caption(image_maps[None]), layout)
+            save_png(draw_grid([panels], picture, colormap, layout),
+                     os.path.join(output_dir, f"{names[i]}.png"))
             if len(grid_rows) < args.grid_size:
                 grid_rows.append(panels)
-    save_png(draw_grid(grid_rows, headers, layout), os.path.join(output_dir, GRID_NAME))
+                grid_maps.append(image_maps)
+    picture = grid_picture(names[:len(grid_rows)], headers, caption(np.stack(grid_maps)), layout)
+    save_png(draw_grid(grid_rows, picture, colormap, layout), os.path.join(output_dir, GRID_NAME))
     logger.info("Attention maps of %d images (%s) in %s", len(records), ", ".join(headers[1:]),
                 output_dir)
     return 0

@@ -12,6 +12,10 @@ from utils.options import DIST_METRICS
 from utils.reranking import (DEFAULT_CHUNK_BYTES, re_ranked_distance_chunks, row_chunks,
                              squared_euclidean_distance)
 
+# The one distance users read (axes, legends, captions, printed results): 1 - cosine similarity
+# of L2-normalised features. ASCII, so that Pillow's built-in font draws it (it has no U+2212).
+DISTANCE_UNIT = "cosine distance (1 - cos)"
+
 # Distance, sort key, searchsorted slot, masks and temporaries of one query × gallery entry
 # while a chunk is ranked (utils/metrics.py): what sizes a chunk.
 _BYTES_PER_ENTRY = 40
