@@ -153,3 +153,17 @@ def test_statistics_count_clusters_outliers_purity_and_nmi():
     assert '3 clusters, 2 of 9 images un-clustered, purity 0.857' in stats.describe()
     unknown = cluster_statistics(labels)
     assert unknown.purity is None and unknown.nmi is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_on_cuda_the_labels_loss_and_memory_are_theirs(expected):
+    device = torch.device('cuda')
+    labels = pseudo_labels(expected['features'].to(device), eps=0.6, k1=30, k2=6)
+    assert np.array_equal(labels, expected['labels']['0.6'].numpy())
+    memory = ClusterMemory.from_centroids(expected['centroids']['0.6'].to(device), use_hard=True)
+    for batch, theirs in zip(expected['batches'], expected['memory']['1_0.05_0.2']):
+        inputs = batch['inputs'].to(device).requires_grad_(True)
+        loss = memory(inputs, batch['targets'].to(device))
+        loss.backward()
+        assert abs(loss.item() - theirs['loss'].item()) < 1e-4
+        assert torch.allclose(memory.features.cpu(), theirs['memory'], rtol=0, atol=1e-4)

@@ -85,7 +85,7 @@ def jaccard_distance_graph(features: torch.Tensor, k1: int = 20, k2: int = 6,
                            max_distance: float = 1.0,
                            chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> scipy.sparse.csr_matrix:
     """The Jaccard distance of every pair of images within `max_distance`, as a float32 CSR
-    matrix (each row's columns ascending; every image stores itself, at about 0).
+    matrix (each row's columns ascending; an image normally stores itself, at about 0).
 
     A pair missing from the matrix is at distance 1 (its neighbourhoods do not meet) or farther
     than `max_distance`. Runs on the features' device; `chunk_bytes` bounds one step's buffers.
