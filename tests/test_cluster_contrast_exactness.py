@@ -129,6 +129,19 @@ def test_the_memory_moves_only_in_the_backward():
     assert torch.allclose(memory.features.norm(dim=1), torch.ones(3))
 
 
+def test_under_autocast_the_loss_and_memory_stay_float32():
+    memory = ClusterMemory.from_centroids(torch.randn(5, 8), use_hard=True)
+    layer = torch.nn.Linear(8, 8)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        features = layer(torch.randn(6, 8))
+        assert features.dtype == torch.bfloat16
+        loss = memory(features, torch.tensor([0, 0, 1, 1, 4, 4]))
+    loss.backward()
+    assert loss.dtype == torch.float32 and memory.features.dtype == torch.float32
+    assert layer.weight.grad is not None
+    assert torch.allclose(memory.features.norm(dim=1), torch.ones(5))
+
+
 def plain_nmi(a: np.ndarray, b: np.ndarray) -> float:
     """Mutual information over the arithmetic mean of the two entropies, from the counts."""
     n = len(a)
