@@ -77,6 +77,10 @@ _C.MODEL.COMPILE = 'auto'
 
 # New: training checkpoint (written by do_train) to resume from, '' to start afresh
 _C.MODEL.RESUME = ''
+# New: 'supervised' (identity labels), 'usl' (no labels: cluster-contrast pseudo-identities) or
+# 'uda' (cluster-contrast on this dataset from a model trained on another); docs/unsupervised.md.
+# train.py does not read it yet: only 'supervised' trains
+_C.MODEL.TRAIN_MODE = 'supervised'
 
 # -----------------------------------------------------------------------------
 # INPUT
@@ -180,6 +184,27 @@ _C.SOLVER.EVAL_PERIOD = 10
 _C.SOLVER.IMS_PER_BATCH = 64
 # New: mixed precision on CUDA: 'fp16' (with a GradScaler, as the reference), 'bf16' or 'fp32'
 _C.SOLVER.AMP_DTYPE = 'fp16'
+
+# -----------------------------------------------------------------------------
+# CLUSTER (New: training without labels, MODEL.TRAIN_MODE 'usl' or 'uda'; TransReID-SSL's
+# cluster-contrast defaults for ViTs)
+# -----------------------------------------------------------------------------
+_C.CLUSTER = CN()
+# DBSCAN radius on the Jaccard distance: 0.6 in their Market-1501 scripts, 0.7 for MSMT17
+_C.CLUSTER.EPS = 0.6
+# DBSCAN: images within EPS (itself included) that make an image a core point
+_C.CLUSTER.MIN_SAMPLES = 4
+# k-reciprocal neighbours (k1) and query expansion (k2) of the Jaccard distance
+_C.CLUSTER.K1 = 30
+_C.CLUSTER.K2 = 6
+# Momentum of the cluster memory's update, and the temperature of its loss
+_C.CLUSTER.MEMORY_MOMENTUM = 0.2
+_C.CLUSTER.TEMPERATURE = 0.05
+# 'yes': each cluster moves towards its hardest crop of the batch (their scripts' --use-hard);
+# 'no': towards each crop in turn
+_C.CLUSTER.HARD_MEMORY = 'yes'
+# Iterations per epoch (each epoch clusters again first); their scripts use 200
+_C.CLUSTER.ITERS_PER_EPOCH = 200
 
 # -----------------------------------------------------------------------------
 # TEST
