@@ -49,6 +49,29 @@ def load_config_or_exit(config_file: str, opts) -> CfgNode:
     return exits_on_user_error(load_cli_config)(config_file, opts)
 
 
+RUN_CONFIG = "config.yaml"
+
+
+def weight_in(opts) -> str:
+    """The TEST.WEIGHT that KEY VALUE overrides set ('' where none does)."""
+    pairs = list(opts or [])
+    values = [pairs[i + 1] for i in range(0, len(pairs) - 1, 2) if pairs[i] == "TEST.WEIGHT"]
+    return str(values[-1]) if values else ""
+
+
+def run_config_file(config_file: str, weight: str) -> str:
+    """`config_file`, or where it is left out, the config.yaml that train.py saved beside
+    `weight` (the run folder's), which built the model."""
+    if config_file or not weight:
+        return config_file
+    saved = os.path.join(os.path.dirname(os.path.abspath(weight)), RUN_CONFIG)
+    if not os.path.isfile(saved):
+        return config_file
+    logging.getLogger("transreid").info("Using %s, the run's config (--config_file to choose "
+                                        "another)", saved)
+    return saved
+
+
 def exits_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
     """Wrap a command-line entry point: a `UserError` becomes one `error: <message>` line on
     stderr (and in the run's log file, when one is open) and exit status 1. Any other exception
@@ -87,7 +110,7 @@ def start_run(cfg, config_file: str, if_train: bool, rank: int = 0,
         logger.info("Loaded configuration file %s", config_file)
     logger.info("Running with config:\n%s", cfg)
     if output_dir and rank == 0:
-        name = "config.yaml" if if_train else "test_config.yaml"
+        name = RUN_CONFIG if if_train else "test_config.yaml"
         # Atomic: a full disk leaves no empty or half-written config.
         atomic_write_text(os.path.join(output_dir, name), cfg.dump())
     return logger

@@ -69,6 +69,7 @@ def evaluate_features(cfg, extractor: FeatureExtractor, val_loader, num_query: i
         logger.warning("No verification figures: the %d x %d distance matrix is over 2 GiB",
                        num_query, len(pids) - num_query)
         return result
+    distmat = cosine_distances(cfg, distmat, feats[:num_query], feats[num_query:])
     try:
         result.verification = verification_report(distmat, pids[:num_query], pids[num_query:],
                                                   camids[:num_query], camids[num_query:],
@@ -77,6 +78,19 @@ def evaluate_features(cfg, extractor: FeatureExtractor, val_loader, num_query: i
         logger.warning("No verification figures: %s", err)
         result.extra["verification"] = {"unavailable": str(err)}
     return result
+
+
+def cosine_distances(cfg, distmat: np.ndarray, qf: torch.Tensor, gf: torch.Tensor) -> np.ndarray:
+    """The evaluator's distances as the cosine distance 1 - cos of the features, the one unit
+    of every distance shown to a user and of a gallery's threshold: the same numbers for
+    TEST.DIST_METRIC cosine, half of them for the squared Euclidean distance of L2-normalised
+    features, computed anew otherwise (re-ranking, unnormalised features)."""
+    flags = switches(cfg)
+    if not flags.re_ranking and cfg.TEST.DIST_METRIC == "cosine":
+        return distmat
+    if not flags.re_ranking and flags.feat_norm:
+        return np.multiply(distmat, 0.5, out=distmat)  # |q - g|^2 = 2 (1 - cos) of unit rows
+    return query_gallery_distance(qf, gf, feat_norm=True, dist_metric="cosine").numpy()
 
 
 def log_result(logger_: logging.Logger, result: EvalResult, title: str) -> None:

@@ -2,6 +2,7 @@
 never replaces an input, a run's checkpoints or an earlier result (without --overwrite), is
 refused before any work when it cannot be written, and the refusal is one `error:` line."""
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -97,15 +98,17 @@ def test_an_existing_result_is_replaced_only_with_overwrite(setup, run_dir, tmp_
     assert digest(output) == first  # the same data drawn again, now by consent
 
 
-def test_test_py_refuses_to_replace_earlier_results_before_evaluating(setup, tmp_path, monkeypatch):
+def test_test_py_keeps_earlier_results_and_writes_fresh_names(setup, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "test_results.json").write_text('{"mAP": 0.5}')
     monkeypatch.setattr(sys, "argv", ["test.py", *setup.opts, "TEST.WEIGHT", setup.weight,
                                       "OUTPUT_DIR", str(out)])
-    message = refused(lambda argv: test_script.main(), None, str(out / "test_results.json"))
-    assert "test_results.json" in message and "--overwrite" in message
-    assert sorted(os.listdir(out)) == ["test_results.json"]  # refused before any log or config
+    test_script.main()
+    assert (out / "test_results.json").read_text() == '{"mAP": 0.5}'
+    assert json.loads((out / "test_results-2.json").read_text())["weight"] == setup.weight
+    assert (out / "verification_roc-2.png").is_file()
+    assert not (out / "verification_roc.png").exists()
 
 
 @pytest.mark.parametrize("script", ["train.py", "test.py"])

@@ -13,9 +13,10 @@ from PIL import Image
 from config import load_config
 from datasets import SyntheticSettings, ensure_synthetic_person, make_val_loader
 from model import make_model
-from processor import evaluate
+from processor import FeatureExtractor, evaluate
 from tests.conftest import TINY_TRANSREID_OPTS
 from tools import visualize_ranks
+from utils.verification import verify
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CAMERAS = 3  # DATASETS.SYNTHETIC.NUM_CAMERAS of TINY_TRANSREID_OPTS
@@ -85,15 +86,21 @@ def test_a_model_of_another_class_count_is_scored_as_evaluate_scores_it(setup, e
     scores = results_of(tmp_path)
     assert scores["mAP"] == pytest.approx(expected.mAP, abs=1e-6)
     assert scores["rank1"] == pytest.approx(float(expected.cmc[0]), abs=1e-6)
-    # Verification figures of the same distances, and the threshold a gallery takes: squared
-    # Euclidean distances of unit features are twice the cosine distances.
+    # Verification figures of the same features, in a gallery's unit: the cosine distance of
+    # the features, computed here by hand, not the evaluator's squared Euclidean distance.
     val_loader, num_query = make_val_loader(setup.cfg)
-    verified = evaluate(setup.cfg, setup.model, val_loader, num_query, torch.device("cpu"),
-                        verification=True).verification
+    extractor = FeatureExtractor(setup.cfg, setup.model, torch.device("cpu"))
+    feats, pids, camids, _ = extractor.extract_loader(val_loader, show_progress=False)
+    unit = torch.nn.functional.normalize(feats.double(), dim=1)
+    cosine = (1 - unit[:num_query] @ unit[num_query:].T).float().numpy()
+    verified = verify(cosine, pids[:num_query], pids[num_query:], camids[:num_query],
+                      camids[num_query:], 1e-3)
     figures = scores["verification"]
+    assert figures["distance"] == "cosine distance (1 - cos)"
     assert figures["eer"] == pytest.approx(verified.eer, abs=1e-6)
     assert figures["tar_at_far"]["0.001"] == pytest.approx(verified.tar_at_far[1e-3], abs=1e-6)
-    assert figures["gallery_threshold"] == pytest.approx(verified.threshold / 2, abs=1e-6)
+    assert figures["gallery_threshold"] == figures["threshold"]
+    assert figures["threshold"] == pytest.approx(verified.threshold, abs=1e-6)
     for name in ("verification_roc.png", "verification_distances.png"):
         assert Image.open(tmp_path / name).size[0] > 0
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import textwrap
 from typing import Sequence
 
 from deploy.metadata import given_keys
-from processor.cli import base_parser, load_cli_config
+from processor.cli import base_parser, load_cli_config, run_config_file, weight_in
 from processor.inference import AUTO, MEAN, FeatureExtractor, LabelChoice
 from utils.device import apply_visible_devices
 from utils.errors import ToolError
+from utils.files import fresh_folder
 
 logger = logging.getLogger("transreid.tools")
 
@@ -83,14 +85,16 @@ def add_sie_count_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_tool_config(args: argparse.Namespace, extra_opts: Sequence[str] = ()):
-    """Frozen config from --config_file, the KEY VALUE overrides and the flags that set keys."""
+    """Frozen config from --config_file (left out: the run folder's config.yaml beside the
+    weights), the KEY VALUE overrides and the flags that set keys."""
     opts = list(args.opts or []) + list(extra_opts)
     if args.weight:
         opts += ["TEST.WEIGHT", args.weight]
     # TEST.WEIGHT replaces every weight: ImageNet initialisation would only cost time (or fail
     # where the ImageNet file is absent).
     opts += ["MODEL.PRETRAIN_CHOICE", "none"]
-    cfg = load_cli_config(args.config_file, opts)
+    args.run_config = run_config_file(args.config_file, weight_in(opts))
+    cfg = load_cli_config(args.run_config, opts)
     if not cfg.TEST.WEIGHT:
         raise ToolError("no trained model given; pass --weight PATH (or TEST.WEIGHT PATH)")
     apply_visible_devices(cfg.MODEL.DEVICE_ID)
@@ -105,6 +109,13 @@ def load_extractor(args: argparse.Namespace, cfg, dataset=None, **kwargs) -> Fea
         cfg, dataset, chosen=given_keys(args.config_file, args.opts or []),
         num_cameras=getattr(args, "num_cameras", None), num_views=getattr(args, "num_views", None),
         **kwargs)
+
+
+def default_folder(cfg, name: str) -> str:
+    """A tool's default output folder: `name` in OUTPUT_DIR, or without one beside the weights,
+    under a fresh name where an earlier run's results are (utils.files.fresh_folder)."""
+    base = cfg.OUTPUT_DIR or os.path.dirname(os.path.abspath(cfg.TEST.WEIGHT))
+    return fresh_folder(os.path.join(base, name))
 
 
 def configure_logging() -> None:

@@ -29,6 +29,7 @@ from processor.cli import exits_on_user_error
 from tools.common import (add_sie_count_arguments, configure_logging, load_tool_config,
                           positive_int, tool_parser)
 from utils.errors import UserError, require_package
+from utils.files import fresh_names
 
 logger = logging.getLogger("transreid.tools")
 
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--view", type=int, default=None, help="view id of --camera-mode fixed")
     parser.add_argument("--output", default="",
                         help="file to write (.onnx or .xml; default: the weights' name with "
-                             "_<precision> and the format's suffix)")
+                             "_<precision> and the format's suffix, -2 and so on after the "
+                             "first)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--opset", type=int, default=17,
                         help=f"ONNX opset version, {OPSETS.start} to {OPSETS.stop - 1} (default 17)")
@@ -86,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_output(weight: str, fmt: str, precision: str) -> str:
-    return f"{os.path.splitext(weight)[0]}_{precision}{EXPORT_FORMATS[fmt].suffix}"
+    """Beside the weights, named after them: `<weights>_<precision><suffix>`, or a fresh name
+    where an earlier export's files are."""
+    model_format = EXPORT_FORMATS[fmt]
+    return fresh_names(model_format.files(
+        f"{os.path.splitext(weight)[0]}_{precision}{model_format.suffix}"))[0]
 
 
 def require_runtimes(fmt: str, precision: str) -> None:
@@ -121,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       camera_mode=args.camera_mode, camera=args.camera, view=args.view,
                       opset=args.opset, batch=args.batch)
     output = args.output or default_output(cfg.TEST.WEIGHT, args.format, args.precision)
-    check_outputs(output, args.format, [cfg.TEST.WEIGHT, args.config_file], args.overwrite)
+    check_outputs(output, args.format, [cfg.TEST.WEIGHT, args.run_config], args.overwrite)
     require_runtimes(args.format, args.precision)
     trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
     calibration = None

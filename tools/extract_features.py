@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_tool_config(args)
-    check_feature_outputs(args.output, [args.config_file, cfg.TEST.WEIGHT, args.images],
+    check_feature_outputs(args.output, [args.run_config, cfg.TEST.WEIGHT, args.images],
                           args.overwrite)
     records = collect_images(args.images)
     extractor = load_extractor(args, cfg, camera=args.camera, view=args.view)

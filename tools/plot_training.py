@@ -29,7 +29,7 @@ from processor.cli import exits_on_user_error
 from processor.run_log import METRICS_NAME, Row, metrics_path, read_metrics
 from tools.common import ToolError, add_overwrite_argument, configure_logging
 from tools.drawing import figure_image, new_figure, save_png
-from utils.files import check_output
+from utils.files import check_output, fresh_names
 from utils.metrics import METRICS
 
 logger = logging.getLogger("transreid.tools")
@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dirs", nargs="+", metavar="OUTPUT_DIR",
                         help="OUTPUT_DIR of a run (the folder holding its metrics.csv)")
     parser.add_argument("--output", default="",
-                        help=f"PNG to write (default: FIRST_OUTPUT_DIR/{OUTPUT_NAME})")
+                        help=f"PNG to write (default: FIRST_OUTPUT_DIR/{OUTPUT_NAME}, or "
+                             f"a fresh name beside an earlier one)")
     add_overwrite_argument(parser)
     return parser
 
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     new_figure(1, 1, "training curves")  # fails now, not after reading, without matplotlib
-    output = args.output or os.path.join(args.output_dirs[0], OUTPUT_NAME)
+    output = args.output or fresh_names([os.path.join(args.output_dirs[0], OUTPUT_NAME)])[0]
     check_output(output, ".png", [metrics_path(path) for path in args.output_dirs],
                  args.overwrite)
     names = run_names(args.output_dirs)

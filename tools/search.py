@@ -24,10 +24,11 @@ from processor.cli import exits_on_user_error
 from deploy.gallery import Gallery
 from deploy.gallery_store import Entry, is_gallery
 from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
-                          add_sie_count_arguments, configure_logging, load_extractor,
-                          load_tool_config, tool_parser)
+                          add_sie_count_arguments, configure_logging, default_folder,
+                          load_extractor, load_tool_config, tool_parser)
 from tools.drawing import draw_rank_list, save_png
 from tools.feature_files import load_feature_index
+from utils.distance import DISTANCE_UNIT, pairwise_distance
 from utils.files import check_output_folder
 
 logger = logging.getLogger("transreid.tools")
@@ -54,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "saved by tools/gallery.py (ranked by cosine distance, 1 - cos, "
                              "with its own index)")
     parser.add_argument("--topk", type=int, default=10, help="matches per query (default 10)")
-    parser.add_argument("--output-dir", default="search_results",
-                        help="folder of the rank-list pictures (default: search_results)")
+    parser.add_argument("--output-dir", default="",
+                        help="folder of the rank-list pictures (default: OUTPUT_DIR/search_results, "
+                             "beside the weights without OUTPUT_DIR; search_results-2 and so on "
+                             "after the first)")
     parser.add_argument("--rerank", action="store_true",
                         help="k-reciprocal re-ranking (sets TEST.RE_RANKING True; parameters "
                              "TEST.RE_RANKING_K1/K2/LAMBDA)")
@@ -90,7 +93,7 @@ def format_matches(query: ImageRecord, matches: Sequence[ImageRecord],
         return "?" if record.pid is None else str(record.pid)
 
     lines = [f"query {query.path} (id {identity(query)})",
-             f"  {'rank':>4}  {'distance':>10}  {'id':>6}  path"]
+             f"  {'rank':>4}  {'distance':>10}  {'id':>6}  path  (distance: {DISTANCE_UNIT})"]
     lines += [f"  {rank:>4}  {distance:>10.4f}  {identity(match):>6}  {match.path}"
               for rank, (match, distance) in enumerate(zip(matches, distances), 1)]
     return "\n".join(lines)
@@ -140,7 +143,11 @@ def rank_in_features(args: argparse.Namespace, cfg, extractor: FeatureExtractor,
                         "with the same config and weights")
     distmat = distance_matrix(cfg, query_feats, gallery_feats)
     orders = np.argsort(distmat, axis=1, kind="stable")[:, :args.topk]
-    return gallery, np.take_along_axis(distmat, orders, 1), orders
+    # Ranked as the evaluator ranks (TEST.DIST_METRIC, --rerank); shown in the one unit of
+    # every distance a user sees, a gallery's.
+    shown = pairwise_distance(torch.as_tensor(query_feats).float(),
+                              torch.as_tensor(gallery_feats).float(), "cosine").numpy()
+    return gallery, np.take_along_axis(shown, orders, 1), orders
 
 
 @exits_on_user_error
@@ -148,8 +155,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = load_tool_config(args, ["TEST.RE_RANKING", "True"] if args.rerank else [])
     queries = [record for source in args.query for record in collect_images(source)]
+    args.output_dir = args.output_dir or default_folder(cfg, "search_results")
     check_output_folder(args.output_dir, [picture_name(i, q) for i, q in enumerate(queries)],
-                        [args.config_file, cfg.TEST.WEIGHT, args.gallery, *args.query],
+                        [args.run_config, cfg.TEST.WEIGHT, args.gallery, *args.query],
                         args.overwrite)
     extractor = load_extractor(args, cfg, camera=args.camera, view=args.view)
     cfg = extractor.cfg  # an exported file's input settings on top

@@ -84,9 +84,12 @@ def histogram_figure(result: VerificationResult, width: int = 640, height: int =
     return figure
 
 
-def save_verification_plots(result: VerificationResult, folder: str) -> Dict[str, str]:
-    """Write the ROC curve and the histograms as PNGs in `folder` (atomically); their paths."""
-    paths = {"roc": os.path.join(folder, ROC_PNG), "distances": os.path.join(folder, HISTOGRAM_PNG)}
+def save_verification_plots(result: VerificationResult, folder: str, roc_name: str = ROC_PNG,
+                            histogram_name: str = HISTOGRAM_PNG) -> Dict[str, str]:
+    """Write the ROC curve and the distance histograms as PNGs in `folder` (atomically); their
+    paths."""
+    paths = {"roc": os.path.join(folder, roc_name),
+             "distances": os.path.join(folder, histogram_name)}
     save_png(draw_roc(result), paths["roc"])
     save_png(draw_distance_histograms(result), paths["distances"])
     return paths

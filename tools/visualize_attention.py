@@ -49,8 +49,8 @@ from processor import FeatureExtractor
 from processor.cli import exits_on_user_error
 from processor.inference import LabelChoice
 from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
-                          add_sie_count_arguments, configure_logging, load_tool_config,
-                          positive_int, tool_parser)
+                          add_sie_count_arguments, configure_logging, default_folder,
+                          load_tool_config, positive_int, tool_parser)
 from tools.drawing import WHITE, PlacedText, draw_texts, save_png, wrap_words
 from tools.visualize_ranks import choose_queries, index_list
 from utils.files import check_output_folder
@@ -316,10 +316,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # A map of the mirror image would be mirrored: flip averaging is for features only.
     cfg = load_tool_config(args, ["TEST.FLIP_FEATS", "False"])
     colormap = load_colormap(args.colormap)  # before any work: matplotlib may be missing
-    output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR or ".", "attention")
+    output_dir = args.output_dir or default_folder(cfg, "attention")
     records, names = chosen_images(cfg, args)
     check_output_folder(output_dir, [*(f"{name}.png" for name in names), GRID_NAME],
-                        [args.config_file, cfg.TEST.WEIGHT, *(args.images or [])], args.overwrite)
+                        [args.run_config, cfg.TEST.WEIGHT, *(args.images or [])], args.overwrite)
     trained = load_model(cfg, args)
     log_jpm_layout(trained.model)
     height, width = cfg.INPUT.SIZE_TEST

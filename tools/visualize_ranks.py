@@ -15,14 +15,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+import torch
 
 from datasets import load_eval_dataset, make_val_loader
 from datasets.image_list import ImageRecord
 from processor import distance_matrix, make_evaluator
 from processor.cli import exits_on_user_error
-from tools.common import (ToolError, add_overwrite_argument, configure_logging, load_extractor,
-                          load_tool_config, tool_parser)
+from tools.common import (ToolError, add_overwrite_argument, configure_logging, default_folder,
+                          load_extractor, load_tool_config, tool_parser)
 from tools.drawing import draw_cmc_summary, draw_rank_list, new_figure, save_png
+from utils.distance import pairwise_distance
 from utils.files import check_output_folder
 
 logger = logging.getLogger("transreid.tools")
@@ -56,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of the random query choice (default 0)")
     parser.add_argument("--topk", type=int, default=10, help="matches per query (default 10)")
     parser.add_argument("--output-dir", default="",
-                        help="folder of the pictures (default: OUTPUT_DIR/rank_lists, or "
-                             "./rank_lists when OUTPUT_DIR is empty)")
+                        help="folder of the pictures (default: OUTPUT_DIR/rank_lists, beside the "
+                             "weights without OUTPUT_DIR; rank_lists-2 and so on after the first)")
     add_overwrite_argument(parser)
     return parser
 
@@ -99,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = load_tool_config(args)
     new_figure(1, 1, "the CMC summary")  # before any work: matplotlib may be missing
-    output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR or ".", "rank_lists")
+    output_dir = args.output_dir or default_folder(cfg, "rank_lists")
     # As test.py: query and gallery only, and the model sized by its checkpoint.
     dataset = load_eval_dataset(cfg)
     extractor = load_extractor(args, cfg, dataset)
@@ -107,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     val_loader, num_query = make_val_loader(cfg, dataset=dataset)
     chosen = choose_queries(args, num_query)
     check_output_folder(output_dir, [*(picture_name(i) for i in chosen), SUMMARY_NAME],
-                        [args.config_file, cfg.TEST.WEIGHT], args.overwrite)
+                        [args.run_config, cfg.TEST.WEIGHT], args.overwrite)
     feats, pids, camids, paths = extractor.extract_loader(val_loader)
     evaluator = make_evaluator(cfg, num_query)
     evaluator.update((feats, pids, camids))
@@ -123,8 +125,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for query_index, distances in zip(chosen, distmat):
         query = queries[query_index]
         order = protocol_ranking(distances, query.pid, query.camid, g_pids, g_camids)[:args.topk]
+        # Ranked as the evaluator ranks; shown as the cosine distance, every tool's unit.
+        shown = pairwise_distance(feats[query_index:query_index + 1].float().cpu(),
+                                  feats[num_query:][torch.as_tensor(order)].float().cpu(),
+                                  "cosine")[0].numpy()
         picture = os.path.join(output_dir, picture_name(query_index))
-        save_png(draw_rank_list(query, [gallery[i] for i in order], distances[order]), picture)
+        save_png(draw_rank_list(query, [gallery[i] for i in order], shown), picture)
         logger.info("query %d (%s): rank list in %s", query_index, query.path, picture)
     title = f"{cfg.DATASETS.NAMES}: {os.path.basename(cfg.TEST.WEIGHT)}"
     save_png(draw_cmc_summary(cmc, mAP, title), os.path.join(output_dir, SUMMARY_NAME))

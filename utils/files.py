@@ -20,7 +20,8 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import (Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
+                    Set, Tuple)
 
 import torch
 
@@ -230,6 +231,32 @@ def check_output_folder(folder: str, names: Iterable[str], inputs: Iterable[str]
         check_output(os.path.join(folder, name), os.path.splitext(name)[1], inputs, overwrite,
                      option)
     return folder
+
+
+def fresh_names(paths: Sequence[str]) -> List[str]:
+    """The default outputs `paths` of one run of a tool, or where any of them exists, the first
+    `<stem>-<n><suffix>` of each (n = 2, 3, ...) of which none does: a second run neither fails
+    nor replaces the first's results. (A name the user gave is `check_output`'s, which asks for
+    --overwrite instead.)"""
+    for n in itertools.count(1):
+        names = list(paths) if n == 1 else [
+            f"{os.path.splitext(p)[0]}-{n}{os.path.splitext(p)[1]}" for p in paths]
+        if not any(os.path.lexists(name) for name in names):
+            if n > 1:
+                logger.info("%s exists: writing %s instead", paths[0], names[0])
+            return names
+    raise AssertionError("itertools.count never ends")
+
+
+def fresh_folder(folder: str) -> str:
+    """A tool's default output folder, or `<folder>-<n>` where it exists and is not empty."""
+    for n in itertools.count(1):
+        name = folder if n == 1 else f"{folder}-{n}"
+        if not os.path.lexists(name) or (os.path.isdir(name) and not os.listdir(name)):
+            if n > 1:
+                logger.info("%s holds earlier results: writing to %s", folder, name)
+            return name
+    raise AssertionError("itertools.count never ends")
 
 
 # Files verify_zip found whole in this process, by path, with the (size, mtime, inode) they had:
