@@ -14,8 +14,9 @@ from config import ConfigError, switches
 from datasets import load_eval_dataset, make_val_loader
 from deploy.metadata import given_keys
 from processor import EvalResult, FeatureExtractor
-from processor.cli import (base_parser, exits_on_user_error, load_cli_config, run_config_file,
-                           start_run, weight_in)
+from config.cli import base_parser, load_cli_config, run_config_file, weight_in
+from processor.cli import start_run
+from utils.errors import exits_on_user_error
 from processor.evaluation import log_result
 from processor.processor import inference_of
 from tools.verification_plots import VERIFICATION_PICTURES, save_verification_plots

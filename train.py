@@ -12,7 +12,9 @@ from loss import make_loss
 from model import make_model
 from processor import do_train
 from processor.checkpoint import claim_output_dir, load_checkpoint, resume_hint
-from processor.cli import base_parser, env_int, exits_on_user_error, load_cli_config, start_run
+from config.cli import base_parser, load_cli_config
+from processor.cli import env_int, start_run
+from utils.errors import exits_on_user_error
 from solver import make_optimizer
 from solver.scheduler_factory import create_scheduler
 from utils.device import select_device, uses_gpu

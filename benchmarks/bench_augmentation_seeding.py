@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import build_dataset  # noqa: E402
 from datasets.bases import ImageDataset, SeededImageDataset  # noqa: E402
 from datasets.transforms import build_train_transforms  # noqa: E402
-from processor.cli import base_parser, load_config_or_exit  # noqa: E402
+from config.cli import base_parser, load_cli_config  # noqa: E402
+from utils.errors import exits_on_user_error  # noqa: E402
 
 QUICKSTART = "configs/Synthetic/vit_transreid_tiny.yml"
 PASSES = 9
@@ -33,9 +34,10 @@ def us_per_image(load: Callable[[int], object], count: int) -> float:
     return (time.perf_counter() - start) / count * 1e6
 
 
+@exits_on_user_error
 def main() -> None:
     args = base_parser(__doc__.splitlines()[0]).parse_args()
-    cfg = load_config_or_exit(args.config_file or QUICKSTART, args.opts)
+    cfg = load_cli_config(args.config_file or QUICKSTART, args.opts)
     torch.set_num_threads(1)
     train = build_dataset(cfg).train
     transform = build_train_transforms(cfg)

@@ -48,7 +48,8 @@ from benchmarks.common import benchmark_device, describe_device  # noqa: E402
 from loss import make_loss  # noqa: E402
 from model import make_model  # noqa: E402
 from model.backbones.vit_pytorch import Block  # noqa: E402
-from processor.cli import base_parser, load_config_or_exit  # noqa: E402
+from config.cli import base_parser, load_cli_config  # noqa: E402
+from utils.errors import exits_on_user_error  # noqa: E402
 from processor.processor import Trainer  # noqa: E402
 from solver import create_scheduler, make_optimizer  # noqa: E402
 
@@ -299,13 +300,14 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+@exits_on_user_error
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args()
     device = benchmark_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config_or_exit(args.config_file, list(args.opts) + ["MODEL.DEVICE", str(device),
+    cfg = load_cli_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", str(device),
                                                                    "MODEL.DIST_TRAIN", "False"])
     args.batch = args.batch or cfg.SOLVER.IMS_PER_BATCH
     sizes = split_sizes(cfg, args)

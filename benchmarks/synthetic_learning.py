@@ -14,15 +14,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from processor import do_train, evaluate  # noqa: E402
 from processor.checkpoint import ResumeError, check_output_dir_is_free  # noqa: E402
-from processor.cli import base_parser, load_config_or_exit, start_run  # noqa: E402
+from config.cli import base_parser, load_cli_config  # noqa: E402
+from processor.cli import start_run  # noqa: E402
+from utils.errors import exits_on_user_error  # noqa: E402
 from utils.seed import set_seed
 from train import build_training  # noqa: E402
 from utils.device import select_device  # noqa: E402
 
 
+@exits_on_user_error
 def main() -> None:
     args = base_parser(__doc__.splitlines()[0]).parse_args()
-    cfg = load_config_or_exit(args.config_file, args.opts)
+    cfg = load_cli_config(args.config_file, args.opts)
     try:
         check_output_dir_is_free(cfg)
     except ResumeError as err:

@@ -26,7 +26,8 @@ from config import switches  # noqa: E402
 from datasets import load_eval_dataset, make_val_loader  # noqa: E402
 from model.trained import load_trained  # noqa: E402
 from processor import FeatureExtractor, distance_matrix  # noqa: E402
-from processor.cli import exits_on_user_error, load_cli_config  # noqa: E402
+from config.cli import load_cli_config  # noqa: E402
+from utils.errors import exits_on_user_error  # noqa: E402
 from processor.verification_report import gallery_threshold, verification_report  # noqa: E402
 from tools.verification_plots import save_verification_plots  # noqa: E402
 from utils.device import select_device  # noqa: E402

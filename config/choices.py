@@ -25,3 +25,6 @@ MULTISTEP_WARMUP_METHODS = ('constant', 'linear')
 WARMUP_METHODS = MULTISTEP_WARMUP_METHODS + ('cosine',)
 AMP_DTYPES = ('fp16', 'bf16', 'fp32')
 COMPILE_MODES = ('auto', 'on', 'off')
+# The SIE label of an image of unknown camera or view (processor.inference explains them): the
+# mean over every label, or the image's own where known; else a label id.
+MEAN, AUTO = "mean", "auto"

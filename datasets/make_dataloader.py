@@ -10,7 +10,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Samp
                               default_collate)
 
 from config import ConfigError
-from utils.device import uses_gpu
+from utils.device import loader_workers, uses_gpu
 
 from .bases import BaseImageDataset, ImageDataset, SeededImageDataset
 from .device_augment import WorkerAugment
@@ -82,7 +82,8 @@ def _warn_untrained_sie_rows(cfg, dataset: BaseImageDataset) -> None:
 
 
 def _loader_options(cfg) -> dict:
-    return dict(num_workers=cfg.DATALOADER.NUM_WORKERS, pin_memory=uses_gpu(cfg.MODEL.DEVICE))
+    return dict(num_workers=loader_workers(cfg.DATALOADER.NUM_WORKERS),
+                pin_memory=uses_gpu(cfg.MODEL.DEVICE))
 
 
 def _train_transform(cfg):

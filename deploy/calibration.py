@@ -2,6 +2,7 @@
 transforms, or random images where no crops are at hand."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
@@ -12,11 +13,14 @@ from datasets.bases import read_image
 from datasets.registry import build_dataset
 from datasets.transforms import build_test_transforms
 from model.trained import SideInfoCounts
-from utils.errors import ToolError
+from utils.errors import ToolError, UserError
 
 from .backends.base import fill_rows
+from .formats import PORTABLE
 from .graphs import graph_inputs
 from .metadata import DeployMetadata
+
+logger = logging.getLogger("transreid.export")
 
 
 @dataclass
@@ -63,6 +67,22 @@ def calibration_set(cfg, size: int, seed: int = 0) -> CalibrationSet:
                    f"{list(cfg.INPUT.PIXEL_MEAN)}, std {list(cfg.INPUT.PIXEL_STD)}), first "
                    f"'{samples[0][0]}'")
     return CalibrationSet(images, cams, views, description)
+
+
+def check_set(cfg, counts: SideInfoCounts, precision: str, form: str, size: int,
+              seed: int) -> CalibrationSet:
+    """The images an export is checked on. Reduced precision and the portable form's camera
+    handling are judged on real crops (seed `seed`, another draw than the calibration's), not on
+    noise; the portable form falls back to noise where no training crops are at hand."""
+    if precision == "int8":
+        return calibration_set(cfg, size, seed)
+    if form == PORTABLE and (counts.cameras or counts.views):
+        try:
+            return calibration_set(cfg, size, seed)
+        except UserError as err:
+            logger.warning("the portable form's cost is measured on random images, not on "
+                           "real crops: %s", err)
+    return random_check_set(cfg, counts, size)
 
 
 def calibration_feeds(metadata: DeployMetadata, calibration: CalibrationSet, batch: int,

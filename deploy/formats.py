@@ -48,6 +48,17 @@ OPENVINO = ModelFormat("openvino", (".xml",), backend="openvino_backend",
 MODEL_FORMATS = (PYTORCH, ONNX, OPENVINO)
 EXPORT_FORMATS = {fmt.name: fmt for fmt in MODEL_FORMATS if fmt.exporter}
 
+# What an export is (deploy.export): its precision; its form, the labelled graph of
+# FeatureExtractor or the portable one for trackers; how the portable form replaces the
+# per-image SIE labels (deploy.graphs); the ONNX opsets torch's TorchScript exporter writes that
+# the graphs (scaled dot product attention's decomposition: 14) and ONNX Runtime's quantizer run.
+PRECISIONS = ("fp32", "int8", "bf16")
+LABELLED, PORTABLE = "labelled", "portable"
+FORMS = (LABELLED, PORTABLE)
+EXACT_MEAN, FIXED, AVERAGED = "mean", "fixed", "averaged"
+CAMERA_MODES = (EXACT_MEAN, FIXED, AVERAGED)
+OPSETS = range(14, 21)
+
 
 def resolve_format(path: str) -> ModelFormat:
     """The format of the model file `path`, by its suffix; a ToolError naming the known ones."""
@@ -63,6 +74,16 @@ def is_exported(path: str) -> bool:
     """Whether `path` names an exported model rather than PyTorch weights (or anything else)."""
     suffix = os.path.splitext(str(path))[1].lower()
     return any(suffix in fmt.suffixes for fmt in MODEL_FORMATS if fmt.exported)
+
+
+def export_packages(fmt: str, precision: str) -> Tuple[str, ...]:
+    """The optional packages an export to `fmt` at `precision` needs: the ONNX exporter's
+    (every format is made from its file), the format's runtime (the file is checked by it), and
+    OpenVINO's int8 quantizer."""
+    needed = [*ONNX.packages, *EXPORT_FORMATS[fmt].packages]
+    if fmt == OPENVINO.name and precision == "int8":
+        needed.append("nncf")
+    return tuple(dict.fromkeys(needed))
 
 
 def backend_module(fmt: ModelFormat) -> ModuleType:

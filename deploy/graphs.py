@@ -25,15 +25,14 @@ from torch import nn
 
 from model.trained import SideInfoCounts, flip_mean
 
-from .metadata import INPUT_NAMES, PORTABLE, DeployMetadata
+from .formats import CAMERA_MODES, EXACT_MEAN, PORTABLE
+from .metadata import INPUT_NAMES, DeployMetadata
 
 # torchvision / timm's ImageNet statistics: what trackers (boxmot) feed every re-ID model.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # How the portable form replaces the per-image SIE labels.
-EXACT_MEAN, FIXED, AVERAGED = "mean", "fixed", "averaged"
-CAMERA_MODES = (EXACT_MEAN, FIXED, AVERAGED)
 
 
 class LabelledGraph(nn.Module):

@@ -23,7 +23,7 @@ from config import ConfigError, load_config, switches
 from model.trained import SideInfoCounts
 from utils.errors import ToolError
 
-from .formats import backend_module, resolve_format
+from .formats import LABELLED, PORTABLE, PRECISIONS, backend_module, resolve_format
 
 logger = logging.getLogger("transreid.runtimes")
 
@@ -31,8 +31,6 @@ METADATA_KEY = "transreid_deploy"
 METADATA_VERSION = 1
 INPUT_NAMES = ("images", "cam_label", "view_label")
 OUTPUT_NAME = "features"
-LABELLED, PORTABLE = "labelled", "portable"
-PRECISIONS = ("fp32", "int8", "bf16")
 
 
 @dataclass(frozen=True)

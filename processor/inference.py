@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from config import load_config, switches
+from config.choices import AUTO, MEAN
 from datasets.bases import ImageDataset, to_rgb
 from datasets.image_list import ImageRecord
 from datasets.make_dataloader import val_collate_fn
@@ -46,7 +47,7 @@ from deploy.metadata import fit_config, given_keys
 from model.backbones.specs import eval_feature_dim
 from model.trained import (SideInfoCounts, TrainedModel, check_sie_label, flip_mean, load_trained,
                            sie_counts_of)
-from utils.device import select_device
+from utils.device import loader_workers, select_device
 from utils.errors import ToolError
 from utils.precision import autocast, inference_dtype
 from utils.progress import Progress
@@ -55,7 +56,6 @@ from .compiled import CompiledForward, compile_enabled
 
 logger = logging.getLogger("transreid.inference")
 
-MEAN, AUTO = "mean", "auto"
 LabelChoice = Union[str, int]
 """'mean', 'auto' or a fixed label id."""
 ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
@@ -262,7 +262,7 @@ class FeatureExtractor:
         in_memory = any(not isinstance(sample[0], str) for sample in samples)
         dataset = ImageDataset(samples, self.transform, self.cfg.DATALOADER.READ_RETRIES)
         # Workers would only copy images that are already in memory.
-        workers = 0 if in_memory else self.cfg.DATALOADER.NUM_WORKERS
+        workers = 0 if in_memory else loader_workers(self.cfg.DATALOADER.NUM_WORKERS)
         return DataLoader(dataset, batch_size=self.cfg.TEST.IMS_PER_BATCH, shuffle=False,
                           num_workers=workers, collate_fn=val_collate_fn,
                           pin_memory=self.device.type == "cuda")

@@ -16,7 +16,7 @@ from model import CheckpointMismatchError, WeightsNotFoundError, make_model
 from model.trained import load_trained
 from processor import FeatureExtractor, evaluate
 from processor.checkpoint import ResumeError
-from processor.cli import exits_on_user_error
+from utils.errors import exits_on_user_error
 from processor.processor import NonFiniteLossError
 from tests.conftest import REPO_ROOT, TINY_TRANSREID_OPTS
 from model.trained import check_same_model

@@ -1,23 +1,20 @@
-"""What the tools share: their command line, and the one way they open a model (`.pth`, or an
-exported `.onnx` / `.xml`: `load_extractor`). The work itself is the library's: the trained
-model (`model.trained`), images (`datasets.image_list`), features (`processor.FeatureExtractor`,
-whose doc explains the SIE label choices; exported files `deploy`) and feature
-files (`tools.feature_files`).
+"""What the tools share on the command line: the parser, its argument types and logging.
+Light on purpose: nothing here imports torch, so --help and a mistaken option answer at once;
+a tool imports its work (`tools.loading` and the library) after parsing.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
+import math
 import textwrap
-from typing import Sequence
+from typing import Union
 
-from deploy.metadata import given_keys
-from processor.cli import base_parser, load_cli_config, run_config_file, weight_in
-from processor.inference import AUTO, MEAN, FeatureExtractor, LabelChoice
-from utils.device import apply_visible_devices
-from utils.errors import ToolError
-from utils.files import fresh_folder
+from config.choices import AUTO, MEAN
+from config.cli import base_parser
+from utils.errors import ToolError  # noqa: F401  (the tools' error type, by this name)
+
+LabelChoice = Union[str, int]
 
 logger = logging.getLogger("transreid.tools")
 
@@ -36,6 +33,27 @@ def label_choice(text: str) -> LabelChoice:
     if value < 0:
         raise argparse.ArgumentTypeError(f"label ids start at 0, got {value}")
     return value
+
+
+def label_id(text: str) -> int:
+    """argparse type of a camera or view id."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"label ids start at 0, got {value}")
+    return value
+
+
+def finite_float(low: float = -math.inf, high: float = math.inf):
+    """argparse type of a finite number in [low, high]."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (math.isfinite(value) and low <= value <= high):
+            bounds = (f"from {low:g} to {high:g}" if math.isfinite(high)
+                      else f"of at least {low:g}")
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text}")
+        return value
+    parse.__name__ = "number"  # what argparse calls it in "invalid number value"
+    return parse
 
 
 def positive_int(text: str) -> int:
@@ -82,40 +100,6 @@ def add_sie_count_arguments(parser: argparse.ArgumentParser) -> None:
             f"--num-{plural}", type=positive_int, default=None, metavar="N",
             help=f"{plural} the model was trained with; read from the checkpoint unless it holds "
                  "a joint camera-and-view table (SIE_CAMERA and SIE_VIEW both on)")
-
-
-def load_tool_config(args: argparse.Namespace, extra_opts: Sequence[str] = ()):
-    """Frozen config from --config_file (left out: the run folder's config.yaml beside the
-    weights), the KEY VALUE overrides and the flags that set keys."""
-    opts = list(args.opts or []) + list(extra_opts)
-    if args.weight:
-        opts += ["TEST.WEIGHT", args.weight]
-    # TEST.WEIGHT replaces every weight: ImageNet initialisation would only cost time (or fail
-    # where the ImageNet file is absent).
-    opts += ["MODEL.PRETRAIN_CHOICE", "none"]
-    args.run_config = run_config_file(args.config_file, weight_in(opts))
-    cfg = load_cli_config(args.run_config, opts)
-    if not cfg.TEST.WEIGHT:
-        raise ToolError("no trained model given; pass --weight PATH (or TEST.WEIGHT PATH)")
-    apply_visible_devices(cfg.MODEL.DEVICE_ID)
-    return cfg
-
-
-def load_extractor(args: argparse.Namespace, cfg, dataset=None, **kwargs) -> FeatureExtractor:
-    """The FeatureExtractor of TEST.WEIGHT (`FeatureExtractor.from_config`): PyTorch weights
-    built by `cfg` (and checked for `dataset`, when one is evaluated), or an exported file under
-    `cfg` fitted to it (its `cfg` is then the one to use)."""
-    return FeatureExtractor.from_config(
-        cfg, dataset, chosen=given_keys(args.config_file, args.opts or []),
-        num_cameras=getattr(args, "num_cameras", None), num_views=getattr(args, "num_views", None),
-        **kwargs)
-
-
-def default_folder(cfg, name: str) -> str:
-    """A tool's default output folder: `name` in OUTPUT_DIR, or without one beside the weights,
-    under a fresh name where an earlier run's results are (utils.files.fresh_folder)."""
-    base = cfg.OUTPUT_DIR or os.path.dirname(os.path.abspath(cfg.TEST.WEIGHT))
-    return fresh_folder(os.path.join(base, name))
 
 
 def configure_logging() -> None:

@@ -19,17 +19,11 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deploy.calibration import CalibrationSet, calibration_set, random_check_set
-from deploy.export import FORMS, OPSETS, ExportPlan, Tolerance, check_outputs, export_model
-from deploy.formats import EXPORT_FORMATS
-from deploy.graphs import CAMERA_MODES, EXACT_MEAN
-from deploy.metadata import LABELLED, PORTABLE, PRECISIONS
-from model.trained import load_trained
-from processor.cli import exits_on_user_error
-from tools.common import (add_sie_count_arguments, configure_logging, load_tool_config,
+from deploy.formats import (CAMERA_MODES, EXACT_MEAN, EXPORT_FORMATS, FORMS, LABELLED, OPSETS,
+                            PRECISIONS)
+from tools.common import (add_sie_count_arguments, configure_logging, finite_float, label_id,
                           positive_int, tool_parser)
-from utils.errors import UserError, require_package
-from utils.files import fresh_names
+from utils.errors import exits_on_user_error
 
 logger = logging.getLogger("transreid.tools")
 
@@ -59,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "one pass each; default), 'fixed' (--camera/--view), or 'averaged' "
                              "(one pass with the mean SIE embedding; its cosine to 'mean' is "
                              "printed)")
-    parser.add_argument("--camera", type=int, default=None,
+    parser.add_argument("--camera", type=label_id, default=None,
                         help="camera id of --camera-mode fixed")
-    parser.add_argument("--view", type=int, default=None, help="view id of --camera-mode fixed")
+    parser.add_argument("--view", type=label_id, default=None,
+                        help="view id of --camera-mode fixed")
     parser.add_argument("--output", default="",
                         help="file to write (.onnx or .xml; default: the weights' name with "
                              "_<precision> and the format's suffix, -2 and so on after the "
@@ -71,69 +66,65 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"ONNX opset version, {OPSETS.start} to {OPSETS.stop - 1} (default 17)")
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="static batch size (default: dynamic); runtimes pad the last batch")
+    add_sie_count_arguments(parser)
+    add_check_arguments(parser)
+    return parser
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """The int8 calibration and the check of the written file against PyTorch."""
     parser.add_argument("--calibration-size", type=int, default=300,
                         help="int8: training crops to calibrate on (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
     parser.add_argument("--check-size", type=positive_int, default=8,
                         help="images of the check against PyTorch (default 8)")
-    parser.add_argument("--atol", type=float, default=1e-4,
+    parser.add_argument("--atol", type=finite_float(0), default=1e-4,
                         help="fp32: allowed absolute difference to PyTorch (default 1e-4)")
-    parser.add_argument("--rtol", type=float, default=1e-3,
+    parser.add_argument("--rtol", type=finite_float(0), default=1e-3,
                         help="fp32: allowed difference relative to the largest PyTorch feature "
                              "value (default 1e-3)")
-    parser.add_argument("--min-cosine", type=float, default=0.99,
+    parser.add_argument("--min-cosine", type=finite_float(-1, 1), default=0.99,
                         help="int8 / bf16: lowest allowed cosine to PyTorch (default 0.99)")
-    add_sie_count_arguments(parser)
-    return parser
+
 
 
 def default_output(weight: str, fmt: str, precision: str) -> str:
     """Beside the weights, named after them: `<weights>_<precision><suffix>`, or a fresh name
     where an earlier export's files are."""
     model_format = EXPORT_FORMATS[fmt]
+    from utils.files import fresh_names
     return fresh_names(model_format.files(
         f"{os.path.splitext(weight)[0]}_{precision}{model_format.suffix}"))[0]
 
 
-def require_runtimes(fmt: str, precision: str) -> None:
-    """Every optional package the export will need, before any work: the ONNX exporter's (every
-    format is made from its file), the format's runtime, and OpenVINO's int8 quantizer."""
-    packages = dict.fromkeys([*EXPORT_FORMATS["onnx"].packages, *EXPORT_FORMATS[fmt].packages]
-                             + (["nncf"] if fmt == "openvino" and precision == "int8" else []))
-    for package in packages:
-        require_package(package, f"exporting to {fmt} {precision}")
-
-
-def check_set(args: argparse.Namespace, cfg, counts) -> CalibrationSet:
-    """The images the written file is checked on. Reduced precision and the portable form's
-    camera handling are judged on real crops (another draw than the calibration's), not on
-    noise; the portable form falls back to noise where no training crops are at hand."""
-    if args.precision == "int8":
-        return calibration_set(cfg, args.check_size, args.seed + 1)
-    if args.form == PORTABLE and (counts.cameras or counts.views):
-        try:
-            return calibration_set(cfg, args.check_size, args.seed + 1)
-        except UserError as err:
-            logger.warning("the portable form's cost is measured on random images, not on "
-                           "real crops: %s", err)
-    return random_check_set(cfg, counts, args.check_size)
-
-
 @exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = load_tool_config(args, ["MODEL.DEVICE", "cpu"])  # exported and checked on the CPU
+    return export(build_parser().parse_args(argv))
+
+
+def export(args: argparse.Namespace) -> int:
+    # Loaded once the arguments are good: --help and a mistaken option need none of it.
+    from deploy.calibration import calibration_set, check_set
+    from deploy.export import ExportPlan, Tolerance, check_outputs, export_model
+    from deploy.formats import export_packages
+    from model.trained import load_trained
+    from tools.loading import load_tool_config
+    from utils.errors import require_package
+
     plan = ExportPlan(fmt=args.format, precision=args.precision, form=args.form,
                       camera_mode=args.camera_mode, camera=args.camera, view=args.view,
                       opset=args.opset, batch=args.batch)
+    cfg = load_tool_config(args, ["MODEL.DEVICE", "cpu"])  # exported and checked on the CPU
     output = args.output or default_output(cfg.TEST.WEIGHT, args.format, args.precision)
     check_outputs(output, args.format, [cfg.TEST.WEIGHT, args.run_config], args.overwrite)
-    require_runtimes(args.format, args.precision)
+    for package in export_packages(args.format, args.precision):
+        require_package(package, f"exporting to {args.format} {args.precision}")
     trained = load_trained(cfg, num_cameras=args.num_cameras, num_views=args.num_views)
     calibration = None
     if args.precision == "int8":
         calibration = calibration_set(cfg, args.calibration_size, args.seed)
-    check = check_set(args, cfg, trained.counts)
+    check = check_set(cfg, trained.counts, args.precision, args.form, args.check_size,
+                      args.seed + 1)
     tolerance = Tolerance(args.atol, args.rtol, args.min_cosine)
     for line in export_model(trained, plan, output, check, calibration, tolerance):
         print(line)

@@ -15,9 +15,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.image_list import collect_images
-from processor.cli import exits_on_user_error
+from utils.errors import exits_on_user_error
 from tools.common import (add_label_arguments, add_overwrite_argument, add_sie_count_arguments,
-                          configure_logging, load_extractor, load_tool_config, tool_parser)
+                          configure_logging, tool_parser)
+from tools.loading import load_extractor, load_tool_config
 from tools.feature_files import check_feature_outputs, save_feature_index
 
 logger = logging.getLogger("transreid.tools")

@@ -19,12 +19,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from datasets.image_list import ImageRecord, collect_images
 from processor import FeatureExtractor
-from processor.cli import exits_on_user_error
+from utils.errors import exits_on_user_error
 from deploy.enrolment import add_images, search_images
 from deploy.gallery import Gallery, Hit
 from deploy.vector_index import EXACT, INDEX_KINDS
 from tools.common import (add_label_arguments, add_sie_count_arguments, configure_logging,
-                          load_extractor, load_tool_config, positive_int, tool_parser)
+                          positive_int, tool_parser)
+from tools.loading import load_extractor, load_tool_config
 from utils.errors import ToolError
 
 logger = logging.getLogger("transreid.tools")

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from loss import LOSS_PARTS
-from processor.cli import exits_on_user_error
+from utils.errors import exits_on_user_error
 from processor.run_log import METRICS_NAME, Row, metrics_path, read_metrics
 from tools.common import ToolError, add_overwrite_argument, configure_logging
 from tools.drawing import figure_image, new_figure, save_png

@@ -20,12 +20,12 @@ import torch
 from datasets.image_list import ImageRecord, collect_images
 from model.trained import check_same_model
 from processor import FeatureExtractor, distance_matrix
-from processor.cli import exits_on_user_error
+from utils.errors import exits_on_user_error
 from deploy.gallery import Gallery
 from deploy.gallery_store import Entry, is_gallery
 from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
-                          add_sie_count_arguments, configure_logging, default_folder,
-                          load_extractor, load_tool_config, tool_parser)
+                          add_sie_count_arguments, configure_logging, tool_parser)
+from tools.loading import default_folder, load_extractor, load_tool_config
 from tools.drawing import draw_rank_list, save_png
 from tools.feature_files import load_feature_index
 from utils.distance import DISTANCE_UNIT, pairwise_distance

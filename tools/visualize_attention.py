@@ -46,11 +46,11 @@ from model import build_transformer_local
 from model.attention_rollout import attention_maps, branch_names, jpm_layout, pixel_maps
 from model.trained import TrainedModel, load_trained
 from processor import FeatureExtractor
-from processor.cli import exits_on_user_error
+from utils.errors import exits_on_user_error
 from processor.inference import LabelChoice
 from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
-                          add_sie_count_arguments, configure_logging, default_folder,
-                          load_tool_config, positive_int, tool_parser)
+                          add_sie_count_arguments, configure_logging, positive_int, tool_parser)
+from tools.loading import default_folder, load_tool_config
 from tools.drawing import WHITE, PlacedText, draw_texts, save_png, wrap_words
 from tools.visualize_ranks import choose_queries, index_list
 from utils.files import check_output_folder

@@ -20,9 +20,9 @@ import torch
 from datasets import load_eval_dataset, make_val_loader
 from datasets.image_list import ImageRecord
 from processor import distance_matrix, make_evaluator
-from processor.cli import exits_on_user_error
-from tools.common import (ToolError, add_overwrite_argument, configure_logging, default_folder,
-                          load_extractor, load_tool_config, tool_parser)
+from utils.errors import exits_on_user_error
+from tools.common import ToolError, add_overwrite_argument, configure_logging, tool_parser
+from tools.loading import default_folder, load_extractor, load_tool_config
 from tools.drawing import draw_cmc_summary, draw_rank_list, new_figure, save_png
 from utils.distance import pairwise_distance
 from utils.files import check_output_folder

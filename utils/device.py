@@ -49,11 +49,36 @@ def select_device(requested: str, local_rank: int = 0) -> torch.device:
     if device.type == "cpu":
         return device
     if not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE is '%s' but no GPU is available: running on the CPU", text)
+        _warn_once(f"MODEL.DEVICE is '{text}' but no GPU is available: running on the CPU")
         return torch.device("cpu")
     index = _gpu_index(device, text, local_rank)
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+_WARNED = set()
+
+
+def loader_workers(requested: int) -> int:
+    """DATALOADER.NUM_WORKERS, at most one per CPU this process may use: more only contend for
+    the same cores (and torch warns of it at every loader). Workers seed augmentation by index,
+    so their number never changes what they load."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if requested > (cpus or 1):
+        message = (f"DATALOADER.NUM_WORKERS {requested} but this process may use {cpus} CPUs: "
+                   f"{cpus} loader workers")
+        if message not in _WARNED:
+            _WARNED.add(message)
+            logger.info(message)
+        return cpus or 1
+    return requested
+
+
+def _warn_once(message: str) -> None:
+    """A warning that every later choice of the device would repeat, given once per process."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
 
 
 def _gpu_index(device: torch.device, text: str, local_rank: int) -> int:

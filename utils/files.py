@@ -23,8 +23,6 @@ import zlib
 from typing import (Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
                     Set, Tuple)
 
-import torch
-
 from utils.errors import UserError
 
 logger = logging.getLogger("transreid.files")
@@ -132,6 +130,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> int:
 
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save through `atomic_write`."""
+    import torch  # here: the rest of this module serves tools that answer before torch loads
     atomic_write(path, lambda handle: torch.save(obj, handle))
 
 

@@ -4,6 +4,7 @@ reading ONNX Runtime's QDQ file: that lost accuracy on ViT-B (docs/deploy.md).""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Dict, Optional, Sequence
 
@@ -35,6 +36,9 @@ def int8(model, feeds: Sequence[Dict[str, np.ndarray]]):
     """NNCF's post-training int8 quantization (transformer preset: the attention's softmax and
     the LayerNorms stay in float), calibrated on `feeds`, without SmoothQuant: fitted on a few
     crops it hurts more than it helps (docs/deploy.md)."""
+    # NNCF imports torch's C++ extension builder, which warns at import that no CUDA runtime
+    # is found where a CUDA toolkit is installed without a GPU; nothing is compiled here.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     nncf = require_package("nncf", "OpenVINO int8 export")
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
                                                        AdvancedSmoothQuantParameters)
