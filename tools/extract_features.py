@@ -14,12 +14,9 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.image_list import collect_images
-from utils.errors import exits_on_user_error
 from tools.common import (add_label_arguments, add_overwrite_argument, add_sie_count_arguments,
                           configure_logging, tool_parser)
-from tools.loading import load_extractor, load_tool_config
-from tools.feature_files import check_feature_outputs, save_feature_index
+from utils.errors import exits_on_user_error
 
 logger = logging.getLogger("transreid.tools")
 
@@ -48,7 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 @exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    return extract(build_parser().parse_args(argv))
+
+
+def extract(args: argparse.Namespace) -> int:
+    # Loaded once the arguments are good: --help and a mistaken option need none of it.
+    from datasets.image_list import collect_images
+    from tools.feature_files import check_feature_outputs, save_feature_index
+    from tools.loading import load_extractor, load_tool_config
+
     cfg = load_tool_config(args)
     check_feature_outputs(args.output, [args.run_config, cfg.TEST.WEIGHT, args.images],
                           args.overwrite)
