@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import textwrap
 from typing import Sequence
 
@@ -41,6 +42,35 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def bounded_float(low: float, high: float, low_open: bool = False, high_open: bool = False,
+                  what: str = "a number"):
+    """argparse type of a finite float in an interval (each bound open or closed): nan, inf and
+    values outside are refused in one line naming the interval."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number; give {what} in "
+                                             f"{interval}") from None
+        inside = ((low < value if low_open else low <= value)
+                  and (value < high if high_open else value <= high))
+        if not (math.isfinite(value) and inside):
+            raise argparse.ArgumentTypeError(f"{what} is a finite number in {interval}, got {text}")
+        return value
+
+    parse.__name__ = what  # argparse names the type by it
+    return parse
 
 
 def tool_parser(description: str, example: str,
