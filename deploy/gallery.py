@@ -89,13 +89,13 @@ class Gallery:
         gallery._lock_folder()
         if used_before or store.is_gallery(folder):  # a gallery's writer worked here
             store.remove_stale_temp_files(folder)
-        if store.is_gallery(folder):
-            if not overwrite:
-                gallery.close()
-                raise GalleryError(f"'{folder}' is already a gallery; add to it with "
-                                   "tools/gallery.py add, or pass --overwrite to replace it")
-            # Later file names must not collide with the old gallery's, which stay until saved.
-            gallery.manifest.generation = store.read_manifest(folder).generation
+        if store.is_gallery(folder) and not overwrite:
+            gallery.close()
+            raise GalleryError(f"'{folder}' is already a gallery; add to it with "
+                               "tools/gallery.py add, or pass --overwrite to replace it")
+        # Later file names must not collide with the files there (the old gallery's stay until
+        # saved); its manifest, which may be damaged, is not read.
+        gallery.manifest.generation = store.highest_generation(folder)
         gallery._dirty = True
         return gallery
 

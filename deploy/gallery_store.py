@@ -13,9 +13,9 @@ into one segment when tombstones or segments pile up.
 
 Every file is written under a fresh name (atomically), and the manifest, renamed over the old
 one last, is what makes them part of the gallery: a save killed at any point leaves the previous
-manifest, which names only complete files. Files that no manifest names, and the temporary files of
-a save killed before its rename, are removed by the next writer (which holds the folder's lock,
-so none of them is being written).
+manifest, which names only complete files. Files that no manifest names, and the temporary
+files of a save killed before its rename, are removed by the next writer (which holds the
+folder's lock, so none of them is being written).
 
 Each file's SHA-256 is recorded in the manifest as it is written and checked as it is read back
 (`deploy.digests`), so a file changed on disk since, even at the same size, is named instead of
@@ -254,6 +254,12 @@ def remove_unlisted_files(folder: str, manifest: Manifest) -> List[str]:
     if removed:
         logger.info("removed %d file(s) no longer part of gallery '%s'", len(removed), folder)
     return removed
+
+
+def highest_generation(folder: str) -> int:
+    """The largest number in the names of the gallery files in `folder` (0 when none)."""
+    return max((int(name.split("-")[1].split(".")[0]) for name in os.listdir(folder)
+                if _OWN_FILE.fullmatch(name)), default=0)
 
 
 def iter_live_rows(folder: str, manifest: Manifest, chunk_rows: int = 65536

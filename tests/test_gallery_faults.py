@@ -197,6 +197,18 @@ def test_a_manifest_that_is_not_an_object_or_misses_a_field_is_named(tmp_path):
     one_line_error(folder, "manifest.json: missing field 'bytes' in segment 1")
 
 
+def test_a_gallery_with_a_damaged_manifest_can_be_rebuilt_over(tmp_path):
+    folder, _ = saved(tmp_path)
+    edit_manifest(folder, set_in(("segments", 0, "rows"), "many"))
+    feats, entries = clustered(3, 2, seed=8)
+    with Gallery.create(folder, MODEL, overwrite=True) as gallery:
+        gallery.add(feats, entries)
+        gallery.save()
+        assert gallery.manifest.segments[0].name == "seg-000002.npy"  # not the old file's name
+    assert sorted(os.listdir(folder)) == ["manifest.json", "seg-000002.csv", "seg-000002.npy"]
+    assert [e.path for e in Gallery.open(folder).entries] == [e.path for e in entries]
+
+
 # -------------------------------------------------------------- paths that leave the folder
 @pytest.mark.parametrize("keys, outside", [
     (("segments", 0, "name"), "../x/seg-000001.npy"),

@@ -1,7 +1,7 @@
 """A lasting gallery of known identities: build it, add to it, remove from it, search it.
 
-python tools/gallery.py build  --gallery DIR --config_file CONFIG --weight MODEL.pth --images SRC [--label NAME]
-python tools/gallery.py add    --gallery DIR --config_file CONFIG --weight MODEL.pth --images SRC [--label NAME]
+python tools/gallery.py build  --gallery DIR --config_file CONFIG --weight MODEL.pth --images SRC [--label NAME] [--allow-duplicates]
+python tools/gallery.py add    --gallery DIR --config_file CONFIG --weight MODEL.pth --images SRC [--label NAME] [--allow-duplicates]
 python tools/gallery.py remove --gallery DIR (--label NAME | --path IMAGE) [--compact]
 python tools/gallery.py search --gallery DIR --config_file CONFIG --weight MODEL.pth --query SRC [--topk K]
 python tools/gallery.py info   --gallery DIR
