@@ -29,6 +29,7 @@ _NAMED = {"segment": re.compile(r"seg-(\d{6})\.npy"), "tombstones": re.compile(r
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 REBUILD_HINT = "rebuild it with tools/gallery.py build (or restore the folder from a backup)"
 MAX_DISTANCE = 2.0  # cosine distance of opposite unit rows
+_MAX_NPY_HEADER = 65536  # a .npy header of format 1.0, which np.save writes for these rows
 
 
 class GalleryError(ToolError):
@@ -112,7 +113,7 @@ def read_manifest(folder: str) -> Manifest:
     try:
         with open(path, "rb") as handle:
             raw = json.loads(handle.read().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, or nested too deep
         raise GalleryError(f"gallery '{folder}' is damaged: {MANIFEST} cannot be read "
                            f"({type(err).__name__}: {err}); {REBUILD_HINT}") from None
     try:
@@ -203,6 +204,10 @@ def _segments(raw: object, manifest: Manifest, required: bool) -> List[Segment]:
         _file(values["name"], f"field 'name' of {where}", "segment", manifest.generation)
         for key in ("sha256", "entries_sha256"):
             _digest(values.get(key), f"field '{key}' of {where}", required)
+        data = values["rows"] * manifest.dim * 4  # float32 rows after a .npy header
+        if not data <= values["bytes"] <= data + _MAX_NPY_HEADER:
+            raise _Invalid(f"{where} holds {values['rows']} rows of {manifest.dim}-d float32 "
+                           f"features, which do not fit its {values['bytes']} bytes")
         if next_row is not None and values["first_row"] != next_row:
             raise _Invalid(f"{where} starts at row {values['first_row']}, not at {next_row} "
                            "where the one before it ends")
@@ -250,6 +255,9 @@ def checked_manifest(raw: object) -> Manifest:
     check_threshold(values.get("threshold"), values.get("threshold_far"), _Invalid)
     manifest = Manifest(**{**values, "segments": []})
     manifest.segments = _segments(values.get("segments", []), manifest, required)
+    if manifest.num_tombstones > manifest.next_row:
+        raise _Invalid(f"field 'num_tombstones' is {manifest.num_tombstones}, more than the "
+                       f"{manifest.next_row} rows")
     if manifest.tombstones is None:
         if manifest.num_tombstones:
             raise _Invalid(f"field 'num_tombstones' is {manifest.num_tombstones} without a "

@@ -158,6 +158,9 @@ def set_in(keys, value):
 
 BAD_FIELDS = [
     (("segments", 0, "rows"), "many", r"field 'rows' of segment 1 is 'many', not an integer"),
+    (("segments", 0, "rows"), 10 ** 12, r"segment 1 holds 1000000000000 rows of 24-d float32 "
+                                         r"features, which do not fit its \d+ bytes"),
+    (("num_tombstones",), 13, r"field 'num_tombstones' is 13, more than the 12 rows"),
     (("threshold",), "x", r"field 'threshold' is 'x', not a finite number in \[0, 2\]"),
     (("threshold",), 3.0, r"field 'threshold' is 3.0, not a finite number"),
     (("threshold",), -0.5, r"field 'threshold' is -0.5"),
