@@ -30,7 +30,7 @@ from utils.verification import VerificationResult, self_verification
 
 from . import gallery_store as store
 from . import saved_index
-from .gallery_manifest import check_threshold
+from .gallery_manifest import MAX_DISTANCE, check_threshold
 from .gallery_store import Entry, GalleryError, Manifest
 from .vector_index import EXACT, FeatureMatrix, GallerySearch
 
@@ -288,7 +288,8 @@ class Gallery:
         except ValueError as err:
             raise GalleryError(f"cannot calibrate gallery '{self.folder}': {err}; enrol "
                                "identities seen by two cameras, or set the threshold") from None
-        self.set_threshold(result.threshold, target_far)
+        # Clipped: a distance of unit rows computed in float32 can stray just outside [0, 2].
+        self.set_threshold(min(max(float(result.threshold), 0.0), MAX_DISTANCE), target_far)
         logger.info("Threshold %.4f for FAR %g from %d genuine and %d impostor pairs (TAR %.1f%%)",
                     result.threshold, target_far, result.num_genuine, result.num_impostor,
                     100 * result.tar_at_far[target_far])

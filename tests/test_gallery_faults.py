@@ -10,11 +10,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from deploy import digests, gallery_store, vector_index
+from deploy import gallery as gallery_module, gallery_store, vector_index
 from deploy.gallery import Gallery
 from deploy.gallery_store import Entry, GalleryError
 from tools import gallery as gallery_tool
@@ -326,6 +327,15 @@ def test_set_threshold_refuses_what_is_no_cosine_distance_or_rate(tmp_path, thre
             gallery.set_threshold(threshold, far)
         gallery.set_threshold(2, 1.0)  # the ends of the ranges are values
         assert gallery.threshold == 2.0
+
+
+def test_a_calibrated_threshold_a_rounding_error_below_zero_is_zero(tmp_path, monkeypatch):
+    folder, _ = saved(tmp_path)
+    result = SimpleNamespace(threshold=-1e-7, num_genuine=1, num_impostor=1, tar_at_far={0.1: 1.0})
+    monkeypatch.setattr(gallery_module, "self_verification", lambda *args: result)
+    with Gallery.open(folder, writable=True) as gallery:
+        gallery.calibrate(target_far=0.1)
+        assert gallery.threshold == 0.0
 
 
 @pytest.mark.parametrize("option, value", [("--threshold", "-1"), ("--threshold", "nan"),
