@@ -376,7 +376,7 @@ def test_a_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
 def test_faiss_errors_are_a_warning_and_other_errors_name_the_index(tmp_path, monkeypatch, caplog):
     folder = str(tmp_path / "g")
     feats, entries = clustered(100, 4, seed=3)
-    with new_gallery(folder, feats, entries, index="pq") as gallery:
+    with new_gallery(folder, feats, entries, index="hnsw") as gallery:
         gallery.save_index()
         name = gallery.manifest.ann["name"]
     faiss = vector_index.import_faiss()
