@@ -13,14 +13,17 @@ from .gallery_store import Entry, GalleryError
 
 
 def add_images(gallery: Gallery, extractor, records: Sequence[ImageRecord],
-               label: Optional[str] = None) -> int:
+               label: Optional[str] = None, allow_duplicates: bool = False) -> int:
     """Enrol images: each labelled `label`, else by its own identity (a Market-style name or
     a list file's pid); camera from the record. An unreadable image stops the enrolment
-    (nothing is added) with its name."""
+    (nothing is added) with its name; so does an image the gallery holds already, or one given
+    twice (before any feature is computed), unless `allow_duplicates`."""
     check_extractor(gallery, extractor)
     entries = [Entry(label if label is not None else _record_label(r), os.path.abspath(r.path),
                      r.camid) for r in records]
-    gallery.add(extractor.extract_records(records, desc="gallery features"), entries)
+    gallery.check_new_paths([e.path for e in entries], allow_duplicates)
+    gallery.add(extractor.extract_records(records, desc="gallery features"), entries,
+                allow_duplicates)
     return len(entries)
 
 

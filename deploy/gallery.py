@@ -20,7 +20,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -29,8 +29,10 @@ from utils.errors import ToolError
 from utils.verification import VerificationResult, self_verification
 
 from . import gallery_store as store
+from . import saved_index
+from .gallery_manifest import MAX_DISTANCE, check_threshold
 from .gallery_store import Entry, GalleryError, Manifest
-from .vector_index import EXACT, ApproximateIndex, FeatureMatrix, GallerySearch
+from .vector_index import EXACT, FeatureMatrix, GallerySearch
 
 logger = logging.getLogger("transreid.gallery")
 
@@ -65,6 +67,7 @@ class Gallery:
         self.row_ids = np.zeros(0, np.int64)  # global id of each row; unsaved rows: ids >= next_row
         self.removed = np.zeros(0, np.int64)  # saved rows removed since (the tombstones)
         self._next_id = manifest.next_row
+        self._paths: Optional[Set[str]] = None  # the entries' image paths, built when first needed
         self._lock: Optional[store.FileLock] = None
         self._dirty = False
 
@@ -77,17 +80,22 @@ class Gallery:
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as err:
-            raise GalleryError(f"cannot create gallery '{folder}' ({err.strerror}: "
-                               f"'{err.filename}'); choose another --gallery") from None
+            problem = ("it is a file, not a folder" if os.path.isfile(folder)
+                       else f"{err.strerror}: '{err.filename}'")
+            raise GalleryError(f"cannot create gallery '{folder}' ({problem}); choose another "
+                               "--gallery") from None
         gallery = cls(folder, Manifest(dim=0, provenance=provenance, index=index))
+        used_before = os.path.exists(os.path.join(folder, store.LOCK_FILE))
         gallery._lock_folder()
-        if store.is_gallery(folder):
-            if not overwrite:
-                gallery.close()
-                raise GalleryError(f"'{folder}' is already a gallery; add to it with "
-                                   "tools/gallery.py add, or pass --overwrite to replace it")
-            # Later file names must not collide with the old gallery's, which stay until saved.
-            gallery.manifest.generation = store.read_manifest(folder).generation
+        if used_before or store.is_gallery(folder):  # a gallery's writer worked here
+            store.remove_stale_temp_files(folder)
+        if store.is_gallery(folder) and not overwrite:
+            gallery.close()
+            raise GalleryError(f"'{folder}' is already a gallery; add to it with "
+                               "tools/gallery.py add, or pass --overwrite to replace it")
+        # Later file names must not collide with the files there (the old gallery's stay until
+        # saved); its manifest, which may be damaged, is not read.
+        gallery.manifest.generation = store.highest_generation(folder)
         gallery._dirty = True
         return gallery
 
@@ -103,11 +111,15 @@ class Gallery:
             gallery = cls(folder, store.read_manifest(folder) if writable else manifest, index)
             gallery._lock = lock
             if writable:
-                store.remove_unlisted_files(folder, gallery.manifest)
+                store.clean_folder(folder, gallery.manifest)
             gallery._load()
-        except BaseException:
+        except BaseException as err:
             if lock is not None:
                 lock.release()
+            if isinstance(err, OSError):  # unreadable (permissions, I/O): name the file
+                raise GalleryError(f"gallery '{folder}': cannot use '{err.filename or folder}' "
+                                   f"({err.strerror or err}); check it, or {store.REBUILD_HINT}"
+                                   ) from None
             raise
         return gallery
 
@@ -115,6 +127,7 @@ class Gallery:
         self._lock = store.lock_gallery(self.folder)
 
     def _load(self) -> None:
+        store.warn_unverified(self.folder, self.manifest)
         live = sum(s.rows for s in self.manifest.segments) - self.manifest.num_tombstones
         # Allocated once: loading never copies the features.
         self.matrix = FeatureMatrix(self.manifest.dim)
@@ -126,27 +139,11 @@ class Gallery:
             ids.append(row_ids)
         self.row_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         self.removed = store.read_tombstones(self.folder, self.manifest)
-        if self.index_kind != EXACT:
-            self._read_index_file()
+        if self.index_kind != EXACT:  # the saved index, extended with the rows added since
+            self.searcher.approximate = saved_index.read(self.folder, self.manifest,
+                                                         self.index_kind, self.matrix)
         logger.info("Gallery '%s': %d entries of %d-d features (%s search)", self.folder,
                     len(self), self.manifest.dim, self.index_kind)
-
-    def _read_index_file(self) -> None:
-        """The saved approximate index, extended with the rows added since it was written."""
-        path = store.usable_index_file(self.folder, self.manifest, self.index_kind, len(self))
-        if path is None:
-            return
-        covered = int(self.manifest.ann["rows"])
-        index = ApproximateIndex.read(self.index_kind, path, self.matrix,
-                                      int(self.manifest.ann.get("built_from", covered)))
-        if index is None:
-            return
-        if len(index) != covered:
-            logger.warning("gallery '%s': the saved index holds %d rows, the manifest says %d; "
-                           "building it again", self.folder, len(index), covered)
-            return
-        index.add(self.matrix.rows[covered:])
-        self.searcher.approximate = index
 
     def close(self) -> None:
         """Release the write lock (unsaved changes are dropped: call `save` first)."""
@@ -201,22 +198,43 @@ class Gallery:
             raise GalleryError(f"gallery '{self.folder}' was opened read-only; open it with "
                                f"writable=True to {what}")
 
-    def add(self, features, entries: Sequence[Entry]) -> None:
-        """Enrol rows of features (N x D, normalised here) with one entry each."""
+    def add(self, features, entries: Sequence[Entry], allow_duplicates: bool = False) -> None:
+        """Enrol rows of features (N x D, normalised here) with one entry each. An image path
+        the gallery holds, or one given twice, is refused unless `allow_duplicates`."""
         self._require_writable("add entries")
         features = store.unit_rows(features)
         if len(features) != len(entries):
             raise GalleryError(f"{len(features)} feature rows but {len(entries)} entries")
         self.check_dim(features.shape[1], "the features to add are")
+        self.check_new_paths([e.path for e in entries], allow_duplicates)
         if not self.dim:
             self.manifest.dim = features.shape[1]
             self.matrix = FeatureMatrix(self.dim)
         self.matrix.add(features)
         self.entries.extend(entries)
+        if self._paths is not None:
+            self._paths.update(e.path for e in entries if e.path)
         self.row_ids = np.concatenate([self.row_ids, self._next_id + np.arange(len(features))])
         self._next_id += len(features)
         self.searcher.added(features)
         self._dirty = True
+
+    def check_new_paths(self, paths: Sequence[str], allow_duplicates: bool = False) -> None:
+        """Refuse images the gallery holds already, or given twice (an image enrolled twice
+        fills its own top 2), unless `allow_duplicates`. Paths compare as written (enrolment
+        writes absolute ones); an empty path is no image and never a duplicate."""
+        if allow_duplicates:
+            return
+        if self._paths is None:
+            self._paths = {e.path for e in self.entries if e.path}
+        given: Set[str] = set()
+        for path in paths:
+            if path and (path in self._paths or path in given):
+                where = "is already in" if path in self._paths else "is given twice for"
+                raise GalleryError(
+                    f"'{path}' {where} gallery '{self.folder}'; remove it first (tools/gallery.py "
+                    "remove --path), or pass --allow-duplicates (allow_duplicates=True)")
+            given.add(path)
 
     def remove(self, label: Optional[str] = None, path: Optional[str] = None) -> int:
         """Remove every entry of `label`, or the entries of image `path`; returns how many. A
@@ -239,6 +257,7 @@ class Gallery:
         self.matrix.keep(~gone)
         self.entries = [e for e, g in zip(self.entries, gone) if not g]
         self.row_ids = self.row_ids[~gone]
+        self._paths = None  # rebuilt when next needed (a removed path may be enrolled again)
         self.searcher.approximate = None  # rebuilt when next searched: positions have moved
         self._dirty = True
         return int(gone.sum())
@@ -246,6 +265,11 @@ class Gallery:
     def set_threshold(self, threshold: float, far: Optional[float]) -> None:
         """The cosine distance at and below which a hit is a match, and the FAR it stands for."""
         self._require_writable("set its threshold")
+        try:
+            check_threshold(threshold, far, names=("the threshold (a cosine distance, 1 - cos)",
+                                                   "the false-accept rate it stands for"))
+        except GalleryError as err:
+            raise GalleryError(f"gallery '{self.folder}': {err}") from None
         self.manifest.threshold = float(threshold)
         self.manifest.threshold_far = None if far is None else float(far)
         self._dirty = True
@@ -264,7 +288,8 @@ class Gallery:
         except ValueError as err:
             raise GalleryError(f"cannot calibrate gallery '{self.folder}': {err}; enrol "
                                "identities seen by two cameras, or set the threshold") from None
-        self.set_threshold(result.threshold, target_far)
+        # Clipped: a distance of unit rows computed in float32 can stray just outside [0, 2].
+        self.set_threshold(min(max(float(result.threshold), 0.0), MAX_DISTANCE), target_far)
         logger.info("Threshold %.4f for FAR %g from %d genuine and %d impostor pairs (TAR %.1f%%)",
                     result.threshold, target_far, result.num_genuine, result.num_impostor,
                     100 * result.tar_at_far[target_far])
@@ -310,12 +335,8 @@ class Gallery:
     def index_file_stale(self, fraction: float = 0.1) -> bool:
         """Whether the saved approximate index is missing, of another kind or out of date, or
         leaves more than `fraction` of the rows to be added at each load."""
-        ann = self.manifest.ann
-        if self.index_kind == EXACT:
-            return False
-        if store.usable_index_file(self.folder, self.manifest, self.index_kind, len(self)) is None:
-            return True
-        return len(self) - int(ann["rows"]) > fraction * int(ann["rows"])
+        return self.index_kind != EXACT and saved_index.stale(
+            self.folder, self.manifest, self.index_kind, len(self), fraction)
 
     def save_index(self) -> None:
         """Save the approximate index (building it if needed), so that loading the gallery reads
@@ -329,7 +350,7 @@ class Gallery:
             raise GalleryError(f"gallery '{self.folder}' has unsaved changes; save() first")
         index = self.searcher.index(self.matrix)
         manifest = copy.deepcopy(self.manifest)
-        store.write_index_file(self.folder, manifest, self.index_kind, len(index),
+        saved_index.write_file(self.folder, manifest, self.index_kind, len(index),
                                index.built_from, index.write)
         store.write_manifest(self.folder, manifest)
         self.manifest = manifest

@@ -13,41 +13,39 @@ into one segment when tombstones or segments pile up.
 
 Every file is written under a fresh name (atomically), and the manifest, renamed over the old
 one last, is what makes them part of the gallery: a save killed at any point leaves the previous
-manifest, which names only complete files. Files that no manifest names are removed by the next
-writer (which holds the folder's lock, so none of them is being written).
+manifest, which names only complete files. Files that no manifest names, and the temporary
+files of a save killed before its rename, are removed by the next writer (which holds the
+folder's lock, so none of them is being written).
+
+Each file's SHA-256 is recorded in the manifest as it is written and checked as it is read back
+(`deploy.digests`), so a file changed on disk since, even at the same size, is named instead of
+searched. What the manifest itself must hold is checked first (`deploy.gallery_manifest`).
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
-import json
 import logging
 import os
-import re
 import sys
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Set, Tuple
 
 import numpy as np
 import torch
 
-from utils.errors import ToolError
 from utils.file_lock import FileLock, describe_holder
-from utils.files import atomic_output, atomic_write, atomic_write_text, fsync_path
+from utils.files import atomic_write, atomic_write_text, file_sha256, remove_stale_temp_files
+
+from .digests import BackgroundDigest, HashingReader, HashingWriter, needs_check, remember_good
+from .gallery_manifest import (FORMAT, MANIFEST, OWN_FILE, REBUILD_HINT, VERSION,  # noqa: F401
+                               GalleryError, Manifest, Segment, is_gallery, manifest_path,
+                               read_manifest)
 
 logger = logging.getLogger("transreid.gallery")
 
-FORMAT = "transreid-gallery"
-VERSION = 1
-MANIFEST = "manifest.json"
 ENTRY_COLUMNS = ("label", "path", "camera")
-# Files of a gallery folder; anything else in it is the user's and is never touched.
-_OWN_FILE = re.compile(r"(seg|tomb)-\d{6}\.(npy|csv)|ann-\d{6}\.faiss")
-REBUILD_HINT = "rebuild it with tools/gallery.py build (or restore the folder from a backup)"
-
-
-class GalleryError(ToolError):
-    """A gallery folder that cannot be used as asked; the message names it and the fix."""
+_OWN_FILE = OWN_FILE  # files of a gallery folder; anything else in it is the user's
 
 
 class Entry(NamedTuple):
@@ -58,82 +56,15 @@ class Entry(NamedTuple):
     camera: Optional[int] = None
 
 
-@dataclass
-class Segment:
-    """One feature file and its entries: global ids first_row .. first_row + rows - 1."""
-    name: str
-    first_row: int
-    rows: int
-    bytes: int
-    entries_bytes: int
-
-    @property
-    def entries_name(self) -> str:
-        return os.path.splitext(self.name)[0] + ".csv"
+def _damaged(path: str) -> GalleryError:
+    return GalleryError(f"'{path}' is damaged: its SHA-256 is not the one {MANIFEST} recorded "
+                        f"(its bytes changed since it was saved); {REBUILD_HINT}")
 
 
-@dataclass
-class Manifest:
-    """The contents of manifest.json."""
-    dim: int
-    provenance: Optional[Dict[str, object]]
-    index: str = "flat"
-    threshold: Optional[float] = None
-    threshold_far: Optional[float] = None
-    next_row: int = 0
-    generation: int = 0
-    segments: List[Segment] = field(default_factory=list)
-    tombstones: Optional[str] = None
-    num_tombstones: int = 0
-    # The saved approximate index, if any: {name, kind, rows, built_from, num_tombstones, bytes}:
-    # it holds the first `rows` live rows as they were with `num_tombstones` removed rows.
-    ann: Optional[Dict[str, object]] = None
-
-    def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "version": VERSION, **asdict(self)}, indent=1)
-
-    def file_name(self, kind: str, suffix: str) -> str:
-        """A name no file of this gallery has had: the next generation's."""
-        self.generation += 1
-        return f"{kind}-{self.generation:06d}{suffix}"
-
-    def files(self) -> List[str]:
-        names = [n for s in self.segments for n in (s.name, s.entries_name)]
-        return (names + ([self.tombstones] if self.tombstones else [])
-                + ([str(self.ann["name"])] if self.ann else []))
-
-
-def manifest_path(folder: str) -> str:
-    return os.path.join(folder, MANIFEST)
-
-
-def is_gallery(folder: str) -> bool:
-    return os.path.isfile(manifest_path(folder))
-
-
-def read_manifest(folder: str) -> Manifest:
-    """The manifest of `folder`, checked; a GalleryError in one line when it is missing or damaged."""
-    path = manifest_path(folder)
-    if not os.path.isdir(folder):
-        raise GalleryError(f"gallery '{folder}' does not exist; create it with tools/gallery.py build")
-    if not os.path.isfile(path):
-        raise GalleryError(f"'{folder}' is not a gallery (it has no {MANIFEST}); create one with "
-                           "tools/gallery.py build")
-    try:
-        with open(path) as handle:
-            raw = json.load(handle)
-        if raw.pop("format") != FORMAT:
-            raise ValueError("not a gallery manifest")
-        if raw.pop("version") > VERSION:
-            raise GalleryError(f"gallery '{folder}' was written by a newer version of this "
-                               f"code (format {VERSION} here); update the code")
-        segments = [Segment(**s) for s in raw.pop("segments")]
-        return Manifest(**raw, segments=segments)
-    except GalleryError:
-        raise
-    except (ValueError, KeyError, TypeError) as err:
-        raise GalleryError(f"gallery '{folder}' is damaged: {MANIFEST} cannot be read "
-                           f"({type(err).__name__}: {err}); {REBUILD_HINT}") from None
+def _check_digest(path: str, expected: str, actual: str) -> None:
+    if actual != expected:
+        raise _damaged(path)
+    remember_good(path, expected)
 
 
 def _checked_size(folder: str, name: str, expected: int) -> str:
@@ -151,7 +82,8 @@ def _checked_size(folder: str, name: str, expected: int) -> str:
 
 
 def read_segment(folder: str, manifest: Manifest, segment: Segment) -> Tuple[np.ndarray, List[Entry]]:
-    """A segment's features (memory-mapped, read-only) and entries, checked against the manifest."""
+    """A segment's features (memory-mapped, read-only: their SHA-256 is checked by
+    `iter_live_rows` as it copies them) and entries (checked here), checked against the manifest."""
     path = _checked_size(folder, segment.name, segment.bytes)
     entries_path = _checked_size(folder, segment.entries_name, segment.entries_bytes)
     try:
@@ -163,27 +95,39 @@ def read_segment(folder: str, manifest: Manifest, segment: Segment) -> Tuple[np.
         raise GalleryError(f"gallery '{folder}' is damaged: '{segment.name}' holds "
                            f"{features.dtype} {features.shape}, {MANIFEST} says float32 "
                            f"({segment.rows}, {manifest.dim}); {REBUILD_HINT}")
-    entries = read_entries(entries_path)
+    entries = read_entries(entries_path, segment.entries_sha256)
     if len(entries) != segment.rows:
         raise GalleryError(f"gallery '{folder}' is damaged: '{segment.entries_name}' lists "
                            f"{len(entries)} entries for {segment.rows} features; {REBUILD_HINT}")
     return features, entries
 
 
-def read_entries(path: str) -> List[Entry]:
+def read_entries(path: str, sha256: Optional[str] = None) -> List[Entry]:
+    """The entries of a segment's .csv, hashed as they are read when `sha256` is given."""
+    with open(path, "rb") as raw:
+        hashing = HashingReader(raw) if needs_check(path, sha256) else None
+        text = io.TextIOWrapper(io.BufferedReader(hashing) if hashing else raw,
+                                encoding="utf-8", newline="")
+        entries = _parse_entries(path, text)
+        if hashing is not None:
+            text.read()  # the rest, if any, to hash the whole file
+            _check_digest(path, sha256, hashing.hexdigest())
+    return entries
+
+
+def _parse_entries(path: str, text) -> List[Entry]:
     # Row by row, not a list of all rows first: each row's strings are freed as the next is
     # read, instead of leaving the allocator's arenas holding a million of them (2% of the
     # features' memory). Interned: the views of one identity share one label string.
-    with open(path, newline="") as handle:
-        rows = csv.reader(handle)
+    try:
+        rows = csv.reader(text)
         if tuple(next(rows, ())) != ENTRY_COLUMNS:
             raise GalleryError(f"'{path}' is not a gallery entry list (its header is not "
                                f"{','.join(ENTRY_COLUMNS)}); {REBUILD_HINT}")
-        try:
-            return [Entry(sys.intern(label), path_, int(camera) if camera else None)
-                    for label, path_, camera in rows]
-        except ValueError as err:  # a row of another width, or a camera that is not a number
-            raise GalleryError(f"'{path}' is damaged ({err}); {REBUILD_HINT}") from None
+        return [Entry(sys.intern(label), path_, int(camera) if camera else None)
+                for label, path_, camera in rows]
+    except (ValueError, csv.Error) as err:  # another width, a camera not a number, not UTF-8
+        raise GalleryError(f"'{path}' is damaged ({err}); {REBUILD_HINT}") from None
 
 
 def read_tombstones(folder: str, manifest: Manifest) -> np.ndarray:
@@ -192,28 +136,45 @@ def read_tombstones(folder: str, manifest: Manifest) -> np.ndarray:
         return np.zeros(0, np.int64)
     path = os.path.join(folder, manifest.tombstones)
     try:
-        ids = np.load(path, allow_pickle=False)
+        with open(path, "rb") as handle:
+            data = handle.read()
+        if needs_check(path, manifest.tombstones_sha256):
+            _check_digest(path, manifest.tombstones_sha256, hashlib.sha256(data).hexdigest())
+        ids = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError) as err:
         raise GalleryError(f"gallery '{folder}' is damaged: '{manifest.tombstones}' cannot be "
                            f"read ({err}); {REBUILD_HINT}") from None
-    if ids.shape != (manifest.num_tombstones,):
+    if ids.shape != (manifest.num_tombstones,) or ids.dtype.kind not in "iu":
         raise GalleryError(f"gallery '{folder}' is damaged: '{manifest.tombstones}' holds "
-                           f"{ids.shape} ids, {MANIFEST} says {manifest.num_tombstones}; "
+                           f"{ids.dtype} {ids.shape} ids, {MANIFEST} says {manifest.num_tombstones}; "
                            f"{REBUILD_HINT}")
     return np.sort(ids.astype(np.int64))
+
+
+def _save_array(path: str, array: np.ndarray) -> Tuple[int, str]:
+    """(size, SHA-256) of `array` written as the .npy file `path` (atomically)."""
+    digest = []
+
+    def write(handle) -> None:
+        hashing = HashingWriter(handle)
+        np.save(hashing, array)
+        digest.append(hashing.hexdigest())
+
+    size = atomic_write(path, write)
+    return size, digest[0]
 
 
 def write_segment(folder: str, manifest: Manifest, features: np.ndarray,
                   entries: List[Entry]) -> Segment:
     """A new segment file pair for rows next_row .. (added to `manifest`, not yet saved)."""
     name = manifest.file_name("seg", ".npy")
-    size = atomic_write(os.path.join(folder, name),
-                         lambda h: np.save(h, np.ascontiguousarray(features, dtype=np.float32)))
-    segment = Segment(name, manifest.next_row, len(features), size, 0)
-
+    size, sha256 = _save_array(os.path.join(folder, name),
+                               np.ascontiguousarray(features, dtype=np.float32))
+    segment = Segment(name, manifest.next_row, len(features), size, 0, sha256)
     text = _entries_csv(entries).encode()
     segment.entries_bytes = atomic_write(os.path.join(folder, segment.entries_name),
-                                          lambda h: h.write(text))
+                                         lambda h: h.write(text))
+    segment.entries_sha256 = hashlib.sha256(text).hexdigest()
     manifest.segments.append(segment)
     manifest.next_row += len(features)
     return segment
@@ -230,44 +191,54 @@ def _entries_csv(entries: List[Entry]) -> str:
 def write_tombstones(folder: str, manifest: Manifest, ids: np.ndarray) -> None:
     """A new tombstone file of `ids` (all removed rows), named in `manifest` (not yet saved)."""
     if len(ids) == 0:
-        manifest.tombstones, manifest.num_tombstones = None, 0
+        manifest.tombstones, manifest.num_tombstones, manifest.tombstones_sha256 = None, 0, None
         return
     name = manifest.file_name("tomb", ".npy")
-    atomic_write(os.path.join(folder, name), lambda h: np.save(h, ids.astype(np.int64)))
+    _, manifest.tombstones_sha256 = _save_array(os.path.join(folder, name), ids.astype(np.int64))
     manifest.tombstones, manifest.num_tombstones = name, len(ids)
-
-
-def write_index_file(folder: str, manifest: Manifest, kind: str, rows: int, built_from: int,
-                     write: Callable[[str], None]) -> None:
-    """A new approximate-index file, `write(path)` of an index of the first `rows` live rows
-    (built, or trained, from the first `built_from`), named in `manifest` (not yet saved)."""
-    name = manifest.file_name("ann", ".faiss")
-    with atomic_output(os.path.join(folder, name)) as tmp_path:
-        write(tmp_path)
-        fsync_path(tmp_path)
-        size = os.path.getsize(tmp_path)
-    manifest.ann = {"name": name, "kind": kind, "rows": rows, "built_from": built_from,
-                    "num_tombstones": manifest.num_tombstones, "bytes": size}
-
-
-def usable_index_file(folder: str, manifest: Manifest, kind: str, live_rows: int) -> Optional[str]:
-    """The path of the saved approximate index when it still describes the gallery's first rows
-    (no row removed since it was written), else None."""
-    ann = manifest.ann
-    if not ann or ann["kind"] != kind or ann["num_tombstones"] != manifest.num_tombstones \
-            or int(ann["rows"]) > live_rows:
-        return None
-    path = os.path.join(folder, str(ann["name"]))
-    if not os.path.isfile(path) or os.path.getsize(path) != ann["bytes"]:
-        logger.warning("gallery '%s': the saved %s index '%s' is missing or damaged; building "
-                       "it again", folder, kind, ann["name"])
-        return None
-    return path
 
 
 def write_manifest(folder: str, manifest: Manifest) -> None:
     """The commit point of a save: the new manifest replaces the old one in one rename."""
+    _add_missing_digests(folder, manifest)
     atomic_write_text(manifest_path(folder), manifest.to_json())
+    remove_unlisted_files(folder, manifest)
+
+
+def _add_missing_digests(folder: str, manifest: Manifest) -> None:
+    """Record the SHA-256 of the files a format 1 gallery saved without one."""
+    missing = manifest.unverified()
+    if missing:
+        logger.info("gallery '%s': recording the SHA-256 of %d file(s) saved without one",
+                    folder, len(missing))
+    digest = {name: file_sha256(os.path.join(folder, name)) for name in missing}
+    for segment in manifest.segments:
+        segment.sha256 = segment.sha256 or digest[segment.name]
+        segment.entries_sha256 = segment.entries_sha256 or digest[segment.entries_name]
+    if manifest.tombstones:
+        manifest.tombstones_sha256 = manifest.tombstones_sha256 or digest[manifest.tombstones]
+    if manifest.ann:
+        manifest.ann["sha256"] = manifest.ann.get("sha256") or digest[str(manifest.ann["name"])]
+
+
+_WARNED_UNVERIFIED: Set[str] = set()
+
+
+def warn_unverified(folder: str, manifest: Manifest) -> None:
+    """Say once per folder that a gallery saved before checksums were recorded is read as is."""
+    missing = manifest.unverified()
+    key = os.path.realpath(folder)
+    if missing and key not in _WARNED_UNVERIFIED:
+        _WARNED_UNVERIFIED.add(key)
+        logger.warning("gallery '%s' was saved without checksums (before they were recorded): "
+                       "its %d file(s) are read unverified; saving it again records them "
+                       "(tools/gallery.py add or remove, or Gallery.save())", folder, len(missing))
+
+
+def clean_folder(folder: str, manifest: Manifest) -> None:
+    """Remove what killed saves left: their temporary files and the gallery files that
+    `manifest` does not name. Call it only while holding the gallery's lock."""
+    remove_stale_temp_files(folder)
     remove_unlisted_files(folder, manifest)
 
 
@@ -284,20 +255,49 @@ def remove_unlisted_files(folder: str, manifest: Manifest) -> List[str]:
     return removed
 
 
+def highest_generation(folder: str) -> int:
+    """The largest number in the names of the gallery files in `folder` (0 when none)."""
+    return max((int(name.split("-")[1].split(".")[0]) for name in os.listdir(folder)
+                if _OWN_FILE.fullmatch(name)), default=0)
+
+
 def iter_live_rows(folder: str, manifest: Manifest, chunk_rows: int = 65536
                    ) -> Iterator[Tuple[np.ndarray, List[Entry], np.ndarray]]:
     """(features, entries, global ids) of the rows not removed, segment by segment, a chunk at a
-    time (features as float32 copies of the memory-mapped file)."""
+    time (features as float32 copies of the memory-mapped file). Each segment's SHA-256 is
+    computed as its chunks are copied and checked after its last one (a GalleryError then):
+    read to the end before using what was yielded."""
     removed = read_tombstones(folder, manifest)
     for segment in manifest.segments:
         features, entries = read_segment(folder, manifest, segment)
-        for start in range(0, segment.rows, chunk_rows):
-            stop = min(start + chunk_rows, segment.rows)
-            ids = np.arange(segment.first_row + start, segment.first_row + stop)
-            keep = ~np.isin(ids, removed, assume_unique=True)
-            rows = np.flatnonzero(keep)
-            yield (np.asarray(features[start:stop][keep]), [entries[start + i] for i in rows],
-                   ids[keep])
+        path = os.path.join(folder, segment.name)
+        digest = _segment_digest(path, features, segment.sha256)
+        try:
+            for start in range(0, segment.rows, chunk_rows):
+                stop = min(start + chunk_rows, segment.rows)
+                if digest is not None:
+                    digest.update(features[start:stop])
+                ids = np.arange(segment.first_row + start, segment.first_row + stop)
+                keep = ~np.isin(ids, removed, assume_unique=True)
+                rows = np.flatnonzero(keep)
+                yield (np.asarray(features[start:stop][keep]), [entries[start + i] for i in rows],
+                       ids[keep])
+        except BaseException:
+            if digest is not None:
+                digest.close()
+            raise
+        if digest is not None:
+            _check_digest(path, segment.sha256, digest.hexdigest())
+
+
+def _segment_digest(path: str, features: np.ndarray, expected: Optional[str]
+                    ) -> Optional[BackgroundDigest]:
+    """A digest of the .npy file `path` started with its header, to be fed `features`' rows;
+    None when there is nothing to check."""
+    if not needs_check(path, expected):
+        return None
+    with open(path, "rb") as handle:
+        return BackgroundDigest(handle.read(features.offset))
 
 
 LOCK_FILE = ".gallery.lock"

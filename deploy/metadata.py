@@ -9,7 +9,6 @@ handling, flip, precision, and the provenance of the PyTorch features it reprodu
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import numpy as np
 from config import ConfigError, load_config, switches
 from model.trained import SideInfoCounts
 from utils.errors import ToolError
+from utils.files import file_identity
 
 from .formats import LABELLED, PORTABLE, PRECISIONS, backend_module, resolve_format
 
@@ -144,30 +144,20 @@ def read_metadata(path: str) -> DeployMetadata:
 _INSPECTED: Dict[tuple, tuple] = {}
 
 
+def _identity_or_none(path: str) -> tuple:
+    try:
+        return file_identity(path)
+    except OSError:
+        return (None,)
+
+
 def _inspected(path: str, fmt) -> tuple:
     """(metadata text, a function giving the weights' SHA-256) of an exported file."""
-    key = tuple((name, *_identity(name)) for name in fmt.files(path))
+    key = tuple((name, *_identity_or_none(name)) for name in fmt.files(path))
     if key not in _INSPECTED:
         text, digest = backend_module(fmt).inspect(path)
         _INSPECTED[key] = (text, functools.lru_cache(maxsize=1)(digest))
     return _INSPECTED[key]
-
-
-def _identity(path: str) -> tuple:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return (None,)
-    return info.st_size, info.st_mtime_ns, info.st_ino
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes, read in 16 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def given_keys(config_file: str, opts: Sequence[str]) -> Optional[Collection[str]]:

@@ -192,12 +192,17 @@ class ApproximateIndex:
              built_from: int) -> Optional["ApproximateIndex"]:
         """An index written by `write`, over (the first rows of) `matrix`; None, with a warning,
         when the file cannot be read (the caller builds the index again)."""
+        faiss = import_faiss()
         try:
-            index = import_faiss().read_index(path)
-        except RuntimeError as err:  # damaged content of the recorded size
+            index = faiss.read_index(path)
+        except (RuntimeError, MemoryError) as err:  # faiss's own: content it cannot parse
             logger.warning("the saved index '%s' cannot be read (%s); building it again", path,
-                           str(err).strip().splitlines()[-1])
+                           (str(err).strip().splitlines() or [type(err).__name__])[-1])
             return None
+        except (OSError, ValueError) as err:  # the file itself: named, not a traceback
+            raise ToolError(f"cannot read the saved index '{path}' ({type(err).__name__}: "
+                            f"{err}); check the file, or delete it to have it built again"
+                            ) from None
         loaded = cls.__new__(cls)
         loaded.kind, loaded.matrix, loaded.built_from = kind, matrix, built_from
         loaded.index, loaded.rerank = index, PQ_RERANK

@@ -253,7 +253,7 @@ def test_adding_to_a_saved_gallery_writes_only_the_new_rows(tmp_path):
     new_gallery(folder, feats, entries).close()
     before = {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)}
     with Gallery.open(folder, writable=True) as gallery:
-        gallery.add(feats[:3], entries[:3])
+        gallery.add(feats[:3], [e._replace(path=e.path + ".again") for e in entries[:3]])
         gallery.save()
     after = {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)}
     assert {n: t for n, t in after.items() if n in before and n != "manifest.json"} == \
@@ -270,7 +270,7 @@ def test_a_fault_between_the_segments_and_the_manifest_keeps_the_previous_galler
     feats, entries = clustered(10, 4)
     gallery = new_gallery(folder, feats, entries)
     before = contents(Gallery.open(folder))
-    gallery.add(feats[:4], entries[:4])
+    gallery.add(feats[:4], [e._replace(path=e.path + ".again") for e in entries[:4]])
     gallery.remove(label="s0id1")
 
     def killed(*args):

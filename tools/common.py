@@ -35,32 +35,40 @@ def label_choice(text: str) -> LabelChoice:
     return value
 
 
-def label_id(text: str) -> int:
-    """argparse type of a camera or view id."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"label ids start at 0, got {value}")
-    return value
-
-
-def finite_float(low: float = -math.inf, high: float = math.inf):
-    """argparse type of a finite number in [low, high]."""
-    def parse(text: str) -> float:
-        value = float(text)
-        if not (math.isfinite(value) and low <= value <= high):
-            bounds = (f"from {low:g} to {high:g}" if math.isfinite(high)
-                      else f"of at least {low:g}")
-            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text}")
-        return value
-    parse.__name__ = "number"  # what argparse calls it in "invalid number value"
-    return parse
-
-
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def bounded_float(low: float, high: float, low_open: bool = False, high_open: bool = False,
+                  what: str = "a number"):
+    """argparse type of a finite float in an interval (each bound open or closed): nan, inf and
+    values outside are refused in one line naming the interval."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number; give {what} in "
+                                             f"{interval}") from None
+        inside = ((low < value if low_open else low <= value)
+                  and (value < high if high_open else value <= high))
+        if not (math.isfinite(value) and inside):
+            raise argparse.ArgumentTypeError(f"{what} is a finite number in {interval}, got {text}")
+        return value
+
+    parse.__name__ = what  # argparse names the type by it
+    return parse
 
 
 def tool_parser(description: str, example: str,

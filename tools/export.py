@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -21,8 +22,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from deploy.formats import (CAMERA_MODES, EXACT_MEAN, EXPORT_FORMATS, FORMS, LABELLED, OPSETS,
                             PRECISIONS)
-from tools.common import (add_sie_count_arguments, configure_logging, finite_float, label_id,
-                          positive_int, tool_parser)
+from tools.common import (add_sie_count_arguments, bounded_float, configure_logging,
+                          non_negative_int, positive_int, tool_parser)
 from utils.errors import exits_on_user_error
 
 logger = logging.getLogger("transreid.tools")
@@ -53,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "one pass each; default), 'fixed' (--camera/--view), or 'averaged' "
                              "(one pass with the mean SIE embedding; its cosine to 'mean' is "
                              "printed)")
-    parser.add_argument("--camera", type=label_id, default=None,
+    parser.add_argument("--camera", type=non_negative_int, default=None,
                         help="camera id of --camera-mode fixed")
-    parser.add_argument("--view", type=label_id, default=None,
+    parser.add_argument("--view", type=non_negative_int, default=None,
                         help="view id of --camera-mode fixed")
     parser.add_argument("--output", default="",
                         help="file to write (.onnx or .xml; default: the weights' name with "
@@ -78,12 +79,12 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
     parser.add_argument("--check-size", type=positive_int, default=8,
                         help="images of the check against PyTorch (default 8)")
-    parser.add_argument("--atol", type=finite_float(0), default=1e-4,
+    parser.add_argument("--atol", type=bounded_float(0, math.inf, what="a tolerance"), default=1e-4,
                         help="fp32: allowed absolute difference to PyTorch (default 1e-4)")
-    parser.add_argument("--rtol", type=finite_float(0), default=1e-3,
+    parser.add_argument("--rtol", type=bounded_float(0, math.inf, what="a tolerance"), default=1e-3,
                         help="fp32: allowed difference relative to the largest PyTorch feature "
                              "value (default 1e-3)")
-    parser.add_argument("--min-cosine", type=finite_float(-1, 1), default=0.99,
+    parser.add_argument("--min-cosine", type=bounded_float(-1, 1, what="a cosine"), default=0.99,
                         help="int8 / bf16: lowest allowed cosine to PyTorch (default 0.99)")
 
 

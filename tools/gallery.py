@@ -1,7 +1,7 @@
 """A lasting gallery of known identities: build it, add to it, remove from it, search it.
 
-python tools/gallery.py build  --gallery DIR --config_file CONFIG --weight MODEL.pth --images SRC [--label NAME]
-python tools/gallery.py add    --gallery DIR --config_file CONFIG --weight MODEL.pth --images SRC [--label NAME]
+python tools/gallery.py build  --gallery DIR --config_file CONFIG --weight MODEL.pth --images SRC [--label NAME] [--allow-duplicates]
+python tools/gallery.py add    --gallery DIR --config_file CONFIG --weight MODEL.pth --images SRC [--label NAME] [--allow-duplicates]
 python tools/gallery.py remove --gallery DIR (--label NAME | --path IMAGE) [--compact]
 python tools/gallery.py search --gallery DIR --config_file CONFIG --weight MODEL.pth --query SRC [--topk K]
 python tools/gallery.py info   --gallery DIR
@@ -23,8 +23,9 @@ from utils.errors import exits_on_user_error
 from deploy.enrolment import add_images, search_images
 from deploy.gallery import Gallery, Hit
 from deploy.vector_index import EXACT, INDEX_KINDS
-from tools.common import (add_label_arguments, add_sie_count_arguments, configure_logging,
-                          positive_int, tool_parser)
+from deploy.gallery_manifest import MAX_DISTANCE
+from tools.common import (add_label_arguments, add_sie_count_arguments, bounded_float,
+                          configure_logging, non_negative_int, positive_int, tool_parser)
 from tools.loading import load_extractor, load_tool_config
 from utils.errors import ToolError
 
@@ -34,11 +35,9 @@ EXAMPLE = ("python tools/gallery.py {command} --gallery my_gallery --config_file
            "configs/Market/vit_transreid_stride.yml --weight logs/market/transformer_120.pth")
 
 
-def far_value(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"a false-accept rate lies between 0 and 1, got {value}")
-    return value
+# A false-accept rate, and a match threshold in the gallery's unit: a cosine distance 1 - cos.
+far_value = bounded_float(0.0, 1.0, low_open=True, high_open=True, what="a false-accept rate")
+distance_value = bounded_float(0.0, MAX_DISTANCE, what="a cosine distance (1 - cos)")
 
 
 def model_parser(command: str, description: str) -> argparse.ArgumentParser:
@@ -60,12 +59,15 @@ def add_enrol_arguments(parser: argparse.ArgumentParser) -> None:
     threshold.add_argument("--calibrate-far", type=far_value, metavar="FAR",
                            help="set the match threshold for this false-accept rate from the "
                                 "gallery's own entries (identities seen by two cameras)")
-    threshold.add_argument("--threshold", type=float, metavar="DIST",
-                           help="set the match threshold (cosine distance, 1 - cos); test.py's "
+    threshold.add_argument("--threshold", type=distance_value, metavar="DIST",
+                           help="set the match threshold (cosine distance 1 - cos, 0 to 2); test.py's "
                                 "verification figures give one for a FAR (halve its squared "
                                 "Euclidean threshold)")
     parser.add_argument("--threshold-far", type=far_value, metavar="FAR",
                         help="the false-accept rate that --threshold stands for (recorded)")
+    parser.add_argument("--allow-duplicates", action="store_true",
+                        help="enrol images the gallery already holds (or given twice) again; "
+                             "by default they are refused, as each would find itself twice")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="then rewrite the gallery without removed rows (rewrites all)")
     info = commands.add_parser("info", help="what a gallery holds")
     info.add_argument("--gallery", required=True, help="the gallery folder")
-    info.add_argument("--labels", type=int, default=50, metavar="N",
+    info.add_argument("--labels", type=non_negative_int, default=50, metavar="N",
                       help="list the entry counts of the first N labels (default 50)")
     return parser
 
@@ -123,7 +125,7 @@ def enrol(gallery: Gallery, args: argparse.Namespace, extractor: FeatureExtracto
     if args.threshold_far is not None and args.threshold is None:
         raise ToolError("--threshold-far goes with --threshold DIST (the FAR it stands for)")
     records = images_of(args.images)
-    add_images(gallery, extractor, records, args.label)
+    add_images(gallery, extractor, records, args.label, args.allow_duplicates)
     if args.calibrate_far is not None:
         gallery.calibrate(args.calibrate_far)
     elif args.threshold is not None:

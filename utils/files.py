@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import itertools
 import logging
 import os
@@ -263,9 +264,19 @@ def fresh_folder(folder: str) -> str:
 _VERIFIED: Dict[str, Tuple[int, int, int]] = {}
 
 
-def _identity(path: str) -> Tuple[int, int, int]:
+def file_identity(path: str) -> Tuple[int, int, int]:
+    """(size, mtime_ns, inode): a file unchanged since it was checked keeps all three."""
     info = os.stat(path)
     return info.st_size, info.st_mtime_ns, info.st_ino
+
+
+def file_sha256(path: str, block: int = 1 << 24) -> str:
+    """The SHA-256 of a whole file, read in blocks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(block), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def verify_zip(path: str) -> Optional[str]:
@@ -273,7 +284,7 @@ def verify_zip(path: str) -> Optional[str]:
     every member's data matches the CRC-32 stored with it. torch.load checks none of them, so
     a flipped bit inside a tensor would otherwise load silently. Reads the whole file (about
     0.5 s for a 400 MB ViT-B state dict), once per process while the file is unchanged."""
-    identity = _identity(path)
+    identity = file_identity(path)
     if _VERIFIED.get(path) == identity:
         return None
     try:

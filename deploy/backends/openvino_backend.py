@@ -8,8 +8,9 @@ import numpy as np
 import openvino as ov
 
 from utils.errors import ToolError
+from utils.files import file_sha256
 
-from ..metadata import METADATA_KEY, DeployMetadata, file_sha256
+from ..metadata import METADATA_KEY, DeployMetadata
 
 # The inference precision each exported precision runs at: a bf16 export is fp32 IR run with
 # the bf16 hint, and an fp32 one must say f32, since OpenVINO's default on a CPU with bf16 is

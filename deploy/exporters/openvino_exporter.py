@@ -11,9 +11,10 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from utils.errors import require_package
+from utils.files import file_sha256
 
 from ..backends.openvino_backend import weights_path
-from ..metadata import METADATA_KEY, DeployMetadata, file_sha256
+from ..metadata import METADATA_KEY, DeployMetadata
 
 
 def write(onnx_path: str, work: str, metadata: DeployMetadata,
