@@ -27,7 +27,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = "configs/Synthetic/vit_transreid_tiny.yml"
 RUN = "logs/synthetic_vit_transreid_tiny"
 DATA = "data/synthetic_market1501"
-SUBSTITUTIONS = {"$CFG": QUICKSTART, "$W": f"{RUN}/transformer_40.pth", "$DATA": DATA}
+# The docs' placeholders, as regular expressions, and what stands for them on the quickstart.
+SUBSTITUTIONS = ((r"\$CFG\b", QUICKSTART), (r"\$W\b", f"{RUN}/transformer_40.pth"),
+                 (r"\$DATA\b", DATA), (r"--images crops/(?=\s|$)", f"--images {DATA}/bounding_box_test"),
+                 (r"--gallery crops/(?=\s|$)", f"--gallery {DATA}/bounding_box_test"),
+                 (r"--images more/", "--images crops/alice/"), (r"new_crops/", f"{DATA}/query"),
+                 (r"\bq\.jpg\b", "person.jpg"))
 # Why a documented command is not run here (the first pattern found in it decides).
 SKIPPED = (("pip install", "installs packages"),
            ("train.py", "training: the quickstart's run is the setup"),
@@ -95,8 +100,8 @@ def lost(before: Dict[str, bytes], after: Dict[str, bytes]) -> List[str]:
 
 def run_twice(work: str, command: str) -> Tuple[int, int, str, List[str]]:
     """(first exit status, second's, the second's last stderr line, files lost)."""
-    for name, value in SUBSTITUTIONS.items():
-        command = command.replace(name, value)
+    for pattern, value in SUBSTITUTIONS:
+        command = re.sub(pattern, value, command)
     first = subprocess.run(command, shell=True, cwd=work, capture_output=True, text=True)
     before = snapshot(work)
     second = subprocess.run(command, shell=True, cwd=work, capture_output=True, text=True)

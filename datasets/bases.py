@@ -36,6 +36,8 @@ NO_VIEW = 1
 """View id given to every image of a dataset without view labels (as the reference)."""
 
 JUNK_PID = -1
+DISTRACTOR_PID = 0
+"""Market-1501's `0000` gallery images: people of no query identity, scored as wrong matches."""
 
 SPLITS = ("train", "query", "gallery")
 

@@ -39,6 +39,13 @@ logger = logging.getLogger("transreid.gallery")
 CALIBRATION_ENTRIES = 4000  # entries compared with each other by `calibrate` (16M pairs)
 
 
+def entry_label(label: object) -> str:
+    """A label as entries keep it: a number as its value (`0112`, the id as a Market-style file
+    name writes it, and `112` are one identity), anything else as given."""
+    text = str(label).strip()
+    return str(int(text)) if text.lstrip("-").isdigit() else text
+
+
 @dataclass(frozen=True)
 class Hit:
     """One gallery entry found for a query: its cosine distance, and whether that is a match at
@@ -237,12 +244,14 @@ class Gallery:
             given.add(path)
 
     def remove(self, label: Optional[str] = None, path: Optional[str] = None) -> int:
-        """Remove every entry of `label`, or the entries of image `path`; returns how many. A
-        label or path the gallery does not hold is an error (nothing is removed)."""
+        """Remove every entry of `label` (as `entry_label` writes it: 0112 is 112), or the
+        entries of image `path`; returns how many. A label or path the gallery does not hold is
+        an error (nothing is removed)."""
         self._require_writable("remove entries")
         if (label is None) == (path is None):
             raise GalleryError("remove by a label or by a path (one of the two)")
         if label is not None:
+            label = entry_label(label)
             gone = np.array([e.label == label for e in self.entries], dtype=bool)
             what = f"no entry labelled '{label}'"
         else:

@@ -160,6 +160,11 @@ def _inspected(path: str, fmt) -> tuple:
     return _INSPECTED[key]
 
 
+# Settings a portable file takes whatever the model was trained with: its input is
+# ImageNet-normalised, and the training config's INPUT.PIXEL_MEAN / STD are inside the graph.
+PORTABLE_OWN = ("INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD")
+
+
 def given_keys(config_file: str, opts: Sequence[str]) -> Optional[Collection[str]]:
     """The keys a user chose: every key when a config file was given (None), else those that
     the KEY VALUE overrides name."""
@@ -179,6 +184,8 @@ def fit_config(metadata: DeployMetadata, path: str, config_file: str = "",
             "INPUT.PIXEL_STD": list(cfg.INPUT.PIXEL_STD),
             "TEST.FLIP_FEATS": switches(cfg).flip_feats}
     for key, want in metadata.settings().items():
+        if metadata.form == PORTABLE and key in PORTABLE_OWN:
+            continue  # the model's own normalisation is folded into the graph
         if (chosen is None or key in chosen) and not np.allclose(
                 np.asarray(have[key], float), np.asarray(want, float)):
             raise ConfigError(f"'{path}' was exported for {key} {want}, but the config has "

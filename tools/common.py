@@ -15,6 +15,7 @@ from config.cli import base_parser
 from utils.errors import ToolError  # noqa: F401  (the tools' error type, by this name)
 
 LabelChoice = Union[str, int]
+DEFAULT_TOPK = 10  # matches shown per query, by search.py and gallery.py search alike
 
 logger = logging.getLogger("transreid.tools")
 

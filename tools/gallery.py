@@ -24,8 +24,9 @@ from deploy.enrolment import add_images, search_images
 from deploy.gallery import Gallery, Hit
 from deploy.vector_index import EXACT, INDEX_KINDS
 from deploy.gallery_manifest import MAX_DISTANCE
-from tools.common import (add_label_arguments, add_sie_count_arguments, bounded_float,
-                          configure_logging, non_negative_int, positive_int, tool_parser)
+from tools.common import (DEFAULT_TOPK, add_label_arguments, add_sie_count_arguments,
+                          bounded_float, configure_logging, non_negative_int, positive_int,
+                          tool_parser)
 from tools.loading import load_extractor, load_tool_config
 from utils.errors import ToolError
 
@@ -54,15 +55,18 @@ def add_enrol_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image, folder (recursive) or list file to enrol; repeat for more")
     parser.add_argument("--label", default=None,
                         help="identity label of every image given (default: each image's pid "
-                             "from a Market-style name or the list file)")
+                             "from a Market-style name or the list file; a number is its value: "
+                             "0112 is 112)")
+    parser.add_argument("--include-junk", action="store_true",
+                        help="enrol Market-style junk (pid -1) and distractor (pid 0) images "
+                             "too, under those pids; by default they are skipped, as no identity")
     threshold = parser.add_mutually_exclusive_group()
     threshold.add_argument("--calibrate-far", type=far_value, metavar="FAR",
                            help="set the match threshold for this false-accept rate from the "
                                 "gallery's own entries (identities seen by two cameras)")
     threshold.add_argument("--threshold", type=distance_value, metavar="DIST",
                            help="set the match threshold (cosine distance 1 - cos, 0 to 2); test.py's "
-                                "verification figures give one for a FAR (halve its squared "
-                                "Euclidean threshold)")
+                                "test_results.json gives one for FAR 1e-3 (gallery_threshold)")
     parser.add_argument("--threshold-far", type=far_value, metavar="FAR",
                         help="the false-accept rate that --threshold stands for (recorded)")
     parser.add_argument("--allow-duplicates", action="store_true",
@@ -95,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "skipped.")])
     search.add_argument("--query", required=True, action="append",
                         help="query image, folder (recursive) or list file; repeat for more")
-    search.add_argument("--topk", type=positive_int, default=5, help="hits per query (default 5)")
+    search.add_argument("--topk", type=positive_int, default=DEFAULT_TOPK,
+                        help=f"hits per query (default {DEFAULT_TOPK})")
     search.add_argument("--index", choices=INDEX_KINDS, default=None,
                         help="search this way instead of the gallery's saved choice")
     remove = commands.add_parser("remove", help="remove entries by label or image path")
@@ -125,7 +130,8 @@ def enrol(gallery: Gallery, args: argparse.Namespace, extractor: FeatureExtracto
     if args.threshold_far is not None and args.threshold is None:
         raise ToolError("--threshold-far goes with --threshold DIST (the FAR it stands for)")
     records = images_of(args.images)
-    add_images(gallery, extractor, records, args.label, args.allow_duplicates)
+    add_images(gallery, extractor, records, args.label, args.allow_duplicates,
+               args.include_junk)
     if args.calibrate_far is not None:
         gallery.calibrate(args.calibrate_far)
     elif args.threshold is not None:

@@ -23,8 +23,8 @@ from processor import FeatureExtractor, distance_matrix
 from utils.errors import exits_on_user_error
 from deploy.gallery import Gallery
 from deploy.gallery_store import Entry, is_gallery
-from tools.common import (ToolError, add_label_arguments, add_overwrite_argument,
-                          add_sie_count_arguments, configure_logging, tool_parser)
+from tools.common import (DEFAULT_TOPK, ToolError, add_label_arguments, add_overwrite_argument,
+                          add_sie_count_arguments, configure_logging, positive_int, tool_parser)
 from tools.loading import default_folder, load_extractor, load_tool_config
 from tools.drawing import draw_rank_list, save_png
 from tools.feature_files import load_feature_index
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "extract it with the same model and config), or a gallery folder "
                              "saved by tools/gallery.py (ranked by cosine distance, 1 - cos, "
                              "with its own index)")
-    parser.add_argument("--topk", type=int, default=10, help="matches per query (default 10)")
+    parser.add_argument("--topk", type=positive_int, default=DEFAULT_TOPK,
+                        help=f"matches per query (default {DEFAULT_TOPK})")
     parser.add_argument("--output-dir", default="",
                         help="folder of the rank-list pictures (default: OUTPUT_DIR/search_results, "
                              "beside the weights without OUTPUT_DIR; search_results-2 and so on "
@@ -71,8 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.topk < 1:
-        parser.error(f"--topk must be at least 1, got {args.topk}")
     return args
 
 
