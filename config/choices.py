@@ -25,6 +25,10 @@ MULTISTEP_WARMUP_METHODS = ('constant', 'linear')
 WARMUP_METHODS = MULTISTEP_WARMUP_METHODS + ('cosine',)
 AMP_DTYPES = ('fp16', 'bf16', 'fp32')
 COMPILE_MODES = ('auto', 'on', 'off')
+# MODEL.TRAIN_MODE: what train.py runs today. Training without labels ('usl', 'uda'; the
+# cluster-contrast pieces in utils/jaccard.py, utils/clustering.py, loss/cluster_memory.py) is
+# not wired into do_train yet, so it is refused rather than silently trained with labels.
+TRAIN_MODES = ('supervised',)
 # The SIE label of an image of unknown camera or view (processor.inference explains them): the
 # mean over every label, or the image's own where known; else a label id.
 MEAN, AUTO = "mean", "auto"

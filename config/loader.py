@@ -266,6 +266,9 @@ def _value_rules() -> Tuple[ValueRule, ...]:
         _choice_rule('SOLVER.AMP_DTYPE', choices.AMP_DTYPES),
         _choice_rule('TEST.AMP_DTYPE', choices.AMP_DTYPES),
         _choice_rule('MODEL.COMPILE', choices.COMPILE_MODES),
+        ('MODEL.TRAIN_MODE', lambda value: value in choices.TRAIN_MODES,
+         f"one of {list(choices.TRAIN_MODES)}: training without labels ('usl', 'uda') is not "
+         "wired into train.py yet (docs/unsupervised.md)"),
     )
 
 
