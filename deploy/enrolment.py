@@ -11,8 +11,8 @@ from typing import List, Optional, Sequence, Tuple
 from datasets.bases import DISTRACTOR_PID, JUNK_PID
 from datasets.image_list import ImageRecord, readable_images
 
-from .gallery import Gallery, Hit, entry_label
-from .gallery_store import Entry, GalleryError
+from .gallery import Gallery, Hit
+from .gallery_store import Entry, GalleryError, entry_label
 
 logger = logging.getLogger("transreid.gallery")
 

@@ -31,19 +31,12 @@ from utils.verification import VerificationResult, self_verification
 from . import gallery_store as store
 from . import saved_index
 from .gallery_manifest import MAX_DISTANCE, check_threshold
-from .gallery_store import Entry, GalleryError, Manifest
+from .gallery_store import Entry, GalleryError, Manifest, entry_label
 from .vector_index import EXACT, FeatureMatrix, GallerySearch
 
 logger = logging.getLogger("transreid.gallery")
 
 CALIBRATION_ENTRIES = 4000  # entries compared with each other by `calibrate` (16M pairs)
-
-
-def entry_label(label: object) -> str:
-    """A label as entries keep it: a number as its value (`0112`, the id as a Market-style file
-    name writes it, and `112` are one identity), anything else as given."""
-    text = str(label).strip()
-    return str(int(text)) if text.lstrip("-").isdigit() else text
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,13 @@ class Entry(NamedTuple):
     camera: Optional[int] = None
 
 
+def entry_label(label: object) -> str:
+    """A label as entries keep it: a number as its value (`0112`, the id as a Market-style file
+    name writes it, and `112` are one identity), anything else as given."""
+    text = str(label).strip()
+    return str(int(text)) if text.lstrip("-").isdigit() else text
+
+
 def _damaged(path: str) -> GalleryError:
     return GalleryError(f"'{path}' is damaged: its SHA-256 is not the one {MANIFEST} recorded "
                         f"(its bytes changed since it was saved); {REBUILD_HINT}")

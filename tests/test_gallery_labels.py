@@ -10,7 +10,8 @@ pytest.importorskip("faiss")
 
 from datasets.image_list import ImageRecord  # noqa: E402
 from deploy.enrolment import add_images  # noqa: E402
-from deploy.gallery import Gallery, entry_label  # noqa: E402
+from deploy.gallery import Gallery  # noqa: E402
+from deploy.gallery_store import entry_label  # noqa: E402
 
 PROVENANCE = {"weight": "/models/a.pth", "weight_sha256": "aaaa"}
 
