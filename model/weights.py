@@ -32,7 +32,7 @@ from torch import nn
 from utils.errors import UserError
 from utils.files import verify_zip
 
-from . import checkpoint_formats as formats
+from . import checkpoint_formats as formats, pass_weights
 from .pos_embed import resize_pos_embed
 
 logger = logging.getLogger("transreid.model")
@@ -365,7 +365,7 @@ def adapt_imagenet_vit_state(state: Mapping[str, torch.Tensor], pos_embed_shape:
 
 def load_imagenet_vit(backbone: nn.Module, source: str, backbone_name: str, hw_ratio: int = 1) -> None:
     """Pre-trained weights from `source` into a TransReID ViT; only the SIE table may stay untouched."""
-    state = read_pretrained(source, imagenet_download_hint(backbone_name))
+    state = pass_weights.check_not_pass(read_pretrained(source, imagenet_download_hint(backbone_name)), source)
     state = adapt_imagenet_vit_state(state, backbone.pos_embed.shape, backbone.patch_embed.grid_size,
                                      backbone.patch_embed.proj.weight.shape, hw_ratio)
     load_state_strict(backbone, state, source, allowed_missing={'sie_embed'},

@@ -413,7 +413,7 @@ def check_config_shapes(config_path: str) -> None:
         eval_feat = model.eval()(images, cam_label=cam, view_label=view)
     assert eval_feat.shape == (2, (parts + 1) * width)
     assert torch.isfinite(eval_feat).all()
-    if cfg.MODEL.NAME == 'transformer':
+    if cfg.MODEL.NAME == 'transformer' and not cfg.MODEL.PASS:  # PASS: tests/test_pass_exactness.py
         # The bar: the reference's eval features, to 1e-5, at every config's real size.
         with torch.no_grad():
             expected = reference_eval_features(model.state_dict(), cfg, images, cam, view,

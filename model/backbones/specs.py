@@ -36,6 +36,8 @@ VIT_SPECS: Dict[str, Dict[str, Any]] = {
 }
 
 RESNET50_FEATURE_DIM = 2048
+# PASS's ways to fuse the class token with the parts' mean (MODEL.FEAT_FUSION).
+FEAT_FUSIONS = ('cat', 'mean')
 # load_config checks MODEL.TRANSFORMER_TYPE against config.choices without importing torch.
 assert set(VIT_SPECS) == set(TRANSFORMER_TYPES), "config/choices.py TRANSFORMER_TYPES is stale"
 
@@ -51,10 +53,14 @@ def vit_spec(transformer_type: str) -> Dict[str, Any]:
 
 
 def feature_dim(cfg) -> int:
-    """Width of the global feature (and of each JPM local feature) that `cfg` builds."""
+    """Width of the global feature (and of each JPM local feature) that `cfg` builds; with PASS
+    the fused feature, twice the ViT's width for MODEL.FEAT_FUSION 'cat'."""
     if model_name(cfg) == 'resnet50':
         return RESNET50_FEATURE_DIM
-    return vit_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dim']
+    width = vit_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dim']
+    if cfg.MODEL.PASS:
+        return width * (2 if check_choice('MODEL.FEAT_FUSION', cfg.MODEL.FEAT_FUSION, FEAT_FUSIONS) == 'cat' else 1)
+    return width
 
 
 def eval_feature_dim(cfg) -> int:
