@@ -66,6 +66,10 @@ _C.MODEL.MULTI_NECK = True
 # New (PASS's key and default): with PASS, how the class token and the parts' mean are fused:
 # 'cat' (side by side, twice the width) or 'mean' (their average)
 _C.MODEL.FEAT_FUSION = 'cat'
+# New (SOLIDER's key and default): with SOLIDER's Swin (a swin_* TRANSFORMER_TYPE), how much the
+# semantic controller weighs semantics against appearance, 0 to 1 (their re-ID runs: 0.2); -1
+# builds the Swin without the controller
+_C.MODEL.SEMANTIC_WEIGHT = 1.0
 
 # JPM (jigsaw patch module)
 _C.MODEL.JPM = False

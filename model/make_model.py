@@ -27,7 +27,8 @@ from utils.errors import ConfigError
 
 from . import weights
 from .backbones import ResNet, TransReID, create_pass_vit, create_vit, feature_dim, model_name
-from .backbones.specs import FEAT_FUSIONS
+from .backbones.specs import FEAT_FUSIONS, is_swin
+from .backbones.swin_solider import SOLIDERSwin, create_solider_swin
 from .heads import MarginHead, make_bn_neck, make_classifier
 
 logger = logging.getLogger("transreid.model")
@@ -116,9 +117,13 @@ class Backbone(ReIDModel):
         return self.eval_feature(global_feat, feat)
 
 
-def create_transformer_base(cfg, camera_num: int, view_num: int, local_feature: bool) -> TransReID:
+def create_transformer_base(cfg, camera_num: int, view_num: int,
+                            local_feature: bool) -> Union[TransReID, SOLIDERSwin]:
     """The config's ViT backbone (PASS's part-token ViT with MODEL.PASS), with SIE and the ICS stem
-    where enabled, initialised from pre-trained weights (ImageNet, TransReID-SSL, PASS) for 'imagenet'."""
+    where enabled, initialised from pre-trained weights (ImageNet, TransReID-SSL, PASS) for 'imagenet';
+    or SOLIDER's Swin for a swin_* TRANSFORMER_TYPE."""
+    if is_swin(cfg):
+        return create_swin_base(cfg)
     settings = dict(img_size=cfg.INPUT.SIZE_TRAIN, stride_size=cfg.MODEL.STRIDE_SIZE,
                     drop_rate=cfg.MODEL.DROP_OUT, attn_drop_rate=cfg.MODEL.ATT_DROP_RATE,
                     drop_path_rate=cfg.MODEL.DROP_PATH,
@@ -134,8 +139,24 @@ def create_transformer_base(cfg, camera_num: int, view_num: int, local_feature: 
     return base
 
 
+def create_swin_base(cfg) -> SOLIDERSwin:
+    """SOLIDER's Swin with MODEL.SEMANTIC_WEIGHT, initialised from SOLIDER's checkpoint for
+    'imagenet'; the ViT's options (SIE, JPM, stem, PASS) have no meaning for it."""
+    for key in ('SIE_CAMERA', 'SIE_VIEW', 'JPM', 'STEM_CONV', 'PASS'):
+        if cfg.MODEL[key]:
+            raise ConfigError(f"MODEL.{key} is a ViT option, but MODEL.TRANSFORMER_TYPE "
+                              f"'{cfg.MODEL.TRANSFORMER_TYPE}' is SOLIDER's Swin; set MODEL.{key} False")
+    base = create_solider_swin(cfg.MODEL.TRANSFORMER_TYPE, drop_rate=cfg.MODEL.DROP_OUT,
+                               attn_drop_rate=cfg.MODEL.ATT_DROP_RATE, drop_path_rate=cfg.MODEL.DROP_PATH,
+                               semantic_weight=cfg.MODEL.SEMANTIC_WEIGHT)
+    if cfg.MODEL.PRETRAIN_CHOICE == 'imagenet':
+        base.load_param(cfg.MODEL.PRETRAIN_PATH, cfg.MODEL.TRANSFORMER_TYPE)
+    return base
+
+
 class build_transformer(ReIDModel):
-    """ViT baseline: the class token of the last layer, BN neck, classifier."""
+    """ViT baseline: the class token of the last layer, BN neck, classifier; with SOLIDER's Swin,
+    the average of its last stage's map in place of the class token (their `build_transformer`)."""
 
     def __init__(self, num_classes: int, camera_num: int, view_num: int, cfg) -> None:
         super().__init__(num_classes, cfg)

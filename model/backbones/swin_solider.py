@@ -25,14 +25,10 @@ from timm.models.swin_transformer import get_relative_position_index, window_par
 from torch import nn
 
 from .. import solider_weights, weights
+from .specs import swin_spec
 
 # The masked entries of shifted-window attention, as theirs.
 MASK_VALUE = -100.0
-SWIN_SPECS = {
-    'swin_tiny_patch4_window7_224': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    'swin_small_patch4_window7_224': dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
-    'swin_base_patch4_window7_224': dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-}
 
 
 def pad_corner(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -271,6 +267,6 @@ class PatchEmbed(nn.Module):
 
 def create_solider_swin(name: str, drop_rate: float = 0., attn_drop_rate: float = 0., drop_path_rate: float = 0.1,
                         semantic_weight: float = 0.2) -> SOLIDERSwin:
-    """The Swin `name` of `SWIN_SPECS` (SOLIDER's TRANSFORMER_TYPE names)."""
+    """The Swin `name` of specs.py's `SWIN_SPECS` (SOLIDER-REID's TRANSFORMER_TYPE names)."""
     return SOLIDERSwin(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-                       semantic_weight=semantic_weight, **SWIN_SPECS[name])
+                       semantic_weight=semantic_weight, **swin_spec(name))
