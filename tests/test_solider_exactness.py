@@ -2,8 +2,9 @@
 here gives the feature (the average of the last stage's normalised map) that SOLIDER-REID's own
 Swin code computes (tests/fixtures/solider, made once by its generate.py), with the semantic
 weight of their re-ID runs (0.2) and others, at 256x128 and 384x128, from the training checkpoint,
-the teacher that their convert_model.py writes, and .safetensors; checkpoints of other families
-are named as such."""
+the teacher that their convert_model.py writes, and .safetensors; the whole model built from
+configs/Market/swin_tiny_solider.yml (at toy widths) gives their re-ID model's training scores,
+feature and loss and its eval features; checkpoints of other families are named as such."""
 import importlib
 import json
 import os
@@ -11,14 +12,22 @@ import os
 import pytest
 import torch
 
+from config import load_config
+from loss import make_loss
+from model import make_model
+from model.backbones.specs import SWIN_SPECS
 from model.backbones.swin_solider import SOLIDERSwin, create_solider_swin
 from model.solider_weights import SwinFamilyError, adapt_solider_state
 from model.weights import CheckpointMismatchError
+from tests.pass_synthetic import NUM_CLASSES, head_state, synthetic_batch
 from tests.solider_synthetic import TINY, solider_checkpoint, synthetic_input, synthetic_state, teacher_state
 
 # Named by string, as the PASS fixtures: the folder's generator is a script.
-CASES = importlib.import_module('tests.fixtures.solider.generate').CASES
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'solider')
+GENERATE = importlib.import_module('tests.fixtures.solider.generate')
+CASES, REID_CASES = GENERATE.CASES, GENERATE.REID_CASES
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, 'tests', 'fixtures', 'solider')
+RECIPE = os.path.join(ROOT, 'configs', 'Market', 'swin_tiny_solider.yml')
 TOLERANCE = 1e-5
 
 
@@ -59,6 +68,38 @@ def test_features_equal_solider_code(form, case, checkpoints, expected):
     ours = features(case, checkpoints[form])
     assert ours.shape == expected[case].shape == (2, 8 * TINY['embed_dims'])
     torch.testing.assert_close(ours, expected[case], atol=TOLERANCE, rtol=0)
+
+
+def our_reid_outputs(case: str, path) -> dict:
+    size, semantic_weight = REID_CASES[case]
+    cfg = load_config(RECIPE, ['MODEL.PRETRAIN_PATH', str(path), 'MODEL.DEVICE', 'cpu', 'MODEL.DROP_PATH', '0.0',
+                               'MODEL.SEMANTIC_WEIGHT', str(semantic_weight),
+                               'INPUT.SIZE_TRAIN', str(list(size)), 'INPUT.SIZE_TEST', str(list(size))])
+    model = make_model(cfg, NUM_CLASSES, 0, 0)
+    width = GENERATE.FEATURE_WIDTH
+    model.load_state_dict(head_state(width, 'mean', False), strict=False)
+    images, labels = synthetic_batch(*size)
+    score, feat = model.train()(images, labels)
+    loss_func, _ = make_loss(cfg, NUM_CLASSES)
+    outputs = dict(score=score.detach(), feat=feat.detach(), loss=loss_func(score, feat, labels).detach())
+    model.load_state_dict(head_state(width, 'mean', False), strict=False)
+    model.eval()
+    with torch.no_grad():
+        for neck_feat in ('before', 'after'):
+            model.neck_feat = neck_feat
+            outputs[neck_feat] = model(images)
+    return outputs
+
+
+@pytest.mark.parametrize('case', sorted(REID_CASES))
+def test_reid_model_outputs_equal_solider_reid_code(case, checkpoints, monkeypatch):
+    monkeypatch.setitem(SWIN_SPECS, 'swin_tiny_patch4_window7_224', dict(TINY))  # the toy widths, by name
+    expected = torch.load(os.path.join(FIXTURES, 'reid.pt'), weights_only=True)[case]
+    ours = our_reid_outputs(case, checkpoints['teacher'])
+    assert set(ours) == set(expected) == {'score', 'feat', 'loss', 'before', 'after'}
+    for name, value in expected.items():
+        assert ours[name].shape == value.shape, name
+        torch.testing.assert_close(ours[name], value, atol=TOLERANCE, rtol=0, msg=f"{case} {name}")
 
 
 def test_the_semantic_weight_and_the_shifted_windows_move_the_feature(checkpoints, expected):
