@@ -32,9 +32,10 @@ PASS_KEYS = PART_KEYS + POSITION_KEYS
 DINO_HEAD_PREFIX = 'head.'
 
 # PASS README's pre-trained LUPerson models (Google Drive), by MODEL.TRANSFORMER_TYPE.
+DRIVE = 'https://drive.google.com/file/d/'
 PASS_SOURCES = {
-    'vit_small_ssl_patch16_224_TransReID': 'https://drive.google.com/file/d/1q7oxT0vWvt0Ia0NMmdVlA3oUs0UCQq3C/view',
-    'vit_base_patch16_224_TransReID': 'https://drive.google.com/file/d/1sZUrabY6Lke-BJoxOEviX5ALJ017x4Ft/view',
+    'vit_small_ssl_patch16_224_TransReID': DRIVE + '1q7oxT0vWvt0Ia0NMmdVlA3oUs0UCQq3C/view',
+    'vit_base_patch16_224_TransReID': DRIVE + '1sZUrabY6Lke-BJoxOEviX5ALJ017x4Ft/view',
 }
 
 

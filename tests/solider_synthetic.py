@@ -39,7 +39,8 @@ def _block(prefix: str, width: int, heads: int) -> Dict[str, Tuple[int, ...]]:
             f'{prefix}.attn.w_msa.relative_position_index': (WINDOW ** 2, WINDOW ** 2),
             **_linear(f'{prefix}.attn.w_msa.qkv', 3 * width, width),
             **_linear(f'{prefix}.attn.w_msa.proj', width, width), **_norm(f'{prefix}.norm2', width),
-            **_linear(f'{prefix}.ffn.layers.0.0', 4 * width, width), **_linear(f'{prefix}.ffn.layers.1', width, 4 * width)}
+            **_linear(f'{prefix}.ffn.layers.0.0', 4 * width, width),
+            **_linear(f'{prefix}.ffn.layers.1', width, 4 * width)}
 
 
 def backbone_shapes(embed_dims: int, depths: Sequence[int], num_heads: Sequence[int],

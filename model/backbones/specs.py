@@ -78,7 +78,8 @@ def feature_dim(cfg) -> int:
         return swin_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dims'] * 8
     width = vit_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dim']
     if cfg.MODEL.PASS:
-        return width * (2 if check_choice('MODEL.FEAT_FUSION', cfg.MODEL.FEAT_FUSION, FEAT_FUSIONS) == 'cat' else 1)
+        fusion = check_choice('MODEL.FEAT_FUSION', cfg.MODEL.FEAT_FUSION, FEAT_FUSIONS)
+        return width * (2 if fusion == 'cat' else 1)
     return width
 
 
