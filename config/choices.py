@@ -6,11 +6,12 @@ or model is built; the modules that act on a choice import its tuple from here.
 from utils.options import DIST_METRICS  # noqa: F401  (the metrics utils/distance.py computes)
 
 MODEL_NAMES = ('resnet50', 'transformer')
-# The keys of model/backbones/specs.py VIT_SPECS (checked equal there).
+# The keys of model/backbones/specs.py VIT_SPECS and SWIN_SPECS (checked equal there).
 TRANSFORMER_TYPES = ('vit_base_patch16_224_TransReID', 'deit_base_patch16_224_TransReID',
                      'vit_small_patch16_224_TransReID', 'deit_small_patch16_224_TransReID',
                      'deit_tiny_patch16_224_TransReID', 'vit_small_ssl_patch16_224_TransReID',
-                     'vit_tiny5_patch16_224_TransReID')
+                     'vit_tiny5_patch16_224_TransReID', 'swin_tiny_patch4_window7_224',
+                     'swin_small_patch4_window7_224', 'swin_base_patch4_window7_224')
 PRETRAIN_CHOICES = ('imagenet', 'self', 'finetune', 'none')
 NECK_TYPES = ('bnneck', 'no')
 NECK_FEATS = ('after', 'before')

@@ -57,6 +57,19 @@ _C.MODEL.PRETRAIN_HW_RATIO = 1
 # New: TransReID-SSL's ICS convolution stem (7x7/2 convolution, IBN, two 3x3 convolutions)
 # before the patch projection; needs even strides and image sides
 _C.MODEL.STEM_CONV = False
+# New: PASS's part-token ViT (Zhu et al., ECCV 2022): three learnable part tokens after the class
+# token, each with its own position embedding; the feature joins the class token and the parts' mean
+_C.MODEL.PASS = False
+# New (PASS's key and default): with PASS, one BN neck for the class token and one for each part
+# token (True), or one BN neck for the fused feature (False)
+_C.MODEL.MULTI_NECK = True
+# New (PASS's key and default): with PASS, how the class token and the parts' mean are fused:
+# 'cat' (side by side, twice the width) or 'mean' (their average)
+_C.MODEL.FEAT_FUSION = 'cat'
+# New (SOLIDER's key and default): with SOLIDER's Swin (a swin_* TRANSFORMER_TYPE), how much the
+# semantic controller weighs semantics against appearance, 0 to 1 (their re-ID runs: 0.2); -1
+# builds the Swin without the controller
+_C.MODEL.SEMANTIC_WEIGHT = 1.0
 
 # JPM (jigsaw patch module)
 _C.MODEL.JPM = False

@@ -1,11 +1,13 @@
-"""Re-ID models built from a config: ResNet-50 baseline, ViT baseline (with SIE) and TransReID with JPM.
+"""Re-ID models built from a config: ResNet-50 baseline, ViT baseline (with SIE), TransReID with JPM
+and PASS's part-token ViT.
 
 Every model is called as `model(x, label=None, cam_label=None, view_label=None)`:
 
 * train mode: `(cls_score, global_feat)`; with JPM two lists, `[score_global, score_1..P]` and
   `[feat_global, feat_1..P]` (features before the BN neck, for the triplet loss);
 * eval mode: the feature matrix, before or after the BN neck (`TEST.NECK_FEAT`); with JPM
-  `[global, local_1/P, ..., local_P/P]` concatenated (P = `MODEL.DEVIDE_LENGTH`, 4 in the paper).
+  `[global, local_1/P, ..., local_P/P]` concatenated (P = `MODEL.DEVIDE_LENGTH`, 4 in the paper);
+  with PASS the class token and the mean of the part tokens, fused as `MODEL.FEAT_FUSION` says.
 
 Module names are the reference's (`base`, `b1`, `b2`, `bottleneck`, `bottleneck_1..4`,
 `classifier`, `classifier_1..4`) so that its trained checkpoints load with `load_param`.
@@ -21,9 +23,12 @@ from torch import nn
 
 from config import check_choice
 from config.choices import NECK_FEATS, NECK_TYPES, PRETRAIN_CHOICES
+from utils.errors import ConfigError
 
 from . import weights
-from .backbones import ResNet, TransReID, create_vit, feature_dim, model_name
+from .backbones import ResNet, TransReID, create_pass_vit, create_vit, feature_dim, model_name
+from .backbones.specs import FEAT_FUSIONS, is_swin
+from .backbones.swin_solider import SOLIDERSwin, create_solider_swin
 from .heads import MarginHead, make_bn_neck, make_classifier
 
 logger = logging.getLogger("transreid.model")
@@ -112,22 +117,46 @@ class Backbone(ReIDModel):
         return self.eval_feature(global_feat, feat)
 
 
-def create_transformer_base(cfg, camera_num: int, view_num: int, local_feature: bool) -> TransReID:
-    """The config's ViT backbone, with SIE and the ICS stem where enabled, initialised from
-    pre-trained weights (ImageNet or TransReID-SSL) for 'imagenet'."""
-    base = create_vit(cfg.MODEL.TRANSFORMER_TYPE, img_size=cfg.INPUT.SIZE_TRAIN, stride_size=cfg.MODEL.STRIDE_SIZE,
-                      drop_rate=cfg.MODEL.DROP_OUT, attn_drop_rate=cfg.MODEL.ATT_DROP_RATE,
-                      drop_path_rate=cfg.MODEL.DROP_PATH,
-                      camera=camera_num if cfg.MODEL.SIE_CAMERA else 0,
-                      view=view_num if cfg.MODEL.SIE_VIEW else 0,
-                      local_feature=local_feature, sie_coe=cfg.MODEL.SIE_COE, stem_conv=cfg.MODEL.STEM_CONV)
+def create_transformer_base(cfg, camera_num: int, view_num: int,
+                            local_feature: bool) -> Union[TransReID, SOLIDERSwin]:
+    """The config's ViT backbone (PASS's part-token ViT with MODEL.PASS), with SIE and the ICS stem
+    where enabled, initialised from pre-trained weights (ImageNet, TransReID-SSL, PASS) for 'imagenet';
+    or SOLIDER's Swin for a swin_* TRANSFORMER_TYPE."""
+    if is_swin(cfg):
+        return create_swin_base(cfg)
+    settings = dict(img_size=cfg.INPUT.SIZE_TRAIN, stride_size=cfg.MODEL.STRIDE_SIZE,
+                    drop_rate=cfg.MODEL.DROP_OUT, attn_drop_rate=cfg.MODEL.ATT_DROP_RATE,
+                    drop_path_rate=cfg.MODEL.DROP_PATH,
+                    camera=camera_num if cfg.MODEL.SIE_CAMERA else 0,
+                    view=view_num if cfg.MODEL.SIE_VIEW else 0,
+                    sie_coe=cfg.MODEL.SIE_COE, stem_conv=cfg.MODEL.STEM_CONV)
+    if cfg.MODEL.PASS:
+        base = create_pass_vit(cfg.MODEL.TRANSFORMER_TYPE, **settings)
+    else:
+        base = create_vit(cfg.MODEL.TRANSFORMER_TYPE, local_feature=local_feature, **settings)
     if cfg.MODEL.PRETRAIN_CHOICE == 'imagenet':
         base.load_param(cfg.MODEL.PRETRAIN_PATH, cfg.MODEL.TRANSFORMER_TYPE, cfg.MODEL.PRETRAIN_HW_RATIO)
     return base
 
 
+def create_swin_base(cfg) -> SOLIDERSwin:
+    """SOLIDER's Swin with MODEL.SEMANTIC_WEIGHT, initialised from SOLIDER's checkpoint for
+    'imagenet'; the ViT's options (SIE, JPM, stem, PASS) have no meaning for it."""
+    for key in ('SIE_CAMERA', 'SIE_VIEW', 'JPM', 'STEM_CONV', 'PASS'):
+        if cfg.MODEL[key]:
+            raise ConfigError(f"MODEL.{key} is a ViT option, but MODEL.TRANSFORMER_TYPE "
+                              f"'{cfg.MODEL.TRANSFORMER_TYPE}' is SOLIDER's Swin; set MODEL.{key} False")
+    base = create_solider_swin(cfg.MODEL.TRANSFORMER_TYPE, drop_rate=cfg.MODEL.DROP_OUT,
+                               attn_drop_rate=cfg.MODEL.ATT_DROP_RATE, drop_path_rate=cfg.MODEL.DROP_PATH,
+                               semantic_weight=cfg.MODEL.SEMANTIC_WEIGHT)
+    if cfg.MODEL.PRETRAIN_CHOICE == 'imagenet':
+        base.load_param(cfg.MODEL.PRETRAIN_PATH, cfg.MODEL.TRANSFORMER_TYPE)
+    return base
+
+
 class build_transformer(ReIDModel):
-    """ViT baseline: the class token of the last layer, BN neck, classifier."""
+    """ViT baseline: the class token of the last layer, BN neck, classifier; with SOLIDER's Swin,
+    the average of its last stage's map in place of the class token (their `build_transformer`)."""
 
     def __init__(self, num_classes: int, camera_num: int, view_num: int, cfg) -> None:
         super().__init__(num_classes, cfg)
@@ -204,6 +233,48 @@ class build_transformer_local(ReIDModel):
         return torch.cat([chosen[0]] + [feat / self.num_parts for feat in chosen[1:]], dim=1)
 
 
+class build_transformer_pass(ReIDModel):
+    """PASS: the class token and the mean of the three part tokens, fused side by side
+    (MODEL.FEAT_FUSION 'cat') or averaged ('mean').
+
+    With MODEL.MULTI_NECK each token has its BN neck (`bottleneck`, `bottleneck_1..3`) and the
+    necked tokens are fused the same way; without, one BN neck follows the fused feature. One
+    classifier scores the fused feature after the neck; training returns it with the fused
+    feature before the neck (for the triplet loss), as their `build_transformer_pass` does.
+    """
+
+    def __init__(self, num_classes: int, camera_num: int, view_num: int, cfg) -> None:
+        super().__init__(num_classes, cfg)
+        self.base = create_transformer_base(cfg, camera_num, view_num, local_feature=False)
+        self.multi_neck = bool(cfg.MODEL.MULTI_NECK)
+        self.feat_fusion = check_choice('MODEL.FEAT_FUSION', cfg.MODEL.FEAT_FUSION, FEAT_FUSIONS)
+        if self.multi_neck:
+            self.bottleneck = make_bn_neck(self.base.embed_dim)
+            for part in range(1, self.base.part_count + 1):
+                self.add_module(f'bottleneck_{part}', make_bn_neck(self.base.embed_dim))
+
+    def fuse(self, global_feat: torch.Tensor, parts: List[torch.Tensor]) -> torch.Tensor:
+        parts_mean = sum(part / len(parts) for part in parts)
+        if self.feat_fusion == 'cat':
+            return torch.cat((global_feat, parts_mean), dim=1)
+        return (global_feat + parts_mean) / 2
+
+    def forward(self, x: torch.Tensor, label: Optional[torch.Tensor] = None,
+                cam_label: Optional[torch.Tensor] = None,
+                view_label: Optional[torch.Tensor] = None) -> Union[torch.Tensor, TrainOutput]:
+        global_feat, *parts = self.base(x, cam_label=cam_label, view_label=view_label).unbind(1)
+        before = self.fuse(global_feat, parts)
+        if self.multi_neck:
+            necks = [self.bottleneck] + [getattr(self, f'bottleneck_{p}') for p in range(1, len(parts) + 1)]
+            necked = [self.apply_neck(feat, neck) for feat, neck in zip([global_feat] + parts, necks)]
+            after = self.fuse(necked[0], necked[1:])
+        else:
+            after = self.apply_neck(before, self.bottleneck)
+        if self.training:
+            return self.score(self.classifier, after, label), before
+        return self.eval_feature(before, after)
+
+
 def make_model(cfg, num_class: int, camera_num: int, view_num: int) -> ReIDModel:
     """Model for `cfg` with `num_class` identities; `camera_num` / `view_num` size the SIE tables.
 
@@ -213,7 +284,10 @@ def make_model(cfg, num_class: int, camera_num: int, view_num: int) -> ReIDModel
     """
     check_choice('MODEL.PRETRAIN_CHOICE', cfg.MODEL.PRETRAIN_CHOICE, PRETRAIN_CHOICES)
     if model_name(cfg) == 'transformer':
-        model_class = build_transformer_local if cfg.MODEL.JPM else build_transformer
+        if cfg.MODEL.PASS and cfg.MODEL.JPM:
+            raise ConfigError("MODEL.PASS (PASS's part-token ViT) has no JPM branch; set MODEL.JPM False")
+        model_class = build_transformer_pass if cfg.MODEL.PASS else (
+            build_transformer_local if cfg.MODEL.JPM else build_transformer)
         model = model_class(num_class, camera_num, view_num, cfg)
         logger.info("Built %s (%s)%s", cfg.MODEL.TRANSFORMER_TYPE, model_class.__name__,
                     " with JPM" if cfg.MODEL.JPM else "")

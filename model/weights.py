@@ -33,6 +33,7 @@ from utils.errors import UserError
 from utils.files import verify_zip
 
 from . import checkpoint_formats as formats
+from . import pass_weights
 from .pos_embed import resize_pos_embed
 from .pretrained_sources import download_hint
 
@@ -320,7 +321,7 @@ def load_imagenet_vit(backbone: nn.Module, source: str, backbone_name: str, hw_r
     """Pre-trained weights from `source` into a TransReID ViT; only the SIE table may stay untouched."""
     stem = backbone.patch_embed.conv is not None
     hint = download_hint(backbone_name, stem)
-    state = read_pretrained(source, hint)
+    state = pass_weights.check_not_pass(read_pretrained(source, hint), source)
     formats.check_not_trained_model(state, source)
     state = adapt_imagenet_vit_state(state, backbone.pos_embed.shape, backbone.patch_embed.grid_size,
                                      backbone.patch_embed.proj.weight.shape, hw_ratio)

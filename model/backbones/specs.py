@@ -35,9 +35,18 @@ VIT_SPECS: Dict[str, Dict[str, Any]] = {
                                             qkv_bias=True),
 }
 
+# SOLIDER's Swin Transformers (model/backbones/swin_solider.py), under SOLIDER-REID's names.
+SWIN_SPECS: Dict[str, Dict[str, Any]] = {
+    'swin_tiny_patch4_window7_224': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    'swin_small_patch4_window7_224': dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    'swin_base_patch4_window7_224': dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+}
+
 RESNET50_FEATURE_DIM = 2048
+# PASS's ways to fuse the class token with the parts' mean (MODEL.FEAT_FUSION).
+FEAT_FUSIONS = ('cat', 'mean')
 # load_config checks MODEL.TRANSFORMER_TYPE against config.choices without importing torch.
-assert set(VIT_SPECS) == set(TRANSFORMER_TYPES), "config/choices.py TRANSFORMER_TYPES is stale"
+assert set(VIT_SPECS) | set(SWIN_SPECS) == set(TRANSFORMER_TYPES), "config/choices.py TRANSFORMER_TYPES is stale"
 
 
 def model_name(cfg) -> str:
@@ -45,16 +54,33 @@ def model_name(cfg) -> str:
     return check_choice('MODEL.NAME', cfg.MODEL.NAME, MODEL_NAMES)
 
 
+def is_swin(cfg) -> bool:
+    """Whether `cfg` builds SOLIDER's Swin (a swin_* `MODEL.TRANSFORMER_TYPE`)."""
+    return model_name(cfg) == 'transformer' and cfg.MODEL.TRANSFORMER_TYPE in SWIN_SPECS
+
+
 def vit_spec(transformer_type: str) -> Dict[str, Any]:
-    """Architecture of the backbone `transformer_type` (a `MODEL.TRANSFORMER_TYPE`)."""
+    """Architecture of the ViT `transformer_type` (a `MODEL.TRANSFORMER_TYPE`)."""
     return VIT_SPECS[check_choice('MODEL.TRANSFORMER_TYPE', transformer_type, sorted(VIT_SPECS))]
 
 
+def swin_spec(transformer_type: str) -> Dict[str, Any]:
+    """Architecture of the Swin `transformer_type` (a `MODEL.TRANSFORMER_TYPE`)."""
+    return SWIN_SPECS[check_choice('MODEL.TRANSFORMER_TYPE', transformer_type, sorted(SWIN_SPECS))]
+
+
 def feature_dim(cfg) -> int:
-    """Width of the global feature (and of each JPM local feature) that `cfg` builds."""
+    """Width of the global feature (and of each JPM local feature) that `cfg` builds; with PASS
+    the fused feature, twice the ViT's width for MODEL.FEAT_FUSION 'cat'."""
     if model_name(cfg) == 'resnet50':
         return RESNET50_FEATURE_DIM
-    return vit_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dim']
+    if is_swin(cfg):  # the last of four stages, each twice as wide as the one before
+        return swin_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dims'] * 8
+    width = vit_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dim']
+    if cfg.MODEL.PASS:
+        fusion = check_choice('MODEL.FEAT_FUSION', cfg.MODEL.FEAT_FUSION, FEAT_FUSIONS)
+        return width * (2 if fusion == 'cat' else 1)
+    return width
 
 
 def eval_feature_dim(cfg) -> int:
