@@ -360,3 +360,17 @@ def test_tool_names_a_bad_colormap(saved_model, tmp_path, tiny_opts):
     with pytest.raises(SystemExit, match="--colormap 'nope' is not a matplotlib colormap"):
         visualize_attention.main(["--weight", weight, "--images", images, "--colormap", "nope",
                                   "--output-dir", str(tmp_path / "maps"), *tiny_opts])
+
+
+@pytest.mark.parametrize("config_file,message", [
+    ("configs/Market/swin_tiny_solider.yml", "has no class token"),
+    ("configs/Market/vit_small_pass.yml", "PASS models"),
+])
+def test_models_without_a_class_token_rollout_are_refused_before_any_work(config_file, message):
+    from config import load_config
+    from tools.visualize_attention import check_attention_model
+    from utils.errors import ToolError
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(repo_root, config_file), ["MODEL.PRETRAIN_CHOICE", "none"])
+    with pytest.raises(ToolError, match=message):
+        check_attention_model(cfg)

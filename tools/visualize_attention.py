@@ -44,6 +44,7 @@ from datasets.bases import read_image
 from datasets.image_list import ImageRecord, collect_images
 from model import build_transformer_local
 from model.attention_rollout import attention_maps, branch_names, jpm_layout, pixel_maps
+from model.backbones.specs import is_swin
 from model.trained import TrainedModel, load_trained
 from processor import FeatureExtractor
 from utils.errors import exits_on_user_error
@@ -99,6 +100,20 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha must be between 0 and 1, got {args.alpha}")
     return args
+
+
+def check_attention_model(cfg) -> None:
+    """Refuse, before any work, models whose attention is not a ViT class token's rollout."""
+    if cfg.MODEL.NAME != "transformer":
+        raise ToolError(f"attention maps need a transformer (MODEL.NAME transformer); "
+                        f"{cfg.MODEL.NAME} has no attention to draw")
+    if is_swin(cfg):
+        raise ToolError(f"{cfg.MODEL.TRANSFORMER_TYPE} (SOLIDER's Swin) has no class token, so "
+                        "there is no class-token rollout to draw: its windows attend locally, "
+                        "and its feature is the mean of the last stage's tokens")
+    if cfg.MODEL.PASS:
+        raise ToolError("attention maps of PASS models (three part tokens beside the class "
+                        "token) are not drawn yet; use a TransReID ViT")
 
 
 def load_model(cfg, args: argparse.Namespace) -> TrainedModel:
@@ -320,6 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     records, names = chosen_images(cfg, args)
     check_output_folder(output_dir, [*(f"{name}.png" for name in names), GRID_NAME],
                         [args.run_config, cfg.TEST.WEIGHT, *(args.images or [])], args.overwrite)
+    check_attention_model(cfg)
     trained = load_model(cfg, args)
     log_jpm_layout(trained.model)
     height, width = cfg.INPUT.SIZE_TEST
