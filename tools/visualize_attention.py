@@ -55,6 +55,7 @@ from tools.loading import default_folder, load_tool_config
 from tools.drawing import WHITE, PlacedText, draw_texts, save_png, wrap_words
 from tools.visualize_ranks import choose_queries, index_list
 from utils.files import check_output_folder
+from utils.progress import Progress
 
 logger = logging.getLogger("transreid.tools")
 
@@ -342,15 +343,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     layout = GridLayout(width * args.scale, height * args.scale)
     headers = [IMAGE_COLUMN, *branch_names(trained.model)]
     grid_rows, grid_maps = [], []
-    for rows, maps in image_attention(cfg, trained, records, args.camera, args.view):
-        for i, image_maps in zip(rows, maps):
-            panels = image_panels(records[i].path, image_maps, colormap, args.alpha, layout)
-            picture = grid_picture([names[i]], headers, caption(image_maps[None]), layout)
-            save_png(draw_grid([panels], picture, colormap, layout),
-                     os.path.join(output_dir, f"{names[i]}.png"))
-            if len(grid_rows) < args.grid_size:
-                grid_rows.append(panels)
-                grid_maps.append(image_maps)
+    computed = [(i, image_maps) for rows, maps in image_attention(
+        cfg, trained, records, args.camera, args.view) for i, image_maps in zip(rows, maps)]
+    for i, image_maps in Progress(computed, len(computed), "drawing", logger):
+        panels = image_panels(records[i].path, image_maps, colormap, args.alpha, layout)
+        picture = grid_picture([names[i]], headers, caption(image_maps[None]), layout)
+        save_png(draw_grid([panels], picture, colormap, layout),
+                 os.path.join(output_dir, f"{names[i]}.png"))
+        if len(grid_rows) < args.grid_size:
+            grid_rows.append(panels)
+            grid_maps.append(image_maps)
     picture = grid_picture(names[:len(grid_rows)], headers, caption(np.stack(grid_maps)), layout)
     save_png(draw_grid(grid_rows, picture, colormap, layout), os.path.join(output_dir, GRID_NAME))
     logger.info("Attention maps of %d images (%s) in %s", len(records), ", ".join(headers[1:]),
