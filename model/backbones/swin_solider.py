@@ -20,12 +20,13 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, to_2tuple, trunc_normal_
+from timm.layers import DropPath, to_2tuple
 from timm.models.swin_transformer import get_relative_position_index, window_partition, window_reverse
 from torch import nn
 
 from .. import solider_weights, weights
 from .specs import swin_spec
+from .vit_pytorch import init_weights
 
 # The masked entries of shifted-window attention, as theirs.
 MASK_VALUE = -100.0
@@ -202,23 +203,13 @@ class SOLIDERSwin(nn.Module):
             widths = [self.num_features[min(index + 1, len(depths) - 1)] for index in range(len(depths))]
             self.semantic_embed_w = nn.ModuleList([self._frozen_linear(width) for width in widths])
             self.semantic_embed_b = nn.ModuleList([self._frozen_linear(width) for width in widths])
-        self.apply(self._init_weights)
+        self.apply(init_weights)
 
     @staticmethod
     def _frozen_linear(width: int) -> nn.Linear:
         layer = nn.Linear(2, width)
         layer.requires_grad_(False)
         return layer
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     def load_param(self, source: str, backbone_name: str = 'SOLIDER') -> None:
         """SOLIDER's pre-trained weights: its training checkpoint (teacher, else student), the

@@ -61,10 +61,7 @@ class PASSTransReID(TransReID):
         x = self.patch_embed(x)
         x = torch.cat((self._prefix('token').expand(x.shape[0], -1, -1), x), dim=1)
         x = x + torch.cat((self._prefix('pos'), self.pos_embed), dim=1)
-        if self.sie_embed is not None:
-            index = self.sie_index(cam_label, view_label).to(self.sie_embed.device, torch.long)
-            x = x + self.sie_coe * self.sie_embed[index]
-        return self.pos_drop(x)
+        return self.pos_drop(self.add_sie(x, cam_label, view_label))
 
     def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
                 view_label: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -152,6 +152,17 @@ class PatchEmbedOverlap(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+def init_weights(module: nn.Module) -> None:
+    """The reference's initialisation of a transformer's linear and LayerNorm layers."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 class TransReID(nn.Module):
     """ViT backbone of TransReID.
 
@@ -189,7 +200,7 @@ class TransReID(nn.Module):
         self.norm = norm_layer(embed_dim)
         trunc_normal_(self.cls_token, std=.02)
         trunc_normal_(self.pos_embed, std=.02)
-        self.apply(self._init_weights)
+        self.apply(init_weights)
 
     def _make_sie_table(self, embed_dim: int) -> Optional[nn.Parameter]:
         size = max(self.cam_num, 1) * max(self.view_num, 1) if (self.cam_num or self.view_num) else 0
@@ -199,16 +210,6 @@ class TransReID(nn.Module):
         table = nn.Parameter(torch.zeros(size, 1, embed_dim))
         trunc_normal_(table, std=.02)
         return table
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     def sie_index(self, cam_label: Optional[torch.Tensor], view_label: Optional[torch.Tensor]) -> torch.Tensor:
         """Row of the SIE table for each image: camera * view_num + view, camera, or view."""
@@ -226,10 +227,15 @@ class TransReID(nn.Module):
         x = self.patch_embed(x)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x = x + self.pos_embed
-        if self.sie_embed is not None:
-            index = self.sie_index(cam_label, view_label).to(self.sie_embed.device, torch.long)
-            x = x + self.sie_coe * self.sie_embed[index]
-        return self.pos_drop(x)
+        return self.pos_drop(self.add_sie(x, cam_label, view_label))
+
+    def add_sie(self, x: torch.Tensor, cam_label: Optional[torch.Tensor],
+                view_label: Optional[torch.Tensor]) -> torch.Tensor:
+        """`x` plus each image's SIE embedding (times MODEL.SIE_COE) on every token."""
+        if self.sie_embed is None:
+            return x
+        index = self.sie_index(cam_label, view_label).to(self.sie_embed.device, torch.long)
+        return x + self.sie_coe * self.sie_embed[index]
 
     def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
                 view_label: Optional[torch.Tensor] = None) -> torch.Tensor:
