@@ -77,9 +77,8 @@ _C.MODEL.COMPILE = 'auto'
 
 # New: training checkpoint (written by do_train) to resume from, '' to start afresh
 _C.MODEL.RESUME = ''
-# New: 'supervised' (identity labels), 'usl' (no labels: cluster-contrast pseudo-identities) or
-# 'uda' (cluster-contrast on this dataset from a model trained on another); docs/unsupervised.md.
-# train.py does not read it yet: only 'supervised' trains
+# New: 'supervised' (identity labels) or 'usl' (no labels: cluster-contrast pseudo-identities,
+# the CLUSTER keys; docs/unsupervised.md). 'uda' is not built yet
 _C.MODEL.TRAIN_MODE = 'supervised'
 
 # -----------------------------------------------------------------------------
@@ -186,7 +185,7 @@ _C.SOLVER.IMS_PER_BATCH = 64
 _C.SOLVER.AMP_DTYPE = 'fp16'
 
 # -----------------------------------------------------------------------------
-# CLUSTER (New: training without labels, MODEL.TRAIN_MODE 'usl' or 'uda'; TransReID-SSL's
+# CLUSTER (New: training without labels, MODEL.TRAIN_MODE 'usl'; TransReID-SSL's
 # cluster-contrast defaults for ViTs)
 # -----------------------------------------------------------------------------
 _C.CLUSTER = CN()
