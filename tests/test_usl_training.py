@@ -14,8 +14,10 @@ from processor.checkpoint import LAST_CHECKPOINT
 from tests.test_pipeline import build, train
 from tests.test_run_log import check_metrics_csv
 
-# Small neighbourhoods for the 96 training images of the tiny set; 2 iterations an epoch.
-USL_OPTS = ["MODEL.TRAIN_MODE", "usl", "CLUSTER.K1", "10", "CLUSTER.K2", "3",
+# Small neighbourhoods for the 96 training images of the tiny set; 2 iterations an epoch; their
+# ViT has no JPM; 5 blocks.
+USL_OPTS = ["MODEL.TRAIN_MODE", "usl", "MODEL.JPM", "False",
+            "MODEL.TRANSFORMER_TYPE", "vit_tiny5_patch16_224_TransReID", "CLUSTER.K1", "10", "CLUSTER.K2", "3",
             "CLUSTER.ITERS_PER_EPOCH", "2", "SOLVER.MAX_EPOCHS", "2", "SOLVER.EVAL_PERIOD", "2",
             "SOLVER.CHECKPOINT_PERIOD", "2"]
 CLUSTER_LINE = re.compile(r"Epoch (\d) pseudo-labels \([\d.]+ s\): (\d+) clusters, (\d+) of 96 "
