@@ -8,6 +8,8 @@ The memory is rebuilt every epoch, so nothing of it needs saving between epochs.
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Dict, Optional
 
 import numpy as np
@@ -20,6 +22,8 @@ from utils.errors import ConfigError
 from utils.options import yes_no
 
 from .cluster_memory import ClusterMemory
+
+logger = logging.getLogger("transreid.train")
 
 
 class ClusterContrast:
@@ -62,12 +66,14 @@ class ClusterContrast:
             model.train(was_training)
         return torch.cat(feats)
 
-    def start_epoch(self, model: nn.Module, device: torch.device) -> ClusterStats:
+    def start_epoch(self, model: nn.Module, device: torch.device, epoch: int) -> ClusterStats:
         """Cluster the training images with `model`, start the memory, relabel the loader."""
-        cfg = self.cfg.CLUSTER
+        cfg, start = self.cfg.CLUSTER, time.perf_counter()
         feats = self.extract(model, device)
         labels = pseudo_labels(feats, cfg.EPS, cfg.MIN_SAMPLES, cfg.K1, cfg.K2)
         stats = cluster_statistics(labels, self.true_labels)
+        logger.info("Epoch %d pseudo-labels (%.1f s): %s", epoch, time.perf_counter() - start,
+                    stats.describe())
         if stats.num_clusters == 0:
             raise ConfigError(
                 f"clustering the {len(labels)} training images gave no cluster (every image "

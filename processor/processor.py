@@ -255,17 +255,10 @@ class Trainer:
     def _metric_values(reading: Reading, lr: float) -> dict:
         return {"loss": reading.loss, "accuracy": reading.accuracy, "lr": lr, **reading.parts}
 
-    def _cluster(self, epoch: int) -> None:
-        """USL: this epoch's pseudo-identities, memory and loader, from the model as it is."""
-        start = time.perf_counter()
-        stats = self.clustering.start_epoch(unwrap(self.model), self.device)
-        self.logger.info("Epoch %d pseudo-labels (%.1f s): %s", epoch,
-                         time.perf_counter() - start, stats.describe())
-
     def train_epoch(self, epoch: int) -> None:
         self.scheduler.step(epoch)
-        if self.clustering is not None:
-            self._cluster(epoch)
+        if self.clustering is not None:  # this epoch's pseudo-identities, memory and loader
+            self.clustering.start_epoch(unwrap(self.model), self.device, epoch)
         set_train_epoch(self.train_loader, epoch)
         self.model.train()
         self.stats.start_epoch()

@@ -58,11 +58,11 @@ def test_usl_trains_on_clusters_logs_them_and_resumes_between_epochs(tiny_opts, 
     cfg, parts = build(tiny_opts + USL_OPTS + ["OUTPUT_DIR", str(tmp_path / "stopped")])
     start_epoch, calls = parts["loss_fn"].start_epoch, []
 
-    def stop_at_second(*args):
-        calls.append(1)
-        if len(calls) == 2:
+    def stop_at_second(model, device, epoch):
+        calls.append(epoch)
+        if epoch == 2:
             raise StopAtEpoch()
-        return start_epoch(*args)
+        return start_epoch(model, device, epoch)
     parts["loss_fn"].start_epoch = stop_at_second
     with pytest.raises(StopAtEpoch):
         train(cfg, parts)
