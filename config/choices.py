@@ -28,9 +28,10 @@ MULTISTEP_WARMUP_METHODS = ('constant', 'linear')
 WARMUP_METHODS = MULTISTEP_WARMUP_METHODS + ('cosine',)
 AMP_DTYPES = ('fp16', 'bf16', 'fp32')
 COMPILE_MODES = ('auto', 'on', 'off')
-# MODEL.TRAIN_MODE: with identity labels, or without ('usl': cluster-contrast, docs/unsupervised.md).
-# 'uda' (USL from a model trained on another dataset) is not built yet, so it is refused.
-TRAIN_MODES = ('supervised', 'usl')
+# MODEL.TRAIN_MODE: with identity labels, or without (cluster-contrast, docs/unsupervised.md): 'usl'
+# from any start, 'uda' from a model trained with labels on another dataset.
+TRAIN_MODES = ('supervised', 'usl', 'uda')
+UNLABELLED_MODES = ('usl', 'uda')
 # The SIE label of an image of unknown camera or view (processor.inference explains them): the
 # mean over every label, or the image's own where known; else a label id.
 MEAN, AUTO = "mean", "auto"
@@ -52,8 +53,8 @@ def _is_yes_no(value: Any) -> bool:
 
 
 def cluster_rules(cfg) -> Tuple[Tuple[str, Callable[[Any], bool], str], ...]:
-    """(key, test, what it allows) of the CLUSTER keys, and of what MODEL.TRAIN_MODE 'usl' needs
-    (processor and loss/cluster_contrast.py); config.loader applies them."""
+    """(key, test, what it allows) of the CLUSTER keys, and of what MODEL.TRAIN_MODE 'usl' and
+    'uda' need (processor and loss/cluster_contrast.py); config.loader applies them."""
     k1 = cfg.CLUSTER.K1
     rules = (
         ('CLUSTER.EPS', lambda value: _number(value) and 0 < value < 1,
@@ -67,12 +68,18 @@ def cluster_rules(cfg) -> Tuple[Tuple[str, Callable[[Any], bool], str], ...]:
          "a positive number (theirs 0.05)"),
         ('CLUSTER.MEMORY_MOMENTUM', lambda value: _number(value) and 0 <= value <= 1,
          "a number from 0 to 1 (theirs 0.2)"))
-    if cfg.MODEL.TRAIN_MODE != 'usl':
+    mode = cfg.MODEL.TRAIN_MODE
+    if mode not in UNLABELLED_MODES:
         return rules
-    return rules + (
+    rules += (
         ('MODEL.NECK', lambda value: value == 'bnneck',
-         "'bnneck' with MODEL.TRAIN_MODE 'usl' (the memory trains the BN neck's output)"),
-        ('MODEL.ID_LOSS_TYPE', lambda value: value == 'softmax', "'softmax' with MODEL.TRAIN_MODE "
-         "'usl' (the classifier is unused there, and the margin heads need labels)"),
+         f"'bnneck' with MODEL.TRAIN_MODE '{mode}' (the memory trains the BN neck's output)"),
+        ('MODEL.ID_LOSS_TYPE', lambda value: value == 'softmax', f"'softmax' with MODEL.TRAIN_MODE "
+         f"'{mode}' (the classifier is unused there, and the margin heads need labels)"),
         ('MODEL.DIST_TRAIN', lambda value: not value,
-         "False with MODEL.TRAIN_MODE 'usl' (clustering runs in one process; DDP is not built)"))
+         f"False with MODEL.TRAIN_MODE '{mode}' (clustering runs in one process; no DDP yet)"))
+    if mode == 'uda':
+        rules += (('MODEL.PRETRAIN_CHOICE', lambda value: value == 'finetune',
+                   "'finetune' with MODEL.TRAIN_MODE 'uda', MODEL.PRETRAIN_PATH the model trained "
+                   "with labels on the source dataset"),)
+    return rules

@@ -267,7 +267,7 @@ def _value_rules() -> Tuple[ValueRule, ...]:
         _choice_rule('TEST.AMP_DTYPE', choices.AMP_DTYPES),
         _choice_rule('MODEL.COMPILE', choices.COMPILE_MODES),
         ('MODEL.TRAIN_MODE', lambda value: value in choices.TRAIN_MODES,
-         f"one of {list(choices.TRAIN_MODES)} ('uda' is not built yet: docs/unsupervised.md)"),
+         f"one of {list(choices.TRAIN_MODES)} (docs/unsupervised.md)"),
     )
 
 

@@ -10,6 +10,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Samp
                               default_collate)
 
 from config import ConfigError
+from config.choices import UNLABELLED_MODES
 from utils.device import loader_workers, uses_gpu
 
 from .bases import BaseImageDataset, ImageDataset, Sample, SeededImageDataset
@@ -131,9 +132,10 @@ def _train_loader(cfg, dataset: BaseImageDataset) -> DataLoader:
 
 
 class PseudoLabelLoader:
-    """Training without labels (MODEL.TRAIN_MODE 'usl'): CLUSTER.ITERS_PER_EPOCH batches of
-    the images clustered this epoch, labelled by cluster, P clusters x DATALOADER.NUM_INSTANCE
-    crops per batch (RandomMultipleGallerySampler); rebuilt by `relabel` before each epoch."""
+    """Training without labels (MODEL.TRAIN_MODE 'usl', 'uda'): CLUSTER.ITERS_PER_EPOCH
+    batches of the images clustered this epoch, labelled by cluster, P clusters x
+    DATALOADER.NUM_INSTANCE crops per batch (RandomMultipleGallerySampler); rebuilt by `relabel`
+    before each epoch."""
 
     def __init__(self, cfg, samples: Sequence[Sample]) -> None:
         self.cfg, self.samples = cfg, list(samples)
@@ -221,7 +223,8 @@ def make_dataloader(cfg, trial: int = 0) -> Tuple[DataLoader, DataLoader, DataLo
                                          dataset.num_views)
     logger.info("Number of classes: %d, cameras: %d, views: %d", num_classes, camera_num,
                 view_num)
-    train_loader = (PseudoLabelLoader(cfg, dataset.train) if cfg.MODEL.TRAIN_MODE == 'usl'
+    unlabelled = cfg.MODEL.TRAIN_MODE in UNLABELLED_MODES
+    train_loader = (PseudoLabelLoader(cfg, dataset.train) if unlabelled
                     else _train_loader(cfg, dataset))
     train_loader_normal = LazyLoader(lambda: _eval_loader(cfg, dataset.train))
     val_loader = _eval_loader(cfg, dataset.query + dataset.gallery)

@@ -1,10 +1,12 @@
-"""Training without labels (MODEL.TRAIN_MODE 'usl'): cluster-contrast's epoch, as TransReID-SSL's
-`cluster-contrast-reid/examples/cluster_contrast_train_usl.py` runs it. Before each epoch the
-training images' features are extracted in evaluation mode (the BN neck's output, L2-normalised,
-as their ViT returns it), clustered into pseudo-identities (`utils.clustering`), and a cluster
-memory is started from the clusters' mean features; the epoch then trains the memory's loss on
-the BN neck's training-mode output (their trainer's `self.memory(self.encoder(inputs), labels)`).
-The memory is rebuilt every epoch, so nothing of it needs saving between epochs.
+"""Training without labels (MODEL.TRAIN_MODE 'usl', 'uda'): cluster-contrast's epoch, as
+TransReID-SSL's `cluster-contrast-reid/examples/cluster_contrast_train_usl.py` runs it. Before
+each epoch the training images' features are extracted in evaluation mode (the BN neck's output,
+L2-normalised, as their ViT returns it), clustered into pseudo-identities (`utils.clustering`),
+and a cluster memory is started from the clusters' mean features; the epoch then trains the
+memory's loss on the BN neck's training-mode output (their trainer's
+`self.memory(self.encoder(inputs), labels)`). The memory is rebuilt every epoch, so nothing of
+it needs saving between epochs. UDA starts from a model trained with labels on another dataset,
+its BN necks afresh (`restart_bn_necks`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,15 @@ from utils.options import yes_no
 from .cluster_memory import ClusterMemory
 
 logger = logging.getLogger("transreid.train")
+
+
+def restart_bn_necks(model: nn.Module) -> None:
+    """UDA's start: the source model's BN necks begin afresh (weight 1, bias 0, no running
+    statistics), as their loader skips every 'bottleneck' key of a TransReID checkpoint."""
+    for name, module in model.named_modules():
+        if name.split(".")[-1].startswith("bottleneck") and isinstance(module, nn.BatchNorm1d):
+            module.reset_parameters()
+            logger.info("UDA: %s starts afresh", name)
 
 
 class ClusterContrast:

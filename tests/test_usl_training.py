@@ -119,11 +119,38 @@ def test_iteration_sampler_repeats_passes_per_epoch_and_refuses_short_passes():
 @pytest.mark.parametrize("key, value", [
     ("CLUSTER.EPS", "0.0"), ("CLUSTER.EPS", "1.0"), ("CLUSTER.MIN_SAMPLES", "0"),
     ("CLUSTER.K2", "31"), ("CLUSTER.K2", "0"), ("CLUSTER.HARD_MEMORY", "'maybe'"),
-    ("CLUSTER.ITERS_PER_EPOCH", "0"), ("MODEL.TRAIN_MODE", "'uda'"), ("MODEL.NECK", "'no'"),
+    ("CLUSTER.ITERS_PER_EPOCH", "0"), ("MODEL.TRAIN_MODE", "'semi'"), ("MODEL.NECK", "'no'"),
     ("MODEL.ID_LOSS_TYPE", "'arcface'"), ("MODEL.DIST_TRAIN", "True")])
 def test_bad_usl_settings_are_refused_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=re.escape(key)):
         load_config("", ["MODEL.TRAIN_MODE", "usl", key, value])
+
+
+def test_uda_needs_the_source_model_to_finetune_from():
+    with pytest.raises(ConfigError, match="MODEL.PRETRAIN_CHOICE 'none'.*'finetune' with "
+                                          "MODEL.TRAIN_MODE 'uda'"):
+        load_config("", ["MODEL.TRAIN_MODE", "uda", "MODEL.PRETRAIN_CHOICE", "none"])
+
+
+def test_uda_starts_from_the_source_model_with_fresh_bn_necks(tiny_opts, tmp_path):
+    # The source model: supervised weights, its BN neck moved away from the fresh one.
+    _, source = build(tiny_opts + USL_OPTS[2:] + ["OUTPUT_DIR", str(tmp_path / "source")])
+    state = source["model"].state_dict()
+    state["bottleneck.weight"] += 0.5
+    state["bottleneck.running_mean"] += 0.25
+    torch.save(state, tmp_path / "source.pth")
+    cfg, parts = build(tiny_opts + USL_OPTS + ["MODEL.TRAIN_MODE", "uda",
+                                               "MODEL.PRETRAIN_CHOICE", "finetune",
+                                               "MODEL.PRETRAIN_PATH", str(tmp_path / "source.pth")])
+    target = parts["model"].state_dict()
+    for name, tensor in state.items():
+        if not name.startswith("bottleneck."):
+            assert torch.equal(target[name], tensor), name
+    assert torch.equal(target["bottleneck.weight"], torch.ones_like(state["bottleneck.weight"]))
+    assert torch.equal(target["bottleneck.running_mean"],
+                       torch.zeros_like(state["bottleneck.running_mean"]))
+    assert not target["bottleneck.bias"].any() and target["bottleneck.running_var"].eq(1).all()
+    assert not parts["model"].bottleneck.bias.requires_grad  # still the frozen-bias neck
 
 
 def test_usl_settings_of_their_scripts_load():
