@@ -80,9 +80,10 @@ class IterationSampler(Sampler[int]):
         if self.batches_per_pass == 0:
             raise ConfigError(
                 f"one pass over the clustered images gives {sampler.pass_length()} images, fewer "
-                f"than SOLVER.IMS_PER_BATCH {batch_size}: too few clusters (CLUSTER.EPS "
-                f"and MIN_SAMPLES may be too strict for this data); lower SOLVER.IMS_PER_BATCH "
-                f"or raise CLUSTER.EPS")
+                f"than SOLVER.IMS_PER_BATCH {batch_size}: too few clusters for a batch (the log "
+                f"gives this epoch's clustering). Lower SOLVER.IMS_PER_BATCH, or change "
+                f"CLUSTER.EPS / K1: a smaller one splits large clusters, a larger one clusters "
+                f"more of the images left out")
         self.seed, self.epoch = sampler.seed, 0
 
     def set_epoch(self, epoch: int) -> None:
