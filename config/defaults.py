@@ -77,8 +77,9 @@ _C.MODEL.COMPILE = 'auto'
 
 # New: training checkpoint (written by do_train) to resume from, '' to start afresh
 _C.MODEL.RESUME = ''
-# New: 'supervised' (identity labels) or 'usl' (no labels: cluster-contrast pseudo-identities,
-# the CLUSTER keys; docs/unsupervised.md). 'uda' is not built yet
+# New: 'supervised' (identity labels), 'usl' (no labels: cluster-contrast pseudo-identities, the
+# CLUSTER keys) or 'uda' (usl from a model trained with labels on another dataset, loaded with
+# PRETRAIN_CHOICE 'finetune', BN necks afresh); docs/unsupervised.md
 _C.MODEL.TRAIN_MODE = 'supervised'
 
 # -----------------------------------------------------------------------------
@@ -185,7 +186,7 @@ _C.SOLVER.IMS_PER_BATCH = 64
 _C.SOLVER.AMP_DTYPE = 'fp16'
 
 # -----------------------------------------------------------------------------
-# CLUSTER (New: training without labels, MODEL.TRAIN_MODE 'usl'; TransReID-SSL's
+# CLUSTER (New: training without labels, MODEL.TRAIN_MODE 'usl' or 'uda'; TransReID-SSL's
 # cluster-contrast defaults for ViTs)
 # -----------------------------------------------------------------------------
 _C.CLUSTER = CN()

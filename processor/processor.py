@@ -88,7 +88,7 @@ class Trainer:
         # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
-        # MODEL.TRAIN_MODE 'usl': the loss is cluster-contrast's, which clusters before each epoch
+        # MODEL.TRAIN_MODE 'usl' / 'uda': cluster-contrast's loss, which clusters before each epoch
         self.clustering = loss_fn if isinstance(loss_fn, ClusterContrast) else None
         self.uses_center = 'center' in cfg.MODEL.METRIC_LOSS_TYPE and self.clustering is None
         self.stats = StepStats(self.device)
