@@ -9,9 +9,11 @@ import torch.distributed as dist
 
 from datasets import make_dataloader
 from loss import make_loss
+from loss.cluster_contrast import ClusterContrast, restart_bn_necks
 from model import make_model
 from processor import do_train
 from processor.checkpoint import claim_output_dir, load_checkpoint, resume_hint
+from config.choices import UNLABELLED_MODES
 from config.cli import base_parser, load_cli_config
 from processor.cli import env_int, start_run
 from utils.errors import exits_on_user_error
@@ -36,9 +38,15 @@ def init_distributed(cfg, local_rank: int) -> None:
 
 def build_training(cfg) -> dict:
     """Data, model, loss, optimizers and schedule of `cfg`: do_train's arguments but the rank."""
-    train_loader, _, val_loader, num_query, num_classes, camera_num, view_num = make_dataloader(cfg)
+    (train_loader, train_features_loader, val_loader, num_query, num_classes, camera_num,
+     view_num) = make_dataloader(cfg)
     model = make_model(cfg, num_class=num_classes, camera_num=camera_num, view_num=view_num)
     loss_fn, center_criterion = make_loss(cfg, num_classes=num_classes)
+    if cfg.MODEL.TRAIN_MODE in UNLABELLED_MODES:
+        # Without labels the loss is cluster-contrast's alone (the classifier goes untrained).
+        loss_fn = ClusterContrast(cfg, train_loader, train_features_loader)
+    if cfg.MODEL.TRAIN_MODE == 'uda':
+        restart_bn_necks(model)
     optimizer, optimizer_center = make_optimizer(cfg, model, center_criterion)
     scheduler = create_scheduler(cfg, optimizer)
     return dict(model=model, center_criterion=center_criterion, train_loader=train_loader,

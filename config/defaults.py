@@ -90,9 +90,9 @@ _C.MODEL.COMPILE = 'auto'
 
 # New: training checkpoint (written by do_train) to resume from, '' to start afresh
 _C.MODEL.RESUME = ''
-# New: 'supervised' (identity labels), 'usl' (no labels: cluster-contrast pseudo-identities) or
-# 'uda' (cluster-contrast on this dataset from a model trained on another); docs/unsupervised.md.
-# train.py does not read it yet: only 'supervised' trains
+# New: 'supervised' (identity labels), 'usl' (no labels: cluster-contrast pseudo-identities, the
+# CLUSTER keys) or 'uda' (usl from a model trained with labels on another dataset, loaded with
+# PRETRAIN_CHOICE 'finetune', BN necks afresh); docs/unsupervised.md
 _C.MODEL.TRAIN_MODE = 'supervised'
 
 # -----------------------------------------------------------------------------

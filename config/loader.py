@@ -267,8 +267,7 @@ def _value_rules() -> Tuple[ValueRule, ...]:
         _choice_rule('TEST.AMP_DTYPE', choices.AMP_DTYPES),
         _choice_rule('MODEL.COMPILE', choices.COMPILE_MODES),
         ('MODEL.TRAIN_MODE', lambda value: value in choices.TRAIN_MODES,
-         f"one of {list(choices.TRAIN_MODES)}: training without labels ('usl', 'uda') is not "
-         "wired into train.py yet (docs/unsupervised.md)"),
+         f"one of {list(choices.TRAIN_MODES)} (docs/unsupervised.md)"),
     )
 
 
@@ -366,6 +365,7 @@ def _check_values(cfg: CfgNode, config_file: str = "") -> None:
     _apply_rules(cfg, _value_rules(), config_file)
     _check_transformer(cfg, config_file)
     _check_identity_batches(cfg, config_file)
+    _apply_rules(cfg, choices.cluster_rules(cfg), config_file)
 
 
 def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:

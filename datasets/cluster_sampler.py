@@ -16,6 +16,9 @@ from collections import defaultdict
 from typing import Dict, Iterator, List, Sequence
 
 import numpy as np
+from torch.utils.data import Sampler
+
+from utils.errors import ConfigError
 
 from .bases import Sample
 from .samplers import EpochSampler
@@ -59,3 +62,43 @@ class RandomMultipleGallerySampler(EpochSampler):
         order = rng.permutation(len(self.pids))
         return iter([index for position in order.tolist()
                      for index in self._group(self.pids[position], rng)])
+
+    def pass_length(self) -> int:
+        """Indices of one pass: `num_instances` per pseudo-identity, 1 for a single crop."""
+        return sum(self.num_instances if len(indices) > 1 else 1
+                   for indices in self.index_of_pid.values())
+
+
+class IterationSampler(Sampler[int]):
+    """`iters` batches of `batch_size` indices from passes of a RandomMultipleGallerySampler,
+    as their IterLoader restarting a drop_last DataLoader: each pass's last incomplete batch is
+    dropped. The passes of epoch e draw from (seed, e) alone, so a resumed epoch repeats."""
+
+    def __init__(self, sampler: RandomMultipleGallerySampler, batch_size: int, iters: int):
+        self.sampler, self.batch_size, self.iters = sampler, batch_size, iters
+        self.batches_per_pass = sampler.pass_length() // batch_size
+        if self.batches_per_pass == 0:
+            raise ConfigError(
+                f"one pass over the clustered images gives {sampler.pass_length()} images, fewer "
+                f"than SOLVER.IMS_PER_BATCH {batch_size}: too few clusters for a batch (the log "
+                f"gives this epoch's clustering). Lower SOLVER.IMS_PER_BATCH, or change "
+                f"CLUSTER.EPS / K1: a smaller one splits large clusters, a larger one clusters "
+                f"more of the images left out")
+        self.seed, self.epoch = sampler.seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.iters * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        # One seed per epoch for the inner sampler, whose counter then numbers the passes.
+        self.sampler.seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        self.sampler.set_epoch(0)
+        self.epoch += 1
+        indices: List[int] = []
+        while len(indices) < len(self):
+            one_pass = list(self.sampler)
+            indices += one_pass[:self.batches_per_pass * self.batch_size]
+        return iter(indices[:len(self)])

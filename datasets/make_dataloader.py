@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -10,9 +10,11 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Samp
                               default_collate)
 
 from config import ConfigError
+from config.choices import UNLABELLED_MODES
 from utils.device import loader_workers, uses_gpu
 
-from .bases import BaseImageDataset, ImageDataset, SeededImageDataset
+from .bases import BaseImageDataset, ImageDataset, Sample, SeededImageDataset
+from .cluster_sampler import IterationSampler, RandomMultipleGallerySampler
 from .device_augment import WorkerAugment
 from .registry import build_dataset
 from .samplers import (RandomIdentitySampler, RandomIdentitySampler_DDP, SeededIndices,
@@ -129,6 +131,50 @@ def _train_loader(cfg, dataset: BaseImageDataset) -> DataLoader:
                       drop_last=True, **options)
 
 
+class PseudoLabelLoader:
+    """Training without labels (MODEL.TRAIN_MODE 'usl', 'uda'): CLUSTER.ITERS_PER_EPOCH
+    batches of the images clustered this epoch, labelled by cluster, P clusters x
+    DATALOADER.NUM_INSTANCE crops per batch (RandomMultipleGallerySampler); rebuilt by `relabel`
+    before each epoch."""
+
+    def __init__(self, cfg, samples: Sequence[Sample]) -> None:
+        self.cfg, self.samples = cfg, list(samples)
+        self.loader: Optional[DataLoader] = None
+
+    def relabel(self, labels: Sequence[int]) -> None:
+        """Train on the images whose label is not -1, their label as identity."""
+        clustered = [(path, int(label), camid, viewid)
+                     for (path, _, camid, viewid), label in zip(self.samples, labels) if label >= 0]
+        cfg, seed = self.cfg, self.cfg.SOLVER.SEED
+        sampler = IterationSampler(
+            RandomMultipleGallerySampler(clustered, cfg.DATALOADER.NUM_INSTANCE, seed),
+            cfg.SOLVER.IMS_PER_BATCH, cfg.CLUSTER.ITERS_PER_EPOCH)
+        train_set = SeededImageDataset(clustered, _train_transform(cfg),
+                                       cfg.DATALOADER.READ_RETRIES)
+        self.loader = DataLoader(train_set, batch_size=cfg.SOLVER.IMS_PER_BATCH,
+                                 sampler=SeededIndices(sampler, seed), drop_last=True,
+                                 collate_fn=train_collate_fn, **_loader_options(cfg))
+
+    def _built(self) -> DataLoader:
+        if self.loader is None:
+            raise RuntimeError("PseudoLabelLoader.relabel must run before each epoch")
+        return self.loader
+
+    def __iter__(self):
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return self.cfg.CLUSTER.ITERS_PER_EPOCH
+
+    @property
+    def sampler(self):
+        return self._built().sampler
+
+    @property
+    def batch_sampler(self):
+        return self._built().batch_sampler
+
+
 def _eval_loader(cfg, samples) -> DataLoader:
     eval_set = ImageDataset(samples, build_test_transforms(cfg), cfg.DATALOADER.READ_RETRIES)
     return DataLoader(eval_set, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
@@ -177,7 +223,9 @@ def make_dataloader(cfg, trial: int = 0) -> Tuple[DataLoader, DataLoader, DataLo
                                          dataset.num_views)
     logger.info("Number of classes: %d, cameras: %d, views: %d", num_classes, camera_num,
                 view_num)
-    train_loader = _train_loader(cfg, dataset)
+    unlabelled = cfg.MODEL.TRAIN_MODE in UNLABELLED_MODES
+    train_loader = (PseudoLabelLoader(cfg, dataset.train) if unlabelled
+                    else _train_loader(cfg, dataset))
     train_loader_normal = LazyLoader(lambda: _eval_loader(cfg, dataset.train))
     val_loader = _eval_loader(cfg, dataset.query + dataset.gallery)
     return (train_loader, train_loader_normal, val_loader, len(dataset.query), num_classes,

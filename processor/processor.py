@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from datasets import set_train_epoch
 from datasets.device_augment import DeviceAugment
+from loss.cluster_contrast import ClusterContrast
 from utils.device import select_device
 from utils.errors import UserError
 from utils.metrics import EvalResult
@@ -87,7 +88,9 @@ class Trainer:
         # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
-        self.uses_center = 'center' in cfg.MODEL.METRIC_LOSS_TYPE
+        # MODEL.TRAIN_MODE 'usl' / 'uda': cluster-contrast's loss, which clusters before each epoch
+        self.clustering = loss_fn if isinstance(loss_fn, ClusterContrast) else None
+        self.uses_center = 'center' in cfg.MODEL.METRIC_LOSS_TYPE and self.clustering is None
         self.stats = StepStats(self.device)
         if self.distributed and self.uses_center:
             # The centers live outside DDP: start every rank from rank 0's.
@@ -177,7 +180,8 @@ class Trainer:
             score, feat = forward(img, target, cam_label=target_cam, view_label=target_view)
             loss = self.loss_fn(score, feat, target, target_cam)
         global_score = score[0] if isinstance(score, list) else score
-        accuracy = (global_score.argmax(1) == target).float().mean()
+        accuracy = (self.clustering.last_accuracy if self.clustering is not None
+                    else (global_score.argmax(1) == target).float().mean())
         self.loss_parts = dict(getattr(self.loss_fn, "last_parts", {}))
         gated = loss * loss_gate(loss, self.stats.halted)
         self.scaler.scale(gated).backward()
@@ -253,6 +257,8 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> None:
         self.scheduler.step(epoch)
+        if self.clustering is not None:  # this epoch's pseudo-identities, memory and loader
+            self.clustering.start_epoch(unwrap(self.model), self.device, epoch)
         set_train_epoch(self.train_loader, epoch)
         self.model.train()
         self.stats.start_epoch()
