@@ -47,12 +47,12 @@ from deploy.metadata import fit_config, given_keys
 from model.backbones.specs import eval_feature_dim
 from model.trained import (SideInfoCounts, TrainedModel, check_sie_label, flip_mean, load_trained,
                            sie_counts_of)
+from .compiled import CompiledForward, compile_enabled
 from utils.device import loader_workers, select_device
 from utils.errors import ToolError
 from utils.precision import autocast, inference_dtype
 from utils.progress import Progress
 
-from .compiled import CompiledForward, compile_enabled
 
 logger = logging.getLogger("transreid.inference")
 
@@ -97,7 +97,7 @@ class TorchBackend:
         images = images.to(self.device, non_blocking=True)
         labels = dict(cam_label=cam_label.to(self.device), view_label=view_label.to(self.device))
         with autocast(self.device, self.amp_dtype):
-            return flip_mean(self.forward, images, self.flip, **labels)
+            return self.forward.run(lambda forward: flip_mean(forward, images, self.flip, **labels))
 
 
 class FeatureExtractor:

@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from datasets import set_train_epoch
 from datasets.device_augment import DeviceAugment
+from .compiled import CompiledForward, compile_enabled
 from loss.cluster_contrast import ClusterContrast
 from utils.device import select_device
 from utils.errors import UserError
@@ -21,7 +22,6 @@ from utils.progress import Progress
 from utils.seed import set_seed
 
 from .checkpoint import Checkpointer, TrainingObjects, restore_rng_states, rng_states, unwrap
-from .compiled import CompiledForward, compile_enabled
 from .dist_watchdog import start_watchdog
 from .evaluation import evaluate, evaluate_features, log_result
 from .inference import FeatureExtractor
