@@ -60,6 +60,20 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, *_unused) 
     return torch.as_strided(storage, tuple(size), tuple(stride), offset)
 
 
+def _typed_list(values) -> list:
+    return list(values)
+
+
+def _untagged(value, _type_name):
+    return value
+
+
+# TorchScript pickles its typed lists and containers through these helpers; each only rebuilds data.
+TORCHSCRIPT_CONTAINERS = {'build_intlist': _typed_list, 'build_doublelist': _typed_list,
+                          'build_boollist': _typed_list, 'build_tensorlist': _typed_list,
+                          'build_genericlist': _typed_list, 'restore_type_tag': _untagged}
+
+
 class _TensorOnlyUnpickler(pickle.Unpickler):
     """Unpickles a TorchScript `data.pkl`: tensors, ordered dicts and attribute holders only."""
 
@@ -72,6 +86,8 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if module == 'torch._utils' and name == '_rebuild_tensor_v2':
             return _rebuild_tensor
+        if module == 'torch.jit._pickle' and name in TORCHSCRIPT_CONTAINERS:
+            return TORCHSCRIPT_CONTAINERS[name]
         if module == 'collections' and name == 'OrderedDict':
             import collections
             return collections.OrderedDict
