@@ -29,8 +29,10 @@ from config import check_choice
 from config.choices import NECK_FEATS
 
 from . import weights
-from .backbones.clip import (CLASS_CONTEXT_TOKENS, CLIP_SPECS, PROMPT_PREFIX_TOKENS, ClipModifiedResNet, ClipSpec,
-                             ClipTextEncoder, ClipVisionTransformer, clip_grid)
+from .clip_weights import load_clip_pretrained
+from .backbones.clip import (CLASS_CONTEXT_TOKENS, PROMPT_PREFIX_TOKENS, ClipModifiedResNet, ClipTextEncoder,
+                             ClipVisionTransformer, clip_grid)
+from .backbones.specs import CLIP_SPECS, ClipSpec
 from .heads import linear_classifier, make_bn_neck
 
 logger = logging.getLogger("transreid.model")
@@ -73,6 +75,9 @@ class PromptLearner(nn.Module):
 def _image_encoder(spec: ClipSpec, size: Sequence[int], stride: Sequence[int]) -> nn.Module:
     # CLIP-ReID computes the grid from MODEL.STRIDE_SIZE[0] for the ResNet too (a 16x map).
     grid = clip_grid(size, stride)
+    if not spec.is_vit and [int(side) for side in stride] != [16, 16]:
+        raise ValueError(f"MODEL.STRIDE_SIZE {list(stride)}: CLIP-ReID's ResNet pools a map 16 times smaller than "
+                         "the image and sizes its position grid by the stride; set STRIDE_SIZE [16, 16]")
     if spec.is_vit:
         if int(stride[0]) != int(stride[1]):
             raise ValueError(f"MODEL.STRIDE_SIZE {list(stride)}: CLIP-ReID steps its patches by one stride "
@@ -164,7 +169,8 @@ class CLIPReID(nn.Module):
 
 
 def build_clipreid(cfg, num_classes: int, camera_num: int, view_num: int) -> CLIPReID:
-    """CLIP-ReID for `cfg` (MODEL.NAME 'ViT-B-16' or 'RN50')."""
+    """CLIP-ReID for `cfg` (MODEL.NAME 'ViT-B-16' or 'RN50'); MODEL.PRETRAIN_CHOICE 'imagenet' starts
+    it from OpenAI's CLIP weights at MODEL.PRETRAIN_PATH (the whole-model choices are make_model's)."""
     spec = CLIP_SPECS[cfg.MODEL.NAME]
     sie_tables = (camera_num if cfg.MODEL.SIE_CAMERA else 0, view_num if cfg.MODEL.SIE_VIEW else 0)
     model = CLIPReID(spec, num_classes, cfg.INPUT.SIZE_TRAIN, cfg.MODEL.STRIDE_SIZE,
@@ -172,4 +178,6 @@ def build_clipreid(cfg, num_classes: int, camera_num: int, view_num: int) -> CLI
                      neck_feat=cfg.TEST.NECK_FEAT)
     logger.info("Built CLIP-ReID %s (%d identities, SIE cameras %d, views %d)", cfg.MODEL.NAME, num_classes,
                 *sie_tables)
+    if cfg.MODEL.PRETRAIN_CHOICE == 'imagenet':
+        load_clip_pretrained(model, cfg.MODEL.PRETRAIN_PATH, cfg.MODEL.NAME)
     return model

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from config import check_choice
-from config.choices import NECK_FEATS, NECK_TYPES, PRETRAIN_CHOICES
+from config.choices import CLIP_MODEL_NAMES, NECK_FEATS, NECK_TYPES, PRETRAIN_CHOICES
 
 from . import weights
 from .backbones import ResNet, TransReID, create_vit, feature_dim, model_name
+from .clipreid import build_clipreid
 from .heads import MarginHead, make_bn_neck, make_classifier
 
 logger = logging.getLogger("transreid.model")
@@ -212,7 +213,9 @@ def make_model(cfg, num_class: int, camera_num: int, view_num: int) -> ReIDModel
     count differs, 'none' trains from scratch.
     """
     check_choice('MODEL.PRETRAIN_CHOICE', cfg.MODEL.PRETRAIN_CHOICE, PRETRAIN_CHOICES)
-    if model_name(cfg) == 'transformer':
+    if model_name(cfg) in CLIP_MODEL_NAMES:
+        model = build_clipreid(cfg, num_class, camera_num, view_num)  # 'imagenet': OpenAI's CLIP weights
+    elif model_name(cfg) == 'transformer':
         model_class = build_transformer_local if cfg.MODEL.JPM else build_transformer
         model = model_class(num_class, camera_num, view_num, cfg)
         logger.info("Built %s (%s)%s", cfg.MODEL.TRANSFORMER_TYPE, model_class.__name__,

@@ -13,7 +13,6 @@ keys map one to one (docs/clipreid.md). CLIP-ReID's changes live in the shells h
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -21,43 +20,15 @@ from torch import nn
 from open_clip.modified_resnet import AttentionPool2d, Bottleneck
 from open_clip.transformer import LayerNormFp32, QuickGELU, Transformer
 
+from .specs import RESNET_EXPANSION, ClipSpec
+
 PATCH_SIZE = 16
 # OpenAI's RN50 and the ViT alike: attention heads are 64 channels wide.
 HEAD_WIDTH = 64
-RESNET_EXPANSION = Bottleneck.expansion
 # CLIP-ReID's prompt "A photo of a X X X X person.": the start-of-text token and four words, then
 # four learnt context vectors per identity in place of the X, then the rest.
 PROMPT_PREFIX_TOKENS = 5
 CLASS_CONTEXT_TOKENS = 4
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """Widths of one CLIP model: the image tower (`vision_layers` an int for a ViT, four block
-    counts for a ResNet), the shared embedding and the text tower."""
-    vision_layers: object
-    vision_width: int
-    embed_dim: int
-    text_width: int = 512
-    text_layers: int = 12
-    context_length: int = 77
-    vocab_size: int = 49408
-
-    @property
-    def is_vit(self) -> bool:
-        return isinstance(self.vision_layers, int)
-
-    @property
-    def feature_dim(self) -> int:
-        """Width of the image feature before the projection (the first BN neck's)."""
-        return self.vision_width if self.is_vit else self.vision_width * 8 * RESNET_EXPANSION
-
-
-# OpenAI's published models under CLIP-ReID's MODEL.NAME.
-CLIP_SPECS = {
-    'ViT-B-16': ClipSpec(vision_layers=12, vision_width=768, embed_dim=512),
-    'RN50': ClipSpec(vision_layers=(3, 4, 6, 3), vision_width=64, embed_dim=1024),
-}
 
 
 def clip_grid(size: Sequence[int], stride: Sequence[int]) -> Tuple[int, int]:

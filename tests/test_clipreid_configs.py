@@ -1,0 +1,166 @@
+"""CLIP-ReID's configs: their published YAML loads once its DATASETS block is filled in (as their
+README says to) and is refused with the reason as published; configs/ ships it per dataset, key for
+key, and their SIE + OLP command as a file; make_model builds their real-size networks, whose keys
+and shapes are those of their code (tests/fixtures/clipreid/keys.json)."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from config import ConfigError, load_config
+from model import make_model
+from model.backbones.specs import eval_feature_dim, feature_dim
+from tests.fixtures.clipreid.generate import REAL_CAMERAS, REAL_CLASSES
+
+REPO = Path(__file__).resolve().parent.parent
+KEYS = REPO / 'tests' / 'fixtures' / 'clipreid' / 'keys.json'
+# Syliz517/CLIP-ReID eb1898b configs/person/vit_clipreid.yml, verbatim.
+PUBLISHED_VIT_CLIPREID = '''\
+MODEL:
+  PRETRAIN_CHOICE: 'imagenet'
+  METRIC_LOSS_TYPE: 'triplet'
+  IF_LABELSMOOTH: 'on'
+  IF_WITH_CENTER: 'no'
+  NAME: 'ViT-B-16'
+  STRIDE_SIZE: [16, 16]
+  ID_LOSS_WEIGHT : 0.25
+  TRIPLET_LOSS_WEIGHT : 1.0
+  I2T_LOSS_WEIGHT : 1.0
+  # SIE_CAMERA: True
+  # SIE_COE : 1.0
+
+INPUT:
+  SIZE_TRAIN: [256, 128]
+  SIZE_TEST: [256, 128]
+  PROB: 0.5 # random horizontal flip
+  RE_PROB: 0.5 # random erasing
+  PADDING: 10
+  PIXEL_MEAN: [0.5, 0.5, 0.5]
+  PIXEL_STD: [0.5, 0.5, 0.5]
+
+DATALOADER:
+  SAMPLER: 'softmax_triplet'
+  NUM_INSTANCE: 4
+  NUM_WORKERS: 8
+
+SOLVER:
+  STAGE1:
+    IMS_PER_BATCH: 64
+    OPTIMIZER_NAME: "Adam"
+    BASE_LR: 0.00035
+    WARMUP_LR_INIT: 0.00001
+    LR_MIN: 1e-6
+    WARMUP_METHOD: 'linear'
+    WEIGHT_DECAY:  1e-4
+    WEIGHT_DECAY_BIAS: 1e-4
+    MAX_EPOCHS: 120
+    CHECKPOINT_PERIOD: 120
+    LOG_PERIOD: 50
+    WARMUP_EPOCHS: 5
+
+  STAGE2:
+    IMS_PER_BATCH: 64
+    OPTIMIZER_NAME: "Adam"
+    BASE_LR: 0.000005
+    WARMUP_METHOD: 'linear'
+    WARMUP_ITERS: 10
+    WARMUP_FACTOR: 0.1
+    WEIGHT_DECAY:  0.0001
+    WEIGHT_DECAY_BIAS: 0.0001
+    LARGE_FC_LR: False
+    MAX_EPOCHS: 60
+    CHECKPOINT_PERIOD: 60
+    LOG_PERIOD: 50
+    EVAL_PERIOD: 60
+    BIAS_LR_FACTOR: 2
+
+    STEPS: [30, 50]
+    GAMMA: 0.1
+
+TEST:
+  EVAL: True
+  IMS_PER_BATCH: 64
+  RE_RANKING: False
+  WEIGHT: ''
+  NECK_FEAT: 'before'
+  FEAT_NORM: 'yes'
+
+DATASETS:
+#   NAMES: ('market1501')
+#   ROOT_DIR: ('')
+# OUTPUT_DIR: ''
+
+#   NAMES: ('dukemtmc')
+#   ROOT_DIR: ('')
+# OUTPUT_DIR: ''
+
+#   NAMES: ('occ_duke')
+#   ROOT_DIR: ('')
+# OUTPUT_DIR: ''
+
+#   NAMES: ('msmt17')
+#   ROOT_DIR: ('')
+# OUTPUT_DIR: ''
+
+# CUDA_VISIBLE_DEVICES=3 python train_clipreid.py --config_file configs/person/vit_clipreid.yml
+'''
+# As their README says to fill it in.
+FILLED_IN = ("DATASETS:\n#   NAMES: ('market1501')\n#   ROOT_DIR: ('')",
+             "DATASETS:\n   NAMES: ('market1501')\n   ROOT_DIR: ('your_dataset_dir')")
+# What configs/<dataset>/ adds to their file: where the data, the run and the CLIP weights are.
+PLACES = {'DATASETS.ROOT_DIR', 'OUTPUT_DIR', 'MODEL.PRETRAIN_PATH'}
+
+
+def flat(node, prefix=''):
+    out = {}
+    for key, value in node.items():
+        if hasattr(value, 'items'):
+            out.update(flat(value, f'{prefix}{key}.'))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_published_file_is_refused_naming_the_empty_datasets_block(tmp_path):
+    path = tmp_path / 'vit_clipreid.yml'
+    path.write_text(PUBLISHED_VIT_CLIPREID)
+    with pytest.raises(ConfigError, match="DATASETS is a section, not a value"):
+        load_config(str(path))
+
+
+def test_published_file_loads_filled_in_and_ours_is_it_key_for_key(tmp_path):
+    path = tmp_path / 'vit_clipreid.yml'
+    path.write_text(PUBLISHED_VIT_CLIPREID.replace(*FILLED_IN))
+    theirs = load_config(str(path))
+    assert (theirs.SOLVER.STAGE1.MAX_EPOCHS, theirs.SOLVER.STAGE2.BASE_LR, theirs.MODEL.I2T_LOSS_WEIGHT) == (
+        120, 0.000005, 1.0)
+    assert (theirs.SOLVER.STAGE1.WARMUP_LR_INIT, tuple(theirs.SOLVER.STAGE2.STEPS)) == (0.00001, (30, 50))
+    ours = flat(load_config(str(REPO / 'configs' / 'Market' / 'vit_clipreid.yml')))
+    theirs = flat(theirs)
+    differing = {key for key in theirs if ours[key] != theirs[key]}
+    assert differing == PLACES
+    assert ours['MODEL.PRETRAIN_PATH'] == 'pretrained/ViT-B-16.pt'
+
+
+@pytest.mark.parametrize('dataset', ['Market', 'MSMT17', 'DukeMTMC', 'OCC_Duke'])
+def test_sie_olp_file_is_their_readme_command(dataset):
+    # Their README: train_clipreid.py --config_file configs/person/vit_clipreid.yml
+    #   MODEL.SIE_CAMERA True MODEL.SIE_COE 1.0 MODEL.STRIDE_SIZE '[12, 12]'
+    folder = REPO / 'configs' / dataset
+    command = load_config(str(folder / 'vit_clipreid.yml'),
+                          ['MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_COE', '1.0', 'MODEL.STRIDE_SIZE', '[12, 12]'])
+    shipped = flat(load_config(str(folder / 'vit_clipreid_sie_olp.yml')))
+    assert {key for key, value in flat(command).items() if shipped[key] != value} == {'OUTPUT_DIR'}
+
+
+@pytest.mark.parametrize('name, width', [('ViT-B-16', 768 + 512), ('RN50', 2048 + 1024)])
+def test_real_size_networks_have_their_keys_and_shapes(name, width):
+    cfg = load_config(opts=['MODEL.NAME', name, 'MODEL.PRETRAIN_CHOICE', 'none', 'MODEL.SIE_CAMERA',
+                            str(name == 'ViT-B-16'), 'INPUT.SIZE_TRAIN', '[256, 128]', 'INPUT.SIZE_TEST', '[256, 128]'])
+    with torch.device('meta'):  # shapes only: no memory, no initialisation time
+        model = make_model(cfg, num_class=REAL_CLASSES, camera_num=REAL_CAMERAS, view_num=1)
+    theirs = json.load(open(KEYS))[f'{name}_real']
+    assert {key: list(value.shape) for key, value in model.state_dict().items()} == theirs
+    assert eval_feature_dim(cfg) == width and feature_dim(cfg) == width - model.in_planes_proj
