@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model.backbones.clip import ClipSpec
+from model.backbones.specs import ClipSpec
 from model.clip_weights import load_clip_pretrained, read_clip_state
 from model.clipreid import CLIPReID
 from model.weights import CheckpointMismatchError, UnreadableWeightsError

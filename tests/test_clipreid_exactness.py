@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.backbones.clip import ClipSpec
+from model.backbones.specs import ClipSpec
 from model.clip_weights import load_clip_pretrained
 from model.clipreid import CLIPReID, prompt_text
 from tests import clip_synthetic as synthetic
