@@ -1,7 +1,8 @@
 """CLIP-ReID's configs: their published YAML loads once its DATASETS block is filled in (as their
 README says to) and is refused with the reason as published; configs/ ships it per dataset, key for
 key, and their SIE + OLP command as a file; make_model builds their real-size networks, whose keys
-and shapes are those of their code (tests/fixtures/clipreid/keys.json)."""
+and shapes are those of their code (tests/fixtures/clipreid/keys.json), and OpenAI's real-size keys
+map onto them with only the heads and learnt prompts left fresh."""
 import json
 import os
 from pathlib import Path
@@ -164,3 +165,23 @@ def test_real_size_networks_have_their_keys_and_shapes(name, width):
     theirs = json.load(open(KEYS))[f'{name}_real']
     assert {key: list(value.shape) for key, value in model.state_dict().items()} == theirs
     assert eval_feature_dim(cfg) == width and feature_dim(cfg) == width - model.in_planes_proj
+
+
+@pytest.mark.parametrize('name', ['ViT-B-16', 'RN50'])
+def test_openai_real_size_keys_map_onto_the_model_with_nothing_left_over(name):
+    from model.clip_weights import adapt_openai_clip_state
+    from model.weights import state_mismatches
+    from tests.clip_synthetic import openai_clip_shapes
+    from tests.fixtures.clipreid.generate import REAL_SPECS
+
+    cfg = load_config(opts=['MODEL.NAME', name, 'MODEL.PRETRAIN_CHOICE', 'none', 'INPUT.SIZE_TRAIN', '[256, 128]',
+                            'INPUT.SIZE_TEST', '[256, 128]', 'MODEL.STRIDE_SIZE', '[16, 16]'])
+    with torch.device('meta'):
+        model = make_model(cfg, num_class=REAL_CLASSES, camera_num=REAL_CAMERAS, view_num=1)
+        openai = {key: torch.empty(shape) for key, shape in openai_clip_shapes(**REAL_SPECS[name]).items()}
+        adapted = adapt_openai_clip_state(openai, model.grid, model.prompt_learner.tokenized_prompts, name)
+    fresh = {'classifier.weight', 'classifier_proj.weight', 'prompt_learner.cls_ctx'} | {
+        f'{neck}.{part}' for neck in ('bottleneck', 'bottleneck_proj')
+        for part in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')}
+    assert state_mismatches(model.state_dict(), adapted, allowed_missing=fresh) == []
+    assert set(model.state_dict()) - set(adapted) == fresh
