@@ -15,6 +15,7 @@ from model.clip_weights import load_clip_pretrained
 from model.clipreid import CLIPReID, prompt_text
 from tests import clip_synthetic as synthetic
 from tests.fixtures.clipreid.generate import CASES, SIZE
+from tests.test_cuda import accelerator, exact_fp32  # noqa: F401  (fixtures: the device under test, TF32 off)
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'clipreid')
 TOLERANCE = 1e-5
@@ -63,14 +64,14 @@ def built(case: str, clip_files) -> CLIPReID:
     return model
 
 
-def batch_and_sie(case: str):
+def batch_and_sie(case: str, device: torch.device = torch.device('cpu')):
     _, _, camera, view, _, _ = CASES[case]
-    images, labels, cameras, views = synthetic.synthetic_batch(*SIZE)
+    images, labels, cameras, views = (tensor.to(device) for tensor in synthetic.synthetic_batch(*SIZE))
     return images, labels, dict(cam_label=cameras if camera else None, view_label=views if view else None)
 
 
-def eval_outputs(model: CLIPReID, case: str) -> dict:
-    images, labels, sie = batch_and_sie(case)
+def eval_outputs(model: CLIPReID, case: str, device: torch.device = torch.device('cpu')) -> dict:
+    images, labels, sie = batch_and_sie(case, device)
     outputs = {}
     with torch.no_grad():
         model.eval()
@@ -78,8 +79,8 @@ def eval_outputs(model: CLIPReID, case: str) -> dict:
             model.neck_feat = neck_feat
             outputs[f'eval_{neck_feat}'] = model(images, **sie)
         outputs['image'] = model(images, labels, get_image=True)
-        outputs['text'] = model(label=torch.arange(synthetic.NUM_CLASSES), get_text=True)
-    return outputs
+        outputs['text'] = model(label=torch.arange(synthetic.NUM_CLASSES, device=device), get_text=True)
+    return {key: value.cpu() for key, value in outputs.items()}
 
 
 def assert_matches(ours: dict, theirs: dict) -> None:
@@ -124,3 +125,15 @@ def test_quick_gelu_matters(clip_files, expected):
         block.mlp.gelu = nn.GELU()  # the exact GELU instead of CLIP's sigmoid approximation
     gap = (eval_outputs(model, case)['eval_before'] - expected[case]['eval_before']).abs().max()
     assert gap > 1e-3
+
+
+@pytest.mark.parametrize('case', ['vit_s12_sie_camera_view', 'rn50'])
+def test_outputs_on_the_accelerator_equal_their_code(case, clip_files, expected, accelerator, exact_fp32):
+    model = built(case, clip_files).to(accelerator)
+    assert_matches(eval_outputs(model, case, accelerator), expected[case])
+    images, labels, sie = batch_and_sie(case, accelerator)
+    model.train()
+    with torch.no_grad():
+        scores, feats, projected = model(images, labels, **sie)
+    assert_matches({key: value.cpu() for key, value in zip(TRAIN_OUTPUTS, scores + feats + [projected])},
+                   expected[case])
