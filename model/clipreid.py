@@ -43,6 +43,9 @@ VEHICLE_PROMPT = "A photo of a X X X X vehicle."
 # Their code switches to the vehicle prompt for these two dataset names only.
 VEHICLE_DATASETS = ('VehicleID', 'veri')
 
+# The parameters whose first dimension is the identity count.
+PER_CLASS_KEYS = ('classifier.weight', 'classifier_proj.weight', 'prompt_learner.cls_ctx')
+
 TrainOutput = Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor]
 
 
@@ -165,7 +168,16 @@ class CLIPReID(nn.Module):
         weights.load_trained_model(self, trained_path)
 
     def load_param_finetune(self, model_path: str) -> None:
-        weights.load_trained_model(self, model_path, new_classifiers_on_mismatch=True)
+        """A trained model to fine-tune: with another class count, the classifiers and the learnt
+        prompts (one set per identity) start afresh and everything else loads strictly."""
+        state = weights.strip_module_prefix(weights.read_state_dict(model_path, weights.TRAINED_MISSING_HINT))
+        own = self.state_dict()
+        per_class = [key for key in PER_CLASS_KEYS if key in own]
+        fresh = [] if all(key not in state or state[key].shape == own[key].shape for key in per_class) else per_class
+        if fresh:
+            logger.info("Class count differs from %s: its classifiers and learnt prompts start afresh", model_path)
+        weights.load_state_strict(self, {key: value for key, value in state.items() if key not in fresh}, model_path,
+                                  allowed_missing=fresh, fix_hint=weights.TRAINED_FIX_HINT)
 
 
 def build_clipreid(cfg, num_classes: int, camera_num: int, view_num: int) -> CLIPReID:

@@ -13,6 +13,7 @@ from torch import nn
 from model.backbones.specs import ClipSpec
 from model.clip_weights import load_clip_pretrained
 from model.clipreid import CLIPReID, prompt_text
+from model.weights import CheckpointMismatchError
 from tests import clip_synthetic as synthetic
 from tests.fixtures.clipreid.generate import CASES, SIZE
 from tests.test_cuda import accelerator, exact_fp32  # noqa: F401  (fixtures: the device under test, TF32 off)
@@ -137,3 +138,17 @@ def test_outputs_on_the_accelerator_equal_their_code(case, clip_files, expected,
         scores, feats, projected = model(images, labels, **sie)
     assert_matches({key: value.cpu() for key, value in zip(TRAIN_OUTPUTS, scores + feats + [projected])},
                    expected[case])
+
+
+def test_finetuning_on_another_class_count_starts_the_per_class_parts_afresh(clip_files, tmp_path):
+    trained = built('vit_s16', clip_files)
+    path = tmp_path / 'ViT-B-16_60.pth'
+    torch.save(trained.state_dict(), path)
+    more_classes = CLIPReID(ClipSpec(**synthetic.TINY_VIT), synthetic.NUM_CLASSES + 2, SIZE, (16, 16))
+    fresh = {key: value.clone() for key, value in more_classes.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match=r"prompt_learner.cls_ctx: checkpoint \(5, 4, 128\) vs model \(7"):
+        more_classes.load_param(str(path))
+    more_classes.load_param_finetune(str(path))
+    for key, value in more_classes.state_dict().items():
+        per_class = key in ('classifier.weight', 'classifier_proj.weight', 'prompt_learner.cls_ctx')
+        assert torch.equal(value, fresh[key] if per_class else trained.state_dict()[key]), key
