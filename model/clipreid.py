@@ -25,7 +25,7 @@ from open_clip.tokenizer import tokenize
 from timm.layers import trunc_normal_
 from torch import nn
 
-from config import check_choice
+from config import ConfigError, check_choice
 from config.choices import NECK_FEATS
 
 from . import weights
@@ -79,11 +79,11 @@ def _image_encoder(spec: ClipSpec, size: Sequence[int], stride: Sequence[int]) -
     # CLIP-ReID computes the grid from MODEL.STRIDE_SIZE[0] for the ResNet too (a 16x map).
     grid = clip_grid(size, stride)
     if not spec.is_vit and [int(side) for side in stride] != [16, 16]:
-        raise ValueError(f"MODEL.STRIDE_SIZE {list(stride)}: CLIP-ReID's ResNet pools a map 16 times smaller than "
+        raise ConfigError(f"MODEL.STRIDE_SIZE {list(stride)}: CLIP-ReID's ResNet pools a map 16 times smaller than "
                          "the image and sizes its position grid by the stride; set STRIDE_SIZE [16, 16]")
     if spec.is_vit:
         if int(stride[0]) != int(stride[1]):
-            raise ValueError(f"MODEL.STRIDE_SIZE {list(stride)}: CLIP-ReID steps its patches by one stride "
+            raise ConfigError(f"MODEL.STRIDE_SIZE {list(stride)}: CLIP-ReID steps its patches by one stride "
                              "(STRIDE_SIZE[0]) in both directions; give two equal numbers")
         return ClipVisionTransformer(spec, grid, int(stride[0]))
     return ClipModifiedResNet(spec, grid)
@@ -110,8 +110,9 @@ class CLIPReID(nn.Module):
         self.sie_coe = sie_coe
         if self.camera_num or self.view_num:
             if not spec.is_vit:
-                raise ValueError("SIE (MODEL.SIE_CAMERA / SIE_VIEW) needs the ViT image encoder: CLIP-ReID "
-                                 "adds it to the class token, which its ResNet has not")
+                raise ConfigError("SIE (MODEL.SIE_CAMERA / SIE_VIEW) needs the ViT image encoder (MODEL.NAME "
+                                  "'ViT-B-16'): CLIP-ReID adds it to the class token, which its ResNet has not; "
+                                  "set SIE_CAMERA and SIE_VIEW False")
             rows = max(self.camera_num, 1) * max(self.view_num, 1)
             self.cv_embed = nn.Parameter(torch.zeros(rows, self.in_planes))
             trunc_normal_(self.cv_embed, std=.02)

@@ -5,6 +5,7 @@ and shapes are those of their code (tests/fixtures/clipreid/keys.json), and Open
 map onto them with only the heads and learnt prompts left fresh."""
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ import torch
 
 from config import ConfigError, load_config
 from model import make_model
-from model.backbones.specs import eval_feature_dim, feature_dim
+from model.backbones.specs import ClipSpec, eval_feature_dim, feature_dim
+from model.clipreid import CLIPReID
+from tests.clip_synthetic import TINY_VIT
 from tests.fixtures.clipreid.generate import REAL_CAMERAS, REAL_CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,3 +188,20 @@ def test_openai_real_size_keys_map_onto_the_model_with_nothing_left_over(name):
         for part in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')}
     assert state_mismatches(model.state_dict(), adapted, allowed_missing=fresh) == []
     assert set(model.state_dict()) - set(adapted) == fresh
+
+
+@pytest.mark.parametrize('opts, named', [
+    (['MODEL.NAME', 'ViT-B-16', 'MODEL.STRIDE_SIZE', '[12, 16]'], "steps its patches by one stride"),
+    (['MODEL.NAME', 'RN50', 'MODEL.STRIDE_SIZE', '[12, 12]'], re.escape("set STRIDE_SIZE [16, 16]")),
+    (['MODEL.NAME', 'RN50', 'MODEL.SIE_CAMERA', 'True'], "set SIE_CAMERA and SIE_VIEW False"),
+])
+def test_settings_their_code_would_misuse_are_refused_with_the_fix(opts, named):
+    cfg = load_config(opts=opts + ['MODEL.PRETRAIN_CHOICE', 'none'])
+    with torch.device('meta'), pytest.raises(ConfigError, match=named):
+        make_model(cfg, num_class=REAL_CLASSES, camera_num=REAL_CAMERAS, view_num=1)
+
+
+def test_images_of_another_size_than_the_model_was_built_for_are_named():
+    model = CLIPReID(ClipSpec(**TINY_VIT), 2, (384, 128), (16, 16)).eval()  # INPUT.SIZE_TRAIN's default
+    with pytest.raises(ValueError, match=r"input images of 16x8 patches, but the model was built for 24x8"):
+        model(torch.zeros(1, 3, 256, 128))

@@ -62,7 +62,12 @@ class ClipVisionTransformer(nn.Module):
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens after the next-to-last block, tokens after the last block and `ln_post`, those
         projected), each batch x (1 + H*W) x width."""
-        x = self.conv1(x).flatten(2).transpose(1, 2)
+        x = self.conv1(x)
+        if tuple(x.shape[-2:]) != self.grid:
+            raise ValueError(f"input images of {x.shape[-2]}x{x.shape[-1]} patches, but the model was built for "
+                             f"{self.grid[0]}x{self.grid[1]} (INPUT.SIZE_TRAIN and MODEL.STRIDE_SIZE); resize them "
+                             "or set INPUT.SIZE_TEST equal to INPUT.SIZE_TRAIN")
+        x = x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         if cv_embed is not None:
             cls = cls + cv_embed.unsqueeze(1)
