@@ -136,6 +136,22 @@ class CLIPReID(nn.Module):
     def text_features(self, label: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(self.prompt_learner(label), self.prompt_learner.tokenized_prompts)
 
+    @torch.no_grad()
+    def identity_text_features(self, chunk: int) -> torch.Tensor:
+        """Every identity's text feature (classes x embedding), in chunks of `chunk` prompts: stage 2's
+        fixed targets of the image-to-text loss (SOLVER.STAGE2.IMS_PER_BATCH in their loop)."""
+        labels = torch.arange(self.num_classes, device=self.prompt_learner.cls_ctx.device)
+        return torch.cat([self.text_features(part) for part in labels.split(chunk)])
+
+    def prompt_parameters(self) -> List[nn.Parameter]:
+        """What stage 1 trains: the learnt prompt vectors alone."""
+        return list(self.prompt_learner.parameters())
+
+    def freeze_text_side(self) -> None:
+        """Stage 2: the text encoder and the learnt prompts stop training, as their stage-2 optimizer sets."""
+        for module in (self.text_encoder, self.prompt_learner):
+            module.requires_grad_(False)
+
     def image_features(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
                        view_label: Optional[torch.Tensor] = None
                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -82,3 +82,23 @@ def test_training_the_prompts_alone_lowers_the_stage1_loss(tmp_path):
         losses.append(loss.item())
     assert losses[-1] < 0.85 * losses[0]
     assert all(torch.equal(value, model.state_dict()[name]) for name, value in frozen.items())
+
+
+@pytest.mark.parametrize('chunk', [2, 5])
+def test_identity_text_features_in_chunks_are_their_text_features(chunk, expected, tmp_path):
+    from tests.test_clipreid_exactness import built
+    case = 'vit_s16'
+    name = CASES[case][0]
+    path = tmp_path / f'{name}.pt'
+    torch.save(synthetic.synthetic_clip_state(synthetic.TINY_VIT), path)
+    model = built(case, {name: str(path)}).eval()
+    torch.testing.assert_close(model.identity_text_features(chunk), expected[case]['text'], atol=TOLERANCE, rtol=0)
+
+
+def test_stage_parameters():
+    model = CLIPReID(ClipSpec(**synthetic.TINY_VIT), synthetic.NUM_CLASSES, SIZE, (16, 16))
+    assert [id(p) for p in model.prompt_parameters()] == [id(model.prompt_learner.cls_ctx)]
+    model.freeze_text_side()
+    trainable = {name for name, value in model.named_parameters() if value.requires_grad}
+    assert trainable and not any(name.startswith(('text_encoder.', 'prompt_learner.')) for name in trainable)
+    assert 'image_encoder.conv1.weight' in trainable and 'classifier_proj.weight' in trainable
