@@ -132,8 +132,10 @@ def test_prompt_tokens_come_from_the_token_embedding_and_the_heads_start_fresh(s
 @pytest.mark.parametrize('change, named', [
     (lambda s: s.update({'visual.extra_scale': torch.ones(1)}), "image_encoder.extra_scale: not in the model"),
     (lambda s: s.pop('visual.ln_post.bias'), "image_encoder.ln_post.bias"),
-    (lambda s: s.pop('transformer.resblocks.1.mlp.c_fc.weight'), "text_encoder.transformer.resblocks.1.mlp.c_fc.weight"),
-    (lambda s: s.update({'visual.proj': torch.zeros(128, 32)}), "image_encoder.proj: checkpoint (128, 32) vs model (128, 64)"),
+    (lambda s: s.pop('transformer.resblocks.1.mlp.c_fc.weight'),
+     "text_encoder.transformer.resblocks.1.mlp.c_fc.weight"),
+    (lambda s: s.update({'visual.proj': torch.zeros(128, 32)}),
+     "image_encoder.proj: checkpoint (128, 32) vs model (128, 64)"),
 ])
 def test_every_key_is_accounted_for(state, tmp_path, change, named):
     changed = dict(state)
