@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from model.backbones.specs import ClipSpec
 from model.clip_weights import load_clip_pretrained, read_clip_state
 from model.clipreid import CLIPReID
-from model.weights import CheckpointMismatchError, UnreadableWeightsError
+from model.weights import CheckpointMismatchError, UnreadableWeightsError, WeightsNotFoundError
 from tests import clip_synthetic as synthetic
 from tests.fixtures.clipreid.generate import SIZE
 
@@ -144,3 +144,8 @@ def test_every_key_is_accounted_for(state, tmp_path, change, named):
     with pytest.raises(CheckpointMismatchError) as raised:
         load_clip_pretrained(tiny_model(), str(tmp_path / 'clip.pt'))
     assert named in str(raised.value)
+
+
+def test_no_clip_weights_given_says_where_to_get_them():
+    with pytest.raises(WeightsNotFoundError, match=r"no weights file given.*ViT-B-16\.pt or RN50\.pt"):
+        load_clip_pretrained(tiny_model(), '')
