@@ -126,6 +126,11 @@ def synthetic_clip_state(spec: Dict, seed: int = STATE_SEED) -> StateDict:
     return state
 
 
+def as_shipped_by_openai(state: StateDict) -> StateDict:
+    """The state in half precision, as OpenAI's files store CLIP's floating-point tensors."""
+    return {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
+
+
 def synthetic_heads(spec: Dict, sie_rows: int, seed: int = HEAD_SEED) -> StateDict:
     """CLIP-ReID's parts beside CLIP's weights, with drawn (not initial) values: learnt prompts,
     classifiers, BN necks with running statistics, and the SIE table when `sie_rows`."""
