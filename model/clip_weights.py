@@ -127,7 +127,9 @@ def read_torchscript_tensors(path: str) -> StateDict:
             raise weights.UnreadableWeightsError(f"'{path}' stores big-endian tensors, which are not read here")
         try:
             root = _TensorOnlyUnpickler(archive, prefix, archive.read(names[0])).load()
-        except (pickle.UnpicklingError, ValueError, KeyError, TypeError) as err:
+        # Damaged or hostile records: a refused name, a truncated pickle, a tensor outside its storage, a bad CRC.
+        except (pickle.UnpicklingError, ValueError, KeyError, TypeError, IndexError, AttributeError, EOFError,
+                RuntimeError, zipfile.BadZipFile) as err:
             raise weights.UnreadableWeightsError(f"'{path}': its TorchScript data could not be read safely "
                                                  f"({err})") from err
     state: StateDict = {}

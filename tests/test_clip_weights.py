@@ -51,9 +51,15 @@ def torchscript_clip(state, path) -> None:
     torch.jit.script(model).save(str(path))
 
 
-def test_torchscript_archive_loads_without_running_its_code(state, tmp_path, monkeypatch):
-    path = tmp_path / 'ViT-B-16.pt'
+@pytest.fixture(scope='module')
+def archive(state, tmp_path_factory):
+    path = tmp_path_factory.mktemp('torchscript') / 'ViT-B-16.pt'
     torchscript_clip(state, path)
+    return path
+
+
+def test_torchscript_archive_loads_without_running_its_code(state, archive, tmp_path, monkeypatch):
+    path = archive
 
     def refuse(*args, **kwargs):
         raise AssertionError("the archive's program must not be loaded")
@@ -149,3 +155,13 @@ def test_every_key_is_accounted_for(state, tmp_path, change, named):
 def test_no_clip_weights_given_says_where_to_get_them():
     with pytest.raises(WeightsNotFoundError, match=r"no weights file given.*ViT-B-16\.pt or RN50\.pt"):
         load_clip_pretrained(tiny_model(), '')
+
+
+def test_a_truncated_torchscript_archive_is_named(archive, tmp_path):
+    damaged = tmp_path / 'damaged.pt'
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(damaged, 'w') as target:
+        for item in source.infolist():
+            data = source.read(item)
+            target.writestr(item, data[:len(data) // 2] if item.filename.endswith('data.pkl') else data)
+    with pytest.raises(UnreadableWeightsError, match="its TorchScript data could not be read safely"):
+        read_clip_state(str(damaged))
