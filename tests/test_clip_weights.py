@@ -3,6 +3,7 @@ without running it, open_clip's .safetensors (OpenAI's keys), timm's image-only 
 key for key; unknown, missing and foreign content is named."""
 import os
 import pickle
+import warnings
 import zipfile
 
 import pytest
@@ -48,7 +49,9 @@ def torchscript_clip(state, path) -> None:
                              heads=spec['text_width'] // 64, layers=spec['text_layers']), quick_gelu=True)
     counters = ('input_resolution', 'context_length', 'vocab_size')
     model.load_state_dict({key: value for key, value in state.items() if key not in counters})
-    torch.jit.script(model).save(str(path))
+    with warnings.catch_warnings():  # torch deprecates scripting, the way such archives were made
+        warnings.simplefilter('ignore', FutureWarning)
+        torch.jit.script(model).save(str(path))
 
 
 @pytest.fixture(scope='module')
