@@ -9,6 +9,9 @@ Every model is called as `model(x, label=None, cam_label=None, view_label=None)`
 
 Module names are the reference's (`base`, `b1`, `b2`, `bottleneck`, `bottleneck_1..4`,
 `classifier`, `classifier_1..4`) so that its trained checkpoints load with `load_param`.
+
+`MODEL.NAME` 'ViT-B-16' / 'RN50' builds CLIP-ReID instead (model/clipreid.py), called and
+answering as its authors' code does.
 """
 from __future__ import annotations
 
