@@ -14,7 +14,7 @@ _C.MODEL = CN()
 _C.MODEL.DEVICE = "cuda"
 # Visible GPU ids, applied as CUDA_VISIBLE_DEVICES before CUDA starts
 _C.MODEL.DEVICE_ID = '0'
-# Backbone: 'resnet50' or 'transformer'
+# Backbone: 'resnet50' or 'transformer'; CLIP-ReID's 'ViT-B-16' or 'RN50' (docs/clipreid.md)
 _C.MODEL.NAME = 'resnet50'
 # Last stride of the ResNet-50 backbone
 _C.MODEL.LAST_STRIDE = 1
@@ -31,6 +31,8 @@ _C.MODEL.IF_WITH_CENTER = 'no'
 _C.MODEL.ID_LOSS_TYPE = 'softmax'
 _C.MODEL.ID_LOSS_WEIGHT = 1.0
 _C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
+# CLIP-ReID's key and default: weight of stage 2's image-to-text cross-entropy (MODEL.NAME 'ViT-B-16' / 'RN50')
+_C.MODEL.I2T_LOSS_WEIGHT = 1.0
 # 'triplet', 'center' or 'triplet_center'
 _C.MODEL.METRIC_LOSS_TYPE = 'triplet'
 # Train with torch.distributed (set by dist_train.sh)
@@ -197,6 +199,59 @@ _C.SOLVER.EVAL_PERIOD = 10
 _C.SOLVER.IMS_PER_BATCH = 64
 # New: mixed precision on CUDA: 'fp16' (with a GradScaler, as the reference), 'bf16' or 'fp32'
 _C.SOLVER.AMP_DTYPE = 'fp16'
+
+# CLIP-ReID's two stages (MODEL.NAME 'ViT-B-16' / 'RN50'), their keys and defaults. Stage 1 learns
+# the text prompts against cached image features (Adam, cosine schedule with linear warm-up from
+# WARMUP_LR_INIT over WARMUP_EPOCHS to BASE_LR, down to LR_MIN); stage 2 fine-tunes the image
+# encoder (WarmupMultiStepLR over STEPS, GAMMA, WARMUP_FACTOR, WARMUP_ITERS, WARMUP_METHOD).
+# Keys their code reads from neither stage (MOMENTUM for Adam, COSINE_*, WARMUP_ITERS / WARMUP_FACTOR
+# of stage 1, STAGE1.EVAL_PERIOD, WARMUP_EPOCHS / LR_MIN / WARMUP_LR_INIT of stage 2) are kept so
+# that their YAMLs load.
+_C.SOLVER.STAGE1 = CN()
+_C.SOLVER.STAGE1.IMS_PER_BATCH = 64
+_C.SOLVER.STAGE1.OPTIMIZER_NAME = "Adam"
+_C.SOLVER.STAGE1.MAX_EPOCHS = 100
+_C.SOLVER.STAGE1.BASE_LR = 3e-4
+_C.SOLVER.STAGE1.MOMENTUM = 0.9
+_C.SOLVER.STAGE1.WEIGHT_DECAY = 0.0005
+_C.SOLVER.STAGE1.WEIGHT_DECAY_BIAS = 0.0005
+_C.SOLVER.STAGE1.WARMUP_FACTOR = 0.01
+_C.SOLVER.STAGE1.WARMUP_EPOCHS = 5
+_C.SOLVER.STAGE1.WARMUP_LR_INIT = 0.01
+_C.SOLVER.STAGE1.LR_MIN = 0.000016
+_C.SOLVER.STAGE1.WARMUP_ITERS = 500
+_C.SOLVER.STAGE1.WARMUP_METHOD = "linear"
+_C.SOLVER.STAGE1.COSINE_MARGIN = 0.5
+_C.SOLVER.STAGE1.COSINE_SCALE = 30
+_C.SOLVER.STAGE1.CHECKPOINT_PERIOD = 10
+_C.SOLVER.STAGE1.LOG_PERIOD = 100
+_C.SOLVER.STAGE1.EVAL_PERIOD = 10
+
+_C.SOLVER.STAGE2 = CN()
+_C.SOLVER.STAGE2.IMS_PER_BATCH = 64
+_C.SOLVER.STAGE2.OPTIMIZER_NAME = "Adam"
+_C.SOLVER.STAGE2.MAX_EPOCHS = 100
+_C.SOLVER.STAGE2.BASE_LR = 3e-4
+_C.SOLVER.STAGE2.LARGE_FC_LR = False
+_C.SOLVER.STAGE2.BIAS_LR_FACTOR = 1
+_C.SOLVER.STAGE2.MOMENTUM = 0.9
+_C.SOLVER.STAGE2.CENTER_LR = 0.5
+_C.SOLVER.STAGE2.CENTER_LOSS_WEIGHT = 0.0005
+_C.SOLVER.STAGE2.WEIGHT_DECAY = 0.0005
+_C.SOLVER.STAGE2.WEIGHT_DECAY_BIAS = 0.0005
+_C.SOLVER.STAGE2.GAMMA = 0.1
+_C.SOLVER.STAGE2.STEPS = (40, 70)
+_C.SOLVER.STAGE2.WARMUP_FACTOR = 0.01
+_C.SOLVER.STAGE2.WARMUP_EPOCHS = 5
+_C.SOLVER.STAGE2.WARMUP_LR_INIT = 0.01
+_C.SOLVER.STAGE2.LR_MIN = 0.000016
+_C.SOLVER.STAGE2.WARMUP_ITERS = 500
+_C.SOLVER.STAGE2.WARMUP_METHOD = "linear"
+_C.SOLVER.STAGE2.COSINE_MARGIN = 0.5
+_C.SOLVER.STAGE2.COSINE_SCALE = 30
+_C.SOLVER.STAGE2.CHECKPOINT_PERIOD = 10
+_C.SOLVER.STAGE2.LOG_PERIOD = 100
+_C.SOLVER.STAGE2.EVAL_PERIOD = 10
 
 # -----------------------------------------------------------------------------
 # CLUSTER (New: training without labels, MODEL.TRAIN_MODE 'usl' or 'uda'; TransReID-SSL's

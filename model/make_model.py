@@ -11,6 +11,9 @@ Every model is called as `model(x, label=None, cam_label=None, view_label=None)`
 
 Module names are the reference's (`base`, `b1`, `b2`, `bottleneck`, `bottleneck_1..4`,
 `classifier`, `classifier_1..4`) so that its trained checkpoints load with `load_param`.
+
+`MODEL.NAME` 'ViT-B-16' / 'RN50' builds CLIP-ReID instead (model/clipreid.py), called and
+answering as its authors' code does.
 """
 from __future__ import annotations
 
@@ -22,13 +25,14 @@ import torch
 from torch import nn
 
 from config import check_choice
-from config.choices import NECK_FEATS, NECK_TYPES, PRETRAIN_CHOICES
+from config.choices import CLIP_MODEL_NAMES, NECK_FEATS, NECK_TYPES, PRETRAIN_CHOICES
 from utils.errors import ConfigError
 
 from . import weights
 from .backbones import ResNet, TransReID, create_pass_vit, create_vit, feature_dim, model_name
 from .backbones.specs import FEAT_FUSIONS, is_swin
 from .backbones.swin_solider import SOLIDERSwin, create_solider_swin
+from .clipreid import build_clipreid
 from .heads import MarginHead, make_bn_neck, make_classifier
 
 logger = logging.getLogger("transreid.model")
@@ -283,7 +287,9 @@ def make_model(cfg, num_class: int, camera_num: int, view_num: int) -> ReIDModel
     count differs, 'none' trains from scratch.
     """
     check_choice('MODEL.PRETRAIN_CHOICE', cfg.MODEL.PRETRAIN_CHOICE, PRETRAIN_CHOICES)
-    if model_name(cfg) == 'transformer':
+    if model_name(cfg) in CLIP_MODEL_NAMES:
+        model = build_clipreid(cfg, num_class, camera_num, view_num)  # 'imagenet': OpenAI's CLIP weights
+    elif model_name(cfg) == 'transformer':
         if cfg.MODEL.PASS and cfg.MODEL.JPM:
             raise ConfigError("MODEL.PASS (PASS's part-token ViT) has no JPM branch; set MODEL.JPM False")
         model_class = build_transformer_pass if cfg.MODEL.PASS else (

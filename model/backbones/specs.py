@@ -5,10 +5,11 @@ backbone is added in one place.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict
 
 from config import check_choice
-from config.choices import MODEL_NAMES, TRANSFORMER_TYPES
+from config.choices import CLIP_MODEL_NAMES, MODEL_NAMES, TRANSFORMER_TYPES
 
 VIT_SPECS: Dict[str, Dict[str, Any]] = {
     'vit_base_patch16_224_TransReID': dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
@@ -45,6 +46,38 @@ SWIN_SPECS: Dict[str, Dict[str, Any]] = {
 RESNET50_FEATURE_DIM = 2048
 # PASS's ways to fuse the class token with the parts' mean (MODEL.FEAT_FUSION).
 FEAT_FUSIONS = ('cat', 'mean')
+# Bottleneck blocks widen their input four times (ResNet-50 and CLIP's ModifiedResNet).
+RESNET_EXPANSION = 4
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Widths of one CLIP model (model/backbones/clip.py): the image tower (`vision_layers` an int
+    for a ViT, four block counts for a ResNet), the shared embedding and the text tower."""
+    vision_layers: Any
+    vision_width: int
+    embed_dim: int
+    text_width: int = 512
+    text_layers: int = 12
+    context_length: int = 77
+    vocab_size: int = 49408
+
+    @property
+    def is_vit(self) -> bool:
+        return isinstance(self.vision_layers, int)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the image feature before the projection (the first BN neck's)."""
+        return self.vision_width if self.is_vit else self.vision_width * 8 * RESNET_EXPANSION
+
+
+# OpenAI's published CLIP models under CLIP-ReID's MODEL.NAME.
+CLIP_SPECS: Dict[str, ClipSpec] = {
+    'ViT-B-16': ClipSpec(vision_layers=12, vision_width=768, embed_dim=512),
+    'RN50': ClipSpec(vision_layers=(3, 4, 6, 3), vision_width=64, embed_dim=1024),
+}
+assert set(CLIP_SPECS) == set(CLIP_MODEL_NAMES), "config/choices.py CLIP_MODEL_NAMES is stale"
 # load_config checks MODEL.TRANSFORMER_TYPE against config.choices without importing torch.
 assert set(VIT_SPECS) | set(SWIN_SPECS) == set(TRANSFORMER_TYPES), "config/choices.py TRANSFORMER_TYPES is stale"
 
@@ -81,10 +114,16 @@ def feature_dim(cfg) -> int:
         fusion = check_choice('MODEL.FEAT_FUSION', cfg.MODEL.FEAT_FUSION, FEAT_FUSIONS)
         return width * (2 if fusion == 'cat' else 1)
     return width
+    if cfg.MODEL.NAME in CLIP_SPECS:
+        return CLIP_SPECS[cfg.MODEL.NAME].feature_dim
+    return vit_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dim']
 
 
 def eval_feature_dim(cfg) -> int:
     """Width of the eval-mode feature that `cfg` builds: the global feature, followed with JPM
-    by its MODEL.DEVIDE_LENGTH local ones (model/make_model.py)."""
+    by its MODEL.DEVIDE_LENGTH local ones (model/make_model.py); CLIP-ReID's is followed by its
+    projection (model/clipreid.py)."""
+    if model_name(cfg) in CLIP_SPECS:
+        return feature_dim(cfg) + CLIP_SPECS[cfg.MODEL.NAME].embed_dim
     parts = cfg.MODEL.DEVIDE_LENGTH if cfg.MODEL.JPM and model_name(cfg) == 'transformer' else 0
     return feature_dim(cfg) * (1 + parts)
