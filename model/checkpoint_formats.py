@@ -45,8 +45,9 @@ SELF_SUPERVISED_PREFIXES = ('module.', 'backbone.')
 # Keys by which a CLIP state dict (OpenAI's or open_clip's) is recognised.
 CLIP_MARKERS = ('visual.class_embedding', 'visual.transformer.resblocks.0.ln_1.weight', 'text_projection')
 CLIP_HINT = ("CLIP's image encoder is not a TransReID ViT (pre-norm before the blocks, QuickGELU, a "
-             "projection head) and its weights are not loaded here; start from a jx ViT / DeiT or a "
-             "TransReID-SSL checkpoint instead (docs/ssl.md)")
+             "projection head): start CLIP-ReID from it with MODEL.NAME 'ViT-B-16' or 'RN50' and "
+             "MODEL.PRETRAIN_PATH the CLIP file (docs/clipreid.md), or a TransReID from a jx ViT / "
+             "DeiT or TransReID-SSL checkpoint (docs/ssl.md)")
 
 
 # A whole re-ID model's state dict (what train.py saves, and the reference): the backbone under
@@ -127,7 +128,7 @@ def torchscript_error(path: str) -> CheckpointFormatError:
         f"'{path}' is a TorchScript archive (a compiled program saved by torch.jit.save, as OpenAI ships CLIP), "
         "not a state dict. If you trust it, extract its weights with "
         "torch.save(torch.jit.load(path, map_location='cpu').state_dict(), new_path) and give new_path; "
-        f"a CLIP file will still not fit: {CLIP_HINT}")
+        f"an OpenAI CLIP file needs no extraction (its tensors are read without running its code): {CLIP_HINT}")
 
 
 def self_supervised_encoder(checkpoint: Mapping) -> Mapping:

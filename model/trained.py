@@ -117,8 +117,12 @@ def num_classes_of(state: Dict[str, torch.Tensor], cfg) -> int:
     return 1  # no classifier: loading names the missing keys
 
 
+# The SIE table's name: TransReID's (and PASS's), and CLIP-ReID's camera-view embedding.
+SIE_TABLES = ("sie_embed", "cv_embed")
+
+
 def sie_rows_of(state: Dict[str, torch.Tensor]) -> int:
-    rows = [value.shape[0] for key, value in state.items() if key.endswith("sie_embed")]
+    rows = [value.shape[0] for key, value in state.items() if key.endswith(SIE_TABLES)]
     return rows[0] if rows else 0
 
 

@@ -8,6 +8,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 
 from .lr_scheduler import WarmupMultiStepLR
+from config.choices import UNLABELLED_MODES
 
 logger = logging.getLogger("transreid.solver")
 
@@ -68,7 +69,7 @@ def _multistep_scheduler(cfg, optimizer: torch.optim.Optimizer) -> WarmupMultiSt
 
 def create_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRScheduler:
     """Cosine with warm-up for the transformers (the reference's schedule) and, for the
-    ResNet-50 baseline, WarmupMultiStepLR on SOLVER.STEPS (the reference uses the cosine for
+    ResNet-50 baseline and training without labels, WarmupMultiStepLR on SOLVER.STEPS (the reference uses the cosine for
     every model and leaves STEPS, GAMMA and WARMUP_FACTOR unused). SOLVER.WARMUP_METHOD 'cosine'
     (TransReID-SSL's configs) gives its cosine, one epoch later, for any model.
 
@@ -81,7 +82,9 @@ def create_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRScheduler:
         scheduler = _cosine_scheduler(cfg, optimizer, epoch_end=True)
         logger.info("learning rate: TransReID-SSL's cosine over %d epochs after %d warm-up epochs, "
                     "stepped at the end of each epoch", cfg.SOLVER.MAX_EPOCHS, cfg.SOLVER.WARMUP_EPOCHS)
-    elif cfg.MODEL.NAME == 'resnet50':
+    elif cfg.MODEL.NAME == 'resnet50' or cfg.MODEL.TRAIN_MODE in UNLABELLED_MODES:
+        # cluster-contrast's recipe: StepLR (x GAMMA every 20 epochs: STEPS (21, 41), epochs
+        # counted from 1) for any model
         scheduler = _multistep_scheduler(cfg, optimizer)
         logger.info("learning rate: warm-up multi-step, milestones %s, gamma %g",
                     list(cfg.SOLVER.STEPS), cfg.SOLVER.GAMMA)

@@ -212,3 +212,20 @@ def test_scheduler_state_round_trips_through_a_weights_only_checkpoint(model_nam
         resumed.step(epoch)
         assert resumed._get_lr(epoch) == scheduler._get_lr(epoch)
         assert [g['lr'] for g in resumed_optimizer.param_groups] == scheduler._get_lr(epoch)
+
+
+@pytest.mark.parametrize("config_file", ["configs/Market/vit_small_usl.yml",
+                                         "configs/MSMT17/vit_small_uda.yml"])
+def test_training_without_labels_steps_the_rate_as_cluster_contrast_does(config_file):
+    """Their StepLR(step 20, gamma 0.1) on epochs counted from 1: x0.1 from epoch 21 and 41."""
+    import os
+    from config import load_config
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, config_file), ["MODEL.PRETRAIN_CHOICE", "none"]
+                      if "usl" in config_file else [])
+    base = cfg.SOLVER.BASE_LR
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
+    scheduler = create_scheduler(cfg, optimizer)
+    expected = {1: base, 20: base, 21: base * 0.1, 40: base * 0.1, 41: base * 0.01, 50: base * 0.01}
+    for epoch, lr in expected.items():
+        assert scheduler._get_lr(epoch)[0] == pytest.approx(lr)
