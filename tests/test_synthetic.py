@@ -117,6 +117,7 @@ def test_other_settings_render_into_their_own_folder(tmp_path, caplog):
     first = synthetic.ensure_synthetic_person(str(tmp_path), TINY)
     before = file_hashes(first)
     changed = dataclasses.replace(TINY, num_cameras=4)
+    caplog.clear()  # the first render's lines, where another test left the logger at INFO
     with caplog.at_level(logging.INFO, logger="transreid.datasets"):
         second = synthetic.ensure_synthetic_person(str(tmp_path), changed)
     assert second != first and os.path.dirname(second) == str(tmp_path)
