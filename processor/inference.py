@@ -79,7 +79,7 @@ class TorchBackend:
             self.model, compile_enabled(cfg, self.device) if compile is None else compile,
             "evaluation")
         self.counts = counts or sie_counts_of(model)
-        self.feature_dim = eval_feature_dim(cfg)
+        self.cfg = cfg
         self.provenance = provenance
         self.flip = switches(cfg).flip_feats
         self.amp_dtype = inference_dtype(cfg.TEST.AMP_DTYPE, self.device)
@@ -89,6 +89,11 @@ class TorchBackend:
         if self.flip:
             logger.info("Features are the mean of each image's and its mirror image's "
                         "(TEST.FLIP_FEATS)")
+
+    @property
+    def feature_dim(self) -> int:
+        """The width of one image's feature, from the config (asked only for an empty batch)."""
+        return eval_feature_dim(self.cfg)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor, cam_label: torch.Tensor,
