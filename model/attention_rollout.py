@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .make_model import build_transformer, build_transformer_local, shuffle_unit
+from .make_model import (build_transformer, build_transformer_local, build_transformer_pass,
+                         shuffle_unit)
 
 GLOBAL = "global"
 
@@ -184,7 +185,7 @@ def _last_blocks(model: nn.Module) -> Dict[str, nn.Module]:
     """The block that ends each branch: b1 / b2 with JPM, the backbone's last otherwise."""
     if isinstance(model, build_transformer_local):
         return {GLOBAL: model.b1[0], "local": model.b2[0]}
-    if isinstance(model, build_transformer):
+    if isinstance(model, (build_transformer, build_transformer_pass)):
         return {GLOBAL: model.base.blocks[-1]}
     raise ValueError(f"attention maps need a transformer re-ID model (MODEL.NAME transformer), "
                      f"not {type(model).__name__}")
@@ -212,7 +213,8 @@ def attention_maps(model: nn.Module, images: torch.Tensor, cam_label: Optional[t
             len(base), len(parts), -1))
         # Token j of part p is backbone token sources[p, j]: the class token, then its patches.
         sources.append(torch.cat([torch.zeros(len(parts), 1, dtype=torch.long), parts + 1], 1))
-    maps = [_branch_rollout(step, base, source) for step, source in zip(steps, sources)]
+    prefix = 1 + getattr(model.base, "part_count", 0)  # PASS: three part tokens follow the class token
+    maps = [_branch_rollout(step, base, source, prefix) for step, source in zip(steps, sources)]
     stacked = torch.cat(maps, dim=1)
     return AttentionMaps(stacked.reshape(*stacked.shape[:2], *model.base.patch_embed.grid_size),
                          branch_names(model), torch.cat([step[..., 0] for step in steps], dim=1))
@@ -242,10 +244,12 @@ def _class_token_step(block: nn.Module, normed: torch.Tensor) -> torch.Tensor:
     return residual_attention(attention_weights(normed, block.attn, query_rows=1))[:, 0]
 
 
-def _branch_rollout(step: torch.Tensor, base: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+def _branch_rollout(step: torch.Tensor, base: torch.Tensor, sources: torch.Tensor,
+                    prefix: int = 1) -> torch.Tensor:
     """B x parts x patches: class-token rows `step` (B x parts x part tokens) after `base`, where
-    token j of part p is backbone token sources[p, j] (the global branch: one part, all tokens)."""
-    return (step.unsqueeze(2) @ base[:, sources.to(base.device)])[:, :, 0, 1:]
+    token j of part p is backbone token sources[p, j] (the global branch: one part, all tokens);
+    the patches follow `prefix` tokens."""
+    return (step.unsqueeze(2) @ base[:, sources.to(base.device)])[:, :, 0, prefix:]
 
 
 def pixel_maps(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:

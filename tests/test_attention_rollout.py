@@ -364,7 +364,6 @@ def test_tool_names_a_bad_colormap(saved_model, tmp_path, tiny_opts):
 
 @pytest.mark.parametrize("config_file,message", [
     ("configs/Market/swin_tiny_solider.yml", "has no class token"),
-    ("configs/Market/vit_small_pass.yml", "PASS models"),
 ])
 def test_models_without_a_class_token_rollout_are_refused_before_any_work(config_file, message):
     from config import load_config
@@ -374,3 +373,29 @@ def test_models_without_a_class_token_rollout_are_refused_before_any_work(config
     cfg = load_config(os.path.join(repo_root, config_file), ["MODEL.PRETRAIN_CHOICE", "none"])
     with pytest.raises(ToolError, match=message):
         check_attention_model(cfg)
+
+
+def test_a_pass_models_map_is_its_class_tokens_rollout_over_the_patches():
+    """PASS's class token and three part tokens lead the sequence: the map is row 0 of a plain
+    rollout through every block, over the tokens after the four."""
+    cfg, model = _built(("MODEL.PASS", "True", "MODEL.JPM", "False", "MODEL.TRANSFORMER_TYPE",
+                         "vit_small_patch16_224_TransReID"))
+    images = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    cams = torch.tensor([0, 2])
+    inputs = []
+    hooks = [block.norm1.register_forward_hook(lambda m, i, out: inputs.append(out))
+             for block in model.base.blocks]
+    with torch.no_grad():
+        model(images, cam_label=cams)
+    for hook in hooks:
+        hook.remove()
+    layers = []
+    with torch.no_grad():
+        for block, normed in zip(model.base.blocks, inputs):
+            heads, (batch, tokens, _) = block.attn.num_heads, normed.shape
+            q, k, _ = block.attn.qkv(normed).view(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
+            layers.append(torch.softmax(q @ k.transpose(-2, -1) * block.attn.scale, -1).double().numpy())
+    expected = plain_rollout(layers)[:, 0, 4:].reshape(2, 1, *model.base.patch_embed.grid_size)
+    got = attention_maps(model, images, cams).maps
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert branch_names(model) == ("global",)

@@ -112,9 +112,6 @@ def check_attention_model(cfg) -> None:
         raise ToolError(f"{cfg.MODEL.TRANSFORMER_TYPE} (SOLIDER's Swin) has no class token, so "
                         "there is no class-token rollout to draw: its windows attend locally, "
                         "and its feature is the mean of the last stage's tokens")
-    if cfg.MODEL.PASS:
-        raise ToolError("attention maps of PASS models (three part tokens beside the class "
-                        "token) are not drawn yet; use a TransReID ViT")
 
 
 def load_model(cfg, args: argparse.Namespace) -> TrainedModel:
