@@ -425,9 +425,11 @@ def check_config_shapes(config_path: str) -> None:
 
 # PASS and SOLIDER configs: their reference is their authors' code (tests/test_pass_exactness.py,
 # tests/test_solider_exactness.py); tests/test_pass_solider_configs.py builds them at real size.
+# UDA configs start from a model trained with labels (PRETRAIN_CHOICE 'finetune' only), which
+# tests/test_usl_training.py makes; their network is the USL configs', checked here.
 def _reference_maths(path: str) -> bool:
     cfg = load_config(path)
-    return not (cfg.MODEL.PASS or is_swin(cfg))
+    return not (cfg.MODEL.PASS or is_swin(cfg) or cfg.MODEL.TRAIN_MODE == 'uda')
 
 
 REPO_CONFIGS = [path for path in unique_model_configs(os.path.join(REPO_ROOT, 'configs')) if _reference_maths(path)]

@@ -107,6 +107,8 @@ def feature_dim(cfg) -> int:
     the fused feature, twice the ViT's width for MODEL.FEAT_FUSION 'cat'."""
     if model_name(cfg) == 'resnet50':
         return RESNET50_FEATURE_DIM
+    if cfg.MODEL.NAME in CLIP_SPECS:
+        return CLIP_SPECS[cfg.MODEL.NAME].feature_dim
     if is_swin(cfg):  # the last of four stages, each twice as wide as the one before
         return swin_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dims'] * 8
     width = vit_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dim']
@@ -114,9 +116,6 @@ def feature_dim(cfg) -> int:
         fusion = check_choice('MODEL.FEAT_FUSION', cfg.MODEL.FEAT_FUSION, FEAT_FUSIONS)
         return width * (2 if fusion == 'cat' else 1)
     return width
-    if cfg.MODEL.NAME in CLIP_SPECS:
-        return CLIP_SPECS[cfg.MODEL.NAME].feature_dim
-    return vit_spec(cfg.MODEL.TRANSFORMER_TYPE)['embed_dim']
 
 
 def eval_feature_dim(cfg) -> int:
