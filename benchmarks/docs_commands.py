@@ -5,9 +5,10 @@ the first wrote may be lost.
     python benchmarks/docs_commands.py --run logs/synthetic_vit_transreid_tiny
 
 `--run` is the quickstart's run folder (train it first, README's one command). The commands run
-in a scratch folder laid out like the repository: its code and configs linked, the synthetic data
-linked, the run folder copied. `$CFG`, `$W` and `$DATA` are the quickstart's config, weights and
-data; the docs' example crops are a few of its query images. Commands that need a real dataset,
+in bash in a scratch folder laid out like the repository: its code and configs linked, the
+synthetic data linked, the run folder copied. `$CFG`, `$W` and `$DATA` are set to the
+quickstart's config, weights and data as docs/gallery.md sets them; the docs' example crops are
+a few of its query images. Commands that need a real dataset,
 a GPU or another machine are listed as skipped, with why.
 """
 from __future__ import annotations
@@ -27,9 +28,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = "configs/Synthetic/vit_transreid_tiny.yml"
 RUN = "logs/synthetic_vit_transreid_tiny"
 DATA = "data/synthetic_market1501"
-# The docs' placeholders, as regular expressions, and what stands for them on the quickstart.
-SUBSTITUTIONS = ((r"\$CFG\b", QUICKSTART), (r"\$W\b", f"{RUN}/transformer_40.pth"),
-                 (r"\$DATA\b", DATA), (r"--images crops/(?=\s|$)", f"--images {DATA}/bounding_box_test"),
+# The docs' shell variables, set as they say (docs/gallery.md), for the shell to expand.
+VARIABLES = {"CFG": QUICKSTART, "W": f"{RUN}/transformer_40.pth", "DATA": DATA}
+# The docs' example paths, as regular expressions, and what stands for them on the quickstart.
+SUBSTITUTIONS = ((r"--images crops/(?=\s|$)", f"--images {DATA}/bounding_box_test"),
                  (r"--gallery crops/(?=\s|$)", f"--gallery {DATA}/bounding_box_test"),
                  (r"--images more/", "--images crops/alice/"), (r"new_crops/", f"{DATA}/query"),
                  (r"\bq\.jpg\b", "person.jpg"))
@@ -37,11 +39,12 @@ SUBSTITUTIONS = ((r"\$CFG\b", QUICKSTART), (r"\$W\b", f"{RUN}/transformer_40.pth
 SKIPPED = (("pip install", "installs packages"),
            ("train.py", "training: the quickstart's run is the setup"),
            ("dist_train.sh", "needs GPUs"),
+           ("benchmarks/", "a benchmark: minutes of measurements, not a user's command"),
            ("configs/Market", "needs Market-1501"), ("configs/VehicleID", "needs VehicleID"),
            ("/path/to/", "a placeholder for the user's data"),
            ("logs/market", "a Market-1501 run"))
-REFUSAL = re.compile(r"error: .*(exists; pass --overwrite|already a gallery|is already "
-                     r"enrolled|no entry labelled)")
+REFUSAL = re.compile(r"error: .*(exists; pass --overwrite|already a gallery|is already in "
+                     r"gallery|no entry labelled)")
 
 
 def documented_commands() -> List[Tuple[str, str]]:
@@ -102,9 +105,12 @@ def run_twice(work: str, command: str) -> Tuple[int, int, str, List[str]]:
     """(first exit status, second's, the second's last stderr line, files lost)."""
     for pattern, value in SUBSTITUTIONS:
         command = re.sub(pattern, value, command)
-    first = subprocess.run(command, shell=True, cwd=work, capture_output=True, text=True)
+    env = {**os.environ, **VARIABLES}
+    first = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True,
+                           executable="/bin/bash")
     before = snapshot(work)
-    second = subprocess.run(command, shell=True, cwd=work, capture_output=True, text=True)
+    second = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True,
+                            text=True, executable="/bin/bash")
     tail = (second.stderr.strip().splitlines() or [""])[-1]
     if first.returncode:
         tail = (first.stderr.strip().splitlines() or [""])[-1]
