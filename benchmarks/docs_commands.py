@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import os
 import re
 import shutil

@@ -25,7 +25,7 @@ from torch import nn
 
 from model.trained import SideInfoCounts, flip_mean
 
-from .formats import CAMERA_MODES, EXACT_MEAN, PORTABLE
+from .formats import EXACT_MEAN, PORTABLE
 from .metadata import INPUT_NAMES, DeployMetadata
 
 # torchvision / timm's ImageNet statistics: what trackers (boxmot) feed every re-ID model.

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from config import load_config, switches
-from config.choices import AUTO, MEAN
+from config.choices import AUTO, MEAN  # noqa: F401  (MEAN: the tools import it from here)
 from datasets.bases import ImageDataset, to_rgb
 from datasets.image_list import ImageRecord
 from datasets.make_dataloader import val_collate_fn
