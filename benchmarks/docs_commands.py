@@ -120,10 +120,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default=RUN, help=f"the quickstart's run folder ({RUN})")
     parser.add_argument("--data", default=DATA, help=f"its synthetic data ({DATA})")
+    parser.add_argument("--only", nargs="*", default=None, metavar="FILE",
+                        help="only these documents (e.g. docs/gallery.md)")
     args = parser.parse_args()
-    work = scratch_folder(args.run, args.data)
-    failures = 0
+    failures, folders = 0, {}
     for source, command in documented_commands():
+        if args.only and source not in args.only:
+            continue
+        # One scratch folder per document: its commands build on each other, not on another's.
+        if source not in folders:
+            folders[source] = scratch_folder(args.run, args.data)
+        work = folders[source]
         why = skip_reason(command)
         if why:
             print(f"skipped   {source}: {command[:90]}  ({why})")
@@ -136,7 +143,8 @@ def main() -> int:
         print(f"{verdict:9s} {source}: {command[:90]}"
               + (f"\n          second run: {tail}" if refused or not ok else "")
               + (f"\n          lost: {gone}" if gone else ""), flush=True)
-    shutil.rmtree(work)
+    for work in folders.values():
+        shutil.rmtree(work)
     print(f"{failures} failed")
     return 1 if failures else 0
 
