@@ -12,13 +12,16 @@ from loss import make_loss
 from loss.cluster_contrast import ClusterContrast, restart_bn_necks
 from model import make_model
 from processor import do_train
+from processor.clipreid_stage1 import do_train_stage1, resumes_stage1
 from processor.checkpoint import claim_output_dir, load_checkpoint, resume_hint
 from config.choices import UNLABELLED_MODES
+from config.stages import is_clipreid
 from config.cli import base_parser, load_cli_config
 from processor.cli import env_int, start_run
 from utils.errors import exits_on_user_error
 from solver import make_optimizer
-from solver.scheduler_factory import create_scheduler
+from solver.make_optimizer import make_optimizer_1stage
+from solver.scheduler_factory import create_scheduler, create_scheduler_1stage
 from utils.device import select_device, uses_gpu
 from utils.seed import set_seed
 
@@ -47,11 +50,32 @@ def build_training(cfg) -> dict:
         loss_fn = ClusterContrast(cfg, train_loader, train_features_loader)
     if cfg.MODEL.TRAIN_MODE == 'uda':
         restart_bn_necks(model)
+    if is_clipreid(cfg):
+        # Stage 2 fine-tunes the image side alone; stage 1 trains the prompts by its own optimizer.
+        model.freeze_text_side()
     optimizer, optimizer_center = make_optimizer(cfg, model, center_criterion)
     scheduler = create_scheduler(cfg, optimizer)
-    return dict(model=model, center_criterion=center_criterion, train_loader=train_loader,
-                val_loader=val_loader, optimizer=optimizer, optimizer_center=optimizer_center,
-                scheduler=scheduler, loss_fn=loss_fn, num_query=num_query)
+    parts = dict(model=model, center_criterion=center_criterion, train_loader=train_loader,
+                 val_loader=val_loader, optimizer=optimizer, optimizer_center=optimizer_center,
+                 scheduler=scheduler, loss_fn=loss_fn, num_query=num_query)
+    if is_clipreid(cfg):
+        prompt_optimizer = make_optimizer_1stage(cfg, model)
+        parts['stage1'] = (train_features_loader, prompt_optimizer,
+                           create_scheduler_1stage(cfg, prompt_optimizer))
+    return parts
+
+
+def run_training(cfg, parts: dict, local_rank: int):
+    """`do_train` on `build_training`'s parts; for CLIP-ReID, after its stage 1 unless
+    MODEL.RESUME is a state of stage 2."""
+    stage1 = parts.pop('stage1', None)
+    if stage1 is not None and not (cfg.MODEL.RESUME and not resumes_stage1(cfg)):
+        do_train_stage1(cfg, parts['model'], *stage1, local_rank)
+        cfg = cfg.clone()  # stage 2 starts afresh, from the learnt prompts
+        cfg.defrost()
+        cfg.MODEL.RESUME = ''
+        cfg.freeze()
+    return do_train(cfg, **parts, local_rank=local_rank)
 
 
 class Terminated(BaseException):
@@ -130,7 +154,7 @@ def train(cfg, args) -> None:
 
 def train_until_stopped(cfg, args, logger: logging.Logger) -> None:
     try:
-        do_train(cfg, **build_training(cfg), local_rank=args.local_rank)
+        run_training(cfg, build_training(cfg), args.local_rank)
     except (KeyboardInterrupt, Terminated) as stop:
         # do_train has waited for the checkpoint writes in flight: the hint names the last one.
         what, code = (("Terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, Terminated)

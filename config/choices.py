@@ -8,9 +8,10 @@ from typing import Any, Callable, Tuple
 from utils.options import DIST_METRICS  # noqa: F401  (the metrics utils/distance.py computes)
 from utils.options import yes_no
 
-# 'ViT-B-16' and 'RN50': CLIP-ReID's names for its CLIP image towers (model/clipreid.py).
-MODEL_NAMES = ('resnet50', 'transformer', 'ViT-B-16', 'RN50')
-CLIP_MODEL_NAMES = ('ViT-B-16', 'RN50')
+# 'ViT-B-16' and 'RN50': CLIP-ReID's names for its CLIP image towers (model/clipreid.py);
+# 'ViT-T-16' a tiny CLIP of the same shape for the synthetic set (no published weights).
+MODEL_NAMES = ('resnet50', 'transformer', 'ViT-B-16', 'RN50', 'ViT-T-16')
+CLIP_MODEL_NAMES = ('ViT-B-16', 'RN50', 'ViT-T-16')
 # The keys of model/backbones/specs.py VIT_SPECS and SWIN_SPECS (checked equal there).
 TRANSFORMER_TYPES = ('vit_base_patch16_224_TransReID', 'deit_base_patch16_224_TransReID',
                      'vit_small_patch16_224_TransReID', 'deit_small_patch16_224_TransReID',

@@ -15,6 +15,7 @@ from utils.options import yes_no
 from . import choices
 from .defaults import _C
 from .keys import check_keys_exist, dotted_keys
+from .stages import apply_stage2_solver
 
 
 @dataclass(frozen=True)
@@ -279,11 +280,12 @@ def _where_to_fix(config_file: str) -> str:
 def _check_vit_test_size(cfg: CfgNode, config_file: str) -> None:
     # The ViT is built for INPUT.SIZE_TRAIN (its patch grid and position embedding) and, as the
     # reference's assert, refuses images of any other size: a different SIZE_TEST would fail
-    # only at the first evaluation. ResNet-50 pools globally and takes any test size.
+    # only at the first evaluation. So are CLIP-ReID's towers (its attention pool's grid too).
+    # ResNet-50 pools globally and takes any test size.
     size_train, size_test = list(cfg.INPUT.SIZE_TRAIN), list(cfg.INPUT.SIZE_TEST)
-    if cfg.MODEL.NAME == 'transformer' and size_test != size_train:
+    if cfg.MODEL.NAME in ('transformer', *choices.CLIP_MODEL_NAMES) and size_test != size_train:
         raise ConfigError(f"INPUT.SIZE_TEST {size_test} differs from INPUT.SIZE_TRAIN {size_train}, but "
-                          "a transformer (MODEL.NAME 'transformer') takes test images only of the size it "
+                          f"MODEL.NAME '{cfg.MODEL.NAME}' takes test images only of the size it "
                           f"was built for; set INPUT.SIZE_TEST {size_train} ({_where_to_fix(config_file)})")
 
 
@@ -330,7 +332,6 @@ def _check_transformer(cfg: CfgNode, config_file: str) -> None:
          "at least [16, 16] for a transformer, whose patches are 16 x 16 pixels"),
     )
     _apply_rules(cfg, rules, config_file)
-    _check_vit_test_size(cfg, config_file)
 
 
 def _check_identity_batches(cfg: CfgNode, config_file: str) -> None:
@@ -364,6 +365,7 @@ def _check_values(cfg: CfgNode, config_file: str = "") -> None:
     `cfg` that cannot work; `config_file` is named as the place to fix it."""
     _apply_rules(cfg, _value_rules(), config_file)
     _check_transformer(cfg, config_file)
+    _check_vit_test_size(cfg, config_file)
     _check_identity_batches(cfg, config_file)
     _apply_rules(cfg, choices.cluster_rules(cfg), config_file)
 
@@ -375,6 +377,7 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
     if config_file:
         _merge_file(cfg, config_file)
     _merge_opts(cfg, opts)
+    apply_stage2_solver(cfg, _C, _where_to_fix(config_file))
     _check_values(cfg, config_file)
     switches(cfg)
     cfg.freeze()

@@ -6,9 +6,7 @@ and resume.
 * `last_checkpoint.pth`: everything needed to resume exactly (`STATE_KEYS`);
 * `.transreid_run.lock`: one live run per folder (`lock_output_dir`).
 
-Checkpoints are written off the training loop's critical path: `Checkpointer` copies the state
-off the device and a background thread (utils/background_writer.py) writes it, one file at a
-time in the order asked for, each atomically (utils/files.py).
+Checkpoints are written off the training loop's critical path (see `Checkpointer`).
 """
 from __future__ import annotations
 
@@ -112,12 +110,21 @@ def config_changes(saved_dump: str, cfg) -> List[str]:
 
 @dataclass
 class TrainingObjects:
-    """What the training state saves and restores besides counters."""
+    """What the training state saves and restores besides counters (CLIP-ReID's stage 1 has
+    no center loss: None there)."""
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    optimizer_center: torch.optim.Optimizer
-    center_criterion: torch.nn.Module
+    optimizer_center: Optional[torch.optim.Optimizer]
+    center_criterion: Optional[torch.nn.Module]
     scaler: torch.amp.GradScaler
+
+
+STAGE_NAMES = {1: "CLIP-ReID's stage 1 (the prompts)", None: "a model's training"}
+
+
+def state_stage(state: Dict[str, Any]) -> Optional[int]:
+    """The CLIP-ReID stage a training state belongs to (1: the prompts); None for any other."""
+    return state.get("stage") if state.get("stage") in STAGE_NAMES else None
 
 
 def _check_optimizer_kind(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> None:
@@ -156,8 +163,7 @@ def resume_hint(output_dir: str) -> str:
     return f"Continue from the last saved epoch ({epoch}) with MODEL.RESUME {path}"
 
 
-# A checkpoint epoch queues its model file and the resume state back to back; a third
-# snapshot waits for the oldest write, so host memory holds at most two copies in flight.
+# A model file and the resume state in flight at most (a third snapshot waits for the oldest).
 MAX_PENDING_WRITES = 2
 
 
@@ -175,9 +181,10 @@ class Checkpointer:
     waits for the last write and raises its failure too.
     """
 
-    def __init__(self, cfg, objects: TrainingObjects) -> None:
+    def __init__(self, cfg, objects: TrainingObjects, stage: Optional[int] = None) -> None:
         self.cfg = cfg
         self.objects = objects
+        self.stage = stage
         self.logger = logging.getLogger("transreid.train")
         self.writer = BackgroundWriter(self.logger)
         self._failure_raised = False
@@ -205,11 +212,14 @@ class Checkpointer:
     def training_state(self, epoch: int, best_mAP: float, rng: List[dict]) -> Dict[str, Any]:
         """The resume state (`STATE_KEYS`); its tensors are the live ones, not copies."""
         o = self.objects
+        centers = {} if o.center_criterion is None else {
+            "optimizer_center": o.optimizer_center.state_dict(),
+            "center_criterion": o.center_criterion.state_dict()}
         return {
             "model": unwrap(o.model).state_dict(),
             "optimizer": o.optimizer.state_dict(),
-            "optimizer_center": o.optimizer_center.state_dict(),
-            "center_criterion": o.center_criterion.state_dict(),
+            **centers,
+            **({} if self.stage is None else {"stage": self.stage}),
             "scaler": o.scaler.state_dict(),
             "epoch": epoch,
             "best_mAP": best_mAP,
@@ -272,6 +282,9 @@ class Checkpointer:
         best_mAP and rng are the caller's). The learning rate follows this run's config (the
         schedule is a function of the epoch), so SOLVER.MAX_EPOCHS can be raised."""
         state = load_checkpoint(path)
+        if state_stage(state) != self.stage:
+            raise ResumeError(f"{path} is the state of {STAGE_NAMES[state_stage(state)]}, not of "
+                              f"{STAGE_NAMES[self.stage]} that this run continues")
         changes = config_changes(state["config"], self.cfg) if "config" in state else []
         if changes:
             self.logger.warning("Resuming %s with settings that differ from its run's: %s", path,
@@ -290,8 +303,9 @@ class Checkpointer:
         unwrap(o.model).load_state_dict(state["model"])
         _check_optimizer_kind(o.optimizer, state["optimizer"])
         o.optimizer.load_state_dict(state["optimizer"])
-        o.optimizer_center.load_state_dict(state["optimizer_center"])
-        o.center_criterion.load_state_dict(state["center_criterion"])
+        if o.center_criterion is not None:
+            o.optimizer_center.load_state_dict(state["optimizer_center"])
+            o.center_criterion.load_state_dict(state["center_criterion"])
         o.scaler.load_state_dict(state["scaler"])
 
 

@@ -177,8 +177,9 @@ class Trainer:
                           target_cam: torch.Tensor,
                           target_view: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.amp_dtype):
-            score, feat = forward(img, target, cam_label=target_cam, view_label=target_view)
-            loss = self.loss_fn(score, feat, target, target_cam)
+            # CLIP-ReID's models add a third output, the image-to-text loss's input.
+            score, feat, *extra = forward(img, target, cam_label=target_cam, view_label=target_view)
+            loss = self.loss_fn(score, feat, target, target_cam, *extra)
         global_score = score[0] if isinstance(score, list) else score
         accuracy = (self.clustering.last_accuracy if self.clustering is not None
                     else (global_score.argmax(1) == target).float().mean())
@@ -313,6 +314,9 @@ class Trainer:
                                   enabled=self.is_main and bool(self.cfg.OUTPUT_DIR))
         # Leaving the block waits for the queued checkpoint writes: a failed one is raised (when
         # nothing else is), so the last epoch's files are checked too.
+        start_training = getattr(self.loss_fn, "start_training", None)
+        if start_training is not None:  # after a resume: from the restored weights
+            start_training(unwrap(self.model), self.device)
         with self.metrics, self.checkpointer:
             result = self._train_epochs(max_epochs)
         if self.distributed:

@@ -116,3 +116,19 @@ def make_optimizer(cfg, model: nn.Module,
                 len(param_groups), settings)
     optimizer_center = torch.optim.SGD(center_criterion.parameters(), lr=cfg.SOLVER.CENTER_LR)
     return optimizer, optimizer_center
+
+
+def make_optimizer_1stage(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """CLIP-ReID's stage-1 optimizer (their name): SOLVER.STAGE1.OPTIMIZER_NAME over the learnt
+    prompts alone, at STAGE1.BASE_LR and STAGE1.WEIGHT_DECAY."""
+    stage1 = cfg.SOLVER.STAGE1
+    name = check_choice('SOLVER.STAGE1.OPTIMIZER_NAME', stage1.OPTIMIZER_NAME, OPTIMIZERS)
+    optimizer_class = getattr(torch.optim, name)
+    defaults: Dict[str, Any] = {"lr": stage1.BASE_LR}
+    if name == 'SGD':
+        defaults["momentum"] = stage1.MOMENTUM
+    defaults.update(kernel_options(optimizer_class, 'cuda' if uses_gpu(cfg.MODEL.DEVICE) else 'cpu'))
+    group = {"params": model.prompt_parameters(), "lr": stage1.BASE_LR, "weight_decay": stage1.WEIGHT_DECAY}
+    logger.info("stage 1: %s over the learnt prompts, lr %g, weight decay %g", name, stage1.BASE_LR,
+                stage1.WEIGHT_DECAY)
+    return optimizer_class([group], **defaults)

@@ -9,6 +9,7 @@ from timm.scheduler import CosineLRScheduler
 
 from .lr_scheduler import WarmupMultiStepLR
 from config.choices import UNLABELLED_MODES
+from config.stages import is_clipreid
 
 logger = logging.getLogger("transreid.solver")
 
@@ -82,9 +83,9 @@ def create_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRScheduler:
         scheduler = _cosine_scheduler(cfg, optimizer, epoch_end=True)
         logger.info("learning rate: TransReID-SSL's cosine over %d epochs after %d warm-up epochs, "
                     "stepped at the end of each epoch", cfg.SOLVER.MAX_EPOCHS, cfg.SOLVER.WARMUP_EPOCHS)
-    elif cfg.MODEL.NAME == 'resnet50' or cfg.MODEL.TRAIN_MODE in UNLABELLED_MODES:
+    elif cfg.MODEL.NAME == 'resnet50' or cfg.MODEL.TRAIN_MODE in UNLABELLED_MODES or is_clipreid(cfg):
         # cluster-contrast's recipe: StepLR (x GAMMA every 20 epochs: STEPS (21, 41), epochs
-        # counted from 1) for any model
+        # counted from 1) for any model; CLIP-ReID's stage 2 (SOLVER.STAGE2.* copied here)
         scheduler = _multistep_scheduler(cfg, optimizer)
         logger.info("learning rate: warm-up multi-step, milestones %s, gamma %g",
                     list(cfg.SOLVER.STEPS), cfg.SOLVER.GAMMA)
@@ -93,3 +94,14 @@ def create_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRScheduler:
         logger.info("learning rate: cosine over %d epochs after %d warm-up epochs",
                     cfg.SOLVER.MAX_EPOCHS, cfg.SOLVER.WARMUP_EPOCHS)
     return scheduler
+
+
+def create_scheduler_1stage(cfg, optimizer: torch.optim.Optimizer) -> CosineLRScheduler:
+    """CLIP-ReID's stage-1 schedule (their create_scheduler): linear warm-up from
+    STAGE1.WARMUP_LR_INIT over STAGE1.WARMUP_EPOCHS, then one cosine cycle of STAGE1.MAX_EPOCHS
+    down to STAGE1.LR_MIN, indexed by the absolute epoch, stepped at the start of each epoch."""
+    stage1 = cfg.SOLVER.STAGE1
+    return CosineLRScheduler(optimizer, t_initial=stage1.MAX_EPOCHS, lr_min=stage1.LR_MIN, cycle_mul=1.0,
+                             cycle_decay=0.1, cycle_limit=1, warmup_t=stage1.WARMUP_EPOCHS,
+                             warmup_lr_init=stage1.WARMUP_LR_INIT, warmup_prefix=False, t_in_epochs=True,
+                             noise_range_t=None)

@@ -195,3 +195,62 @@ def test_images_of_another_size_than_the_model_was_built_for_are_named():
     model = CLIPReID(ClipSpec(**TINY_VIT), 2, (384, 128), (16, 16)).eval()  # INPUT.SIZE_TRAIN's default
     with pytest.raises(ValueError, match=r"input images of 16x8 patches, but the model was built for 24x8"):
         model(torch.zeros(1, 3, 256, 128))
+
+
+def flat(cfg, prefix=''):
+    out = {}
+    for key, value in cfg.items():
+        out.update(flat(value, f'{prefix}{key}.') if isinstance(value, dict) else {f'{prefix}{key}': value})
+    return out
+
+
+# What this repository's copies add to their files filled in: the data folder, the CLIP weights, the run folder.
+FILLED_KEYS = {'DATASETS.ROOT_DIR', 'MODEL.PRETRAIN_PATH', 'OUTPUT_DIR'}
+
+
+def test_repository_config_is_their_published_file(tmp_path):
+    theirs = flat(load_config(their_file_filled_in(tmp_path)))
+    ours = flat(load_config(str(REPO / 'configs' / 'Market' / 'vit_clipreid.yml')))
+    assert {key for key in ours if ours[key] != theirs[key]} == FILLED_KEYS
+    sie_olp = flat(load_config(str(REPO / 'configs' / 'Market' / 'vit_clipreid_sie_olp.yml')))
+    command = flat(load_config(their_file_filled_in(tmp_path), ['MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_COE', '1.0',
+                                                                'MODEL.STRIDE_SIZE', '[12, 12]']))
+    assert {key for key in sie_olp if sie_olp[key] != command[key]} == FILLED_KEYS
+
+
+REPOSITORY_CLIP_CONFIGS = sorted(path for path in REPO.glob('configs/*/*_clipreid*.yml') if 'Synthetic' not in str(path))
+
+
+def test_every_dataset_has_its_clipreid_configs():
+    assert {(path.parent.name, path.name) for path in REPOSITORY_CLIP_CONFIGS} >= {
+        (folder, name) for folder in ('Market', 'MSMT17', 'DukeMTMC', 'OCC_Duke', 'VeRi', 'VehicleID')
+        for name in ('vit_clipreid.yml', 'cnn_clipreid.yml')}
+
+
+@pytest.mark.parametrize('path', REPOSITORY_CLIP_CONFIGS, ids=lambda path: f'{path.parent.name}/{path.name}')
+def test_repository_clipreid_configs_build_at_real_size(path):
+    cfg = load_config(str(path), ['MODEL.PRETRAIN_CHOICE', 'none'])
+    with torch.device('meta'):
+        model = make_model(cfg, num_class=REAL_CLASSES, camera_num=REAL_CAMERAS, view_num=1)
+    assert model.in_planes + model.in_planes_proj == eval_feature_dim(cfg)
+    assert model.prompt_learner.cls_ctx.shape[0] == REAL_CLASSES
+    assert cfg.SOLVER.MAX_EPOCHS == cfg.SOLVER.STAGE2.MAX_EPOCHS
+
+
+def test_stage2_reads_their_stage2_keys_as_the_solver(tmp_path):
+    cfg = load_config(their_file_filled_in(tmp_path))
+    solver = cfg.SOLVER
+    assert (solver.MAX_EPOCHS, solver.BASE_LR, tuple(solver.STEPS), solver.GAMMA, solver.WARMUP_FACTOR,
+            solver.WARMUP_EPOCHS, solver.IMS_PER_BATCH, solver.BIAS_LR_FACTOR, solver.WEIGHT_DECAY,
+            solver.OPTIMIZER_NAME, solver.EVAL_PERIOD) == (60, 0.000005, (30, 50), 0.1, 0.1, 10, 64, 2, 0.0001,
+                                                          'Adam', 60)
+    # A SOLVER key that stage 2 would not read is refused, naming the one it reads.
+    with pytest.raises(ConfigError, match=r"SOLVER.MAX_EPOCHS 7 .* SOLVER.STAGE2.MAX_EPOCHS \(60\)"):
+        load_config(their_file_filled_in(tmp_path), ['SOLVER.MAX_EPOCHS', '7'])
+    with pytest.raises(ConfigError, match=r"SOLVER.WARMUP_EPOCHS 2 .* SOLVER.STAGE2.WARMUP_ITERS"):
+        load_config(their_file_filled_in(tmp_path), ['SOLVER.WARMUP_EPOCHS', '2'])
+
+
+def test_a_test_size_other_than_the_training_size_is_refused_when_the_config_loads(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape("set INPUT.SIZE_TEST [256, 128]")):
+        load_config(their_file_filled_in(tmp_path), ['INPUT.SIZE_TEST', '[384, 128]'])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from config import cfg as default_cfg, load_config
 from model import make_model
 from model.backbones import VIT_SPECS, TransReID, feature_dim
-from model.backbones.specs import is_swin
+from model.backbones.specs import CLIP_SPECS, is_swin
 from model.backbones.vit_pytorch import Attention
 from model.heads import AMSoftmax, Arcface, CircleLoss, Cosface, make_classifier
 from model.make_model import shuffle_unit
@@ -423,13 +423,14 @@ def check_config_shapes(config_path: str) -> None:
         torch.testing.assert_close(eval_feat, expected, atol=1e-5, rtol=1e-5)
 
 
-# PASS and SOLIDER configs: their reference is their authors' code (tests/test_pass_exactness.py,
-# tests/test_solider_exactness.py); tests/test_pass_solider_configs.py builds them at real size.
-# UDA configs start from a model trained with labels (PRETRAIN_CHOICE 'finetune' only), which
-# tests/test_usl_training.py makes; their network is the USL configs', checked here.
+# PASS, SOLIDER and CLIP-ReID configs: their reference is their authors' code (tests/test_pass_exactness.py,
+# tests/test_solider_exactness.py, tests/test_clipreid_exactness.py); tests/test_pass_solider_configs.py
+# and tests/test_clipreid_configs.py build them at real size. UDA configs start from a model
+# trained with labels (PRETRAIN_CHOICE 'finetune' only), which tests/test_usl_training.py makes;
+# their network is the USL configs', checked here.
 def _reference_maths(path: str) -> bool:
     cfg = load_config(path)
-    return not (cfg.MODEL.PASS or is_swin(cfg) or cfg.MODEL.TRAIN_MODE == 'uda')
+    return not (cfg.MODEL.PASS or is_swin(cfg) or cfg.MODEL.TRAIN_MODE == 'uda' or cfg.MODEL.NAME in CLIP_SPECS)
 
 
 REPO_CONFIGS = [path for path in unique_model_configs(os.path.join(REPO_ROOT, 'configs')) if _reference_maths(path)]

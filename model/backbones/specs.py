@@ -76,6 +76,10 @@ class ClipSpec:
 CLIP_SPECS: Dict[str, ClipSpec] = {
     'ViT-B-16': ClipSpec(vision_layers=12, vision_width=768, embed_dim=512),
     'RN50': ClipSpec(vision_layers=(3, 4, 6, 3), vision_width=64, embed_dim=1024),
+    # CLIP's shape at toy widths (2 heads of 64 in both towers) for the synthetic set; 16 tokens
+    # hold the prompt (12 with its start and end), and a fifth of the text tower's cost.
+    'ViT-T-16': ClipSpec(vision_layers=4, vision_width=128, embed_dim=64, text_width=128, text_layers=2,
+                         context_length=16),
 }
 assert set(CLIP_SPECS) == set(CLIP_MODEL_NAMES), "config/choices.py CLIP_MODEL_NAMES is stale"
 # load_config checks MODEL.TRANSFORMER_TYPE against config.choices without importing torch.
