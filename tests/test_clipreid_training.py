@@ -14,7 +14,7 @@ import torch
 
 from config import load_config
 from loss import make_loss
-from processor.checkpoint import LAST_CHECKPOINT, ResumeError, load_checkpoint
+from processor.checkpoint import ResumeError, load_checkpoint
 from processor.clipreid_stage1 import PromptTrainer
 from processor.processor import Trainer
 from solver.make_optimizer import make_optimizer_1stage
