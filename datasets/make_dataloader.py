@@ -13,7 +13,7 @@ from config import ConfigError
 from config.choices import UNLABELLED_MODES
 from utils.device import loader_workers, uses_gpu
 
-from .bases import BaseImageDataset, ImageDataset, Sample, SeededImageDataset
+from .bases import BaseImageDataset, DatasetError, ImageDataset, Sample, SeededImageDataset
 from .cluster_sampler import IterationSampler, RandomMultipleGallerySampler
 from .device_augment import WorkerAugment
 from .registry import build_dataset
@@ -266,6 +266,10 @@ def load_eval_dataset(cfg, trial: int = 0) -> BaseImageDataset:
     it is there (a test-only tree is enough). Its `num_cameras` / `num_views` count the ids of
     the splits found."""
     dataset = _load_dataset(cfg, trial, require_train=False)
+    if not dataset.labelled:
+        raise DatasetError(f"{dataset.display_name} under DATASETS.ROOT_DIR "
+                           f"'{cfg.DATASETS.ROOT_DIR}' have no query or gallery to evaluate on; "
+                           f"evaluate with a labelled DATASETS.NAMES")
     _check_views(cfg, dataset)
     return dataset
 

@@ -150,9 +150,8 @@ class UnlabelledDataset(BaseImageDataset):
         return tracks
 
     def _check_test_splits(self) -> None:
-        if not self.require_train:
-            raise DatasetError(f"unlabelled crops under '{self.root}' have no query or gallery "
-                               f"to evaluate on; evaluate with a labelled DATASETS.NAMES")
+        """None to check: there is no query or gallery (`load_eval_dataset` refuses to evaluate
+        here; int8 export calibrates on the crops)."""
 
     def statistics_table(self) -> str:
         cameras = len({camid for _, _, camid, _ in self.train})

@@ -13,7 +13,7 @@ from PIL import Image
 from config import ConfigError, load_config
 from datasets.bases import DatasetError
 from datasets.image_list import collect_images
-from datasets.make_dataloader import training_tracks
+from datasets.make_dataloader import load_eval_dataset, training_tracks
 from datasets.registry import build_dataset
 from datasets.unlabelled import UnlabelledDataset
 from processor.inference import FeatureExtractor
@@ -62,8 +62,10 @@ def test_bad_unlabelled_folders_are_refused_in_one_line(tmp_path):
         UnlabelledDataset(str(tmp_path / "mixed"))
     with pytest.raises(DatasetError, match="CLUSTER.TRACKS 'folders': no crop .* has a track"):
         UnlabelledDataset(str(tmp_path / "mixed" / "c1"), tracks='folders')
-    with pytest.raises(DatasetError, match="no query or gallery"):
-        UnlabelledDataset(str(tmp_path / "mixed" / "c1"), require_train=False)
+    evaluation = load_config("", ["DATASETS.NAMES", "unlabelled",
+                                  "DATASETS.ROOT_DIR", str(tmp_path / "mixed" / "c1")])
+    with pytest.raises(DatasetError, match="have no query or gallery to evaluate on"):
+        load_eval_dataset(evaluation)
     # Tracks asked of a dataset that has none, or read the unlabelled way from a labelled one.
     with pytest.raises(ConfigError, match="CLUSTER.TRACKS is 'dataset' but unlabelled crops gives"):
         training_tracks(load_config("", ["CLUSTER.TRACKS", "dataset"]),
@@ -110,6 +112,9 @@ def test_join_tracks_ties_go_to_the_lower_cluster_and_empty_clusters_renumber():
     labels = np.array([0, 0, 2, 2, 1, -1])
     tracks = np.array([3, 3, -1, -1, -1, 3])  # track 3 owns cluster 0; label 2 stays
     assert join_tracks(labels, tracks).tolist() == [0, 0, 2, 2, 1, 0]
+    labels = np.array([0, 0, 0, -1, -1, -1])
+    tracks = np.array([-1, -1, -1, 1, 2, 2])  # a lone outlier stays one; a pair is a cluster
+    assert join_tracks(labels, tracks).tolist() == [0, 0, 0, -1, 1, 1]
     with pytest.raises(ValueError, match="2 track ids for 3 images"):
         join_tracks(np.zeros(3), np.zeros(2))
 

@@ -50,7 +50,8 @@ def join_tracks(labels: np.ndarray, tracks: np.ndarray) -> np.ndarray:
 
     * the cluster that most of the track's clustered crops fall in (the lowest label on a tie),
       so two tracks whose crops mostly fall in one cluster merge;
-    * a track with no clustered crop becomes a new cluster of its own (it is one person);
+    * a track of two or more crops, none clustered, becomes a new cluster of its own (it is
+      one person); a track of one outlier crop stays an outlier;
     * crops without a track (−1) keep their label, outliers included.
 
     Clusters left without a crop are dropped and the labels renumbered 0 … C − 1 in the order
@@ -69,7 +70,8 @@ def join_tracks(labels: np.ndarray, tracks: np.ndarray) -> np.ndarray:
     voted, first = np.unique(pairs[0, order], return_index=True)
     cluster_of_track = np.full(len(track_ids), OUTLIER, dtype=np.int64)
     cluster_of_track[voted] = pairs[1, order][first]
-    orphans = cluster_of_track == OUTLIER
+    # A lone crop says nothing more than DBSCAN did: an outlier it stays, as in their code.
+    orphans = (cluster_of_track == OUTLIER) & (np.bincount(track_of) > 1)
     cluster_of_track[orphans] = labels.max(initial=OUTLIER) + 1 + np.arange(orphans.sum())
     joined = labels.copy()
     joined[tracked] = cluster_of_track[track_of]
