@@ -120,11 +120,11 @@ def test_join_tracks_ties_go_to_the_lower_cluster_and_empty_clusters_renumber():
 
 
 def write_tracks(root):
-    """Two cameras, two tracks each (the same four people seen twice), 4 crops a track; and two
-    crops without a track, directly in a camera folder."""
+    """Two cameras, two tracks each (the same two people seen by both), 4 crops a track; and
+    two crops without a track, directly in a camera folder."""
     for cam in (1, 2):
         for track in range(2):
-            person = (cam - 1) * 2 + track
+            person = track
             for k in range(4):
                 write_crop(os.path.join(root, f"c{cam}", f"t{track}", f"{k}.jpg"),
                            COLOURS[person], seed=100 * cam + 10 * track + k)
