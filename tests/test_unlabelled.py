@@ -119,6 +119,25 @@ def test_join_tracks_ties_go_to_the_lower_cluster_and_empty_clusters_renumber():
         join_tracks(np.zeros(3), np.zeros(2))
 
 
+def test_join_tracks_matches_a_plain_loop_over_tracks():
+    rng = np.random.default_rng(3)
+    labels, tracks = rng.integers(-1, 30, 400), rng.integers(-1, 60, 400)
+    labels[tracks % 10 == 0] = -1         # tracks 0, 10, ... wholly un-clustered
+    tracks[labels.argmin()] = 99          # and a track of one outlier crop
+    expected, next_label = labels.copy(), labels.max() + 1
+    for track in np.unique(tracks[tracks >= 0]):
+        crops = tracks == track
+        votes = labels[crops][labels[crops] >= 0]
+        if len(votes):
+            counts = np.bincount(votes)
+            expected[crops] = np.flatnonzero(counts == counts.max())[0]
+        elif crops.sum() > 1:
+            expected[crops], next_label = next_label, next_label + 1
+    kept = expected >= 0
+    expected[kept] = np.unique(expected[kept], return_inverse=True)[1]
+    assert join_tracks(labels, tracks).tolist() == expected.tolist()
+
+
 def write_tracks(root):
     """Two cameras, two tracks each (the same two people seen by both), 4 crops a track; and
     two crops without a track, directly in a camera folder."""
