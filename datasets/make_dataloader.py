@@ -217,13 +217,13 @@ def training_tracks(cfg, dataset: BaseImageDataset) -> Optional[list]:
     if source == 'none':
         return None
     if dataset.train_tracks is None:
-        raise ConfigError(f"CLUSTER.TRACKS is '{source}' but {dataset.display_name} gives no "
-                          f"tracks: set CLUSTER.TRACKS 'none', or read tracks with DATASETS.NAMES "
+        raise ConfigError(f"CLUSTER.TRACKS is '{source}' but DATASETS.NAMES "
+                          f"'{cfg.DATASETS.NAMES}' gives no tracks: set CLUSTER.TRACKS 'none', or read tracks with DATASETS.NAMES "
                           f"'unlabelled' and CLUSTER.TRACKS 'folders' or 'names'")
     if source != 'dataset' and dataset.labelled:
         raise ConfigError(f"CLUSTER.TRACKS '{source}' is how DATASETS.NAMES 'unlabelled' reads "
-                          f"tracks; {dataset.display_name} gives its own: set CLUSTER.TRACKS "
-                          f"'dataset'")
+                          f"tracks; DATASETS.NAMES '{cfg.DATASETS.NAMES}' gives its own: set "
+                          f"CLUSTER.TRACKS 'dataset'")
     if len(dataset.train_tracks) != len(dataset.train):
         raise ValueError(f"{dataset.display_name}: {len(dataset.train_tracks)} tracks for "
                          f"{len(dataset.train)} training images")

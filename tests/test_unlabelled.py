@@ -4,6 +4,7 @@ without evaluation whose checkpoint then extracts features as any trained model.
 import logging
 import os
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,6 @@ from config import ConfigError, load_config
 from datasets.bases import DatasetError
 from datasets.image_list import collect_images
 from datasets.make_dataloader import load_eval_dataset, training_tracks
-from datasets.registry import build_dataset
 from datasets.unlabelled import UnlabelledDataset
 from processor.inference import FeatureExtractor
 from tests.conftest import TINY_TRANSREID_OPTS
@@ -66,9 +66,11 @@ def test_bad_unlabelled_folders_are_refused_in_one_line(tmp_path):
                                   "DATASETS.ROOT_DIR", str(tmp_path / "mixed" / "c1")])
     with pytest.raises(DatasetError, match="have no query or gallery to evaluate on"):
         load_eval_dataset(evaluation)
-    # Tracks asked of a dataset that has none, or read the unlabelled way from a labelled one.
-    with pytest.raises(ConfigError, match="CLUSTER.TRACKS is 'dataset' but unlabelled crops gives"):
-        training_tracks(load_config("", ["CLUSTER.TRACKS", "dataset"]),
+    # Tracks asked of unlabelled crops read without them.
+    with pytest.raises(ConfigError, match="CLUSTER.TRACKS is 'dataset' but DATASETS.NAMES "
+                                          "'unlabelled' gives no tracks"):
+        training_tracks(load_config("", ["DATASETS.NAMES", "unlabelled",
+                                         "CLUSTER.TRACKS", "dataset"]),
                         UnlabelledDataset(str(tmp_path / "mixed" / "c1")))
 
 
@@ -183,14 +185,19 @@ def test_usl_on_unlabelled_tracks_trains_without_evaluation_then_extracts(tmp_pa
     assert features.shape == (18, extractor.backend.feature_dim) and features.isfinite().all()
 
 
-def test_unlabelled_crops_need_usl_and_tracks_need_an_unlabelled_reader(tmp_path, tiny_opts):
+def test_unlabelled_crops_need_usl_and_tracks_come_as_the_dataset_gives_them(tmp_path, tiny_opts):
     root = str(tmp_path / "crops")
     write_tracks(root)
     with pytest.raises(ConfigError, match="unlabelled crops have no identities .* set "
                                           "MODEL.TRAIN_MODE 'usl'"):
         build(tiny_opts + ["DATASETS.NAMES", "unlabelled", "DATASETS.ROOT_DIR", root])
-    cfg = load_config("", tiny_opts + ["MODEL.TRAIN_MODE", "usl", "CLUSTER.TRACKS", "names"])
-    with pytest.raises(ConfigError, match="CLUSTER.TRACKS is 'names' but synthetic"):
-        training_tracks(cfg, build_dataset(cfg))
+    # A labelled dataset: its own tracks with 'dataset', the unlabelled readers' values refused.
+    labelled = SimpleNamespace(labelled=True, train=[("a.jpg", 0, 0, 1)] * 3,
+                               train_tracks=[0, -1, 0], display_name="labelled")
+    assert training_tracks(load_config("", ["CLUSTER.TRACKS", "dataset"]), labelled) == [0, -1, 0]
+    with pytest.raises(ConfigError, match="CLUSTER.TRACKS 'names' is how DATASETS.NAMES "
+                                          "'unlabelled' reads tracks.* set CLUSTER.TRACKS 'dataset'"):
+        training_tracks(load_config("", ["CLUSTER.TRACKS", "names"]), labelled)
+    assert training_tracks(load_config("", []), labelled) is None
     with pytest.raises(ConfigError, match="CLUSTER.TRACKS"):
         load_config("", ["CLUSTER.TRACKS", "'tracker'"])
