@@ -36,6 +36,8 @@ COMPILE_MODES = ('auto', 'on', 'off')
 # from any start, 'uda' from a model trained with labels on another dataset.
 TRAIN_MODES = ('supervised', 'usl', 'uda')
 UNLABELLED_MODES = ('usl', 'uda')
+# CLUSTER.TRACKS: where tracks come from (datasets/unlabelled.py reads 'folders' and 'names')
+TRACK_SOURCES = ('none', 'folders', 'names', 'dataset')
 # The SIE label of an image of unknown camera or view (processor.inference explains them): the
 # mean over every label, or the image's own where known; else a label id.
 MEAN, AUTO = "mean", "auto"
@@ -71,7 +73,9 @@ def cluster_rules(cfg) -> Tuple[Tuple[str, Callable[[Any], bool], str], ...]:
         ('CLUSTER.TEMPERATURE', lambda value: _number(value) and value > 0,
          "a positive number (theirs 0.05)"),
         ('CLUSTER.MEMORY_MOMENTUM', lambda value: _number(value) and 0 <= value <= 1,
-         "a number from 0 to 1 (theirs 0.2)"))
+         "a number from 0 to 1 (theirs 0.2)"),
+        ('CLUSTER.TRACKS', lambda value: value in TRACK_SOURCES,
+         f"one of {', '.join(map(repr, TRACK_SOURCES))}"))
     mode = cfg.MODEL.TRAIN_MODE
     if mode not in UNLABELLED_MODES:
         return rules

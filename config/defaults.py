@@ -273,6 +273,12 @@ _C.CLUSTER.TEMPERATURE = 0.05
 _C.CLUSTER.HARD_MEMORY = 'yes'
 # Iterations per epoch (each epoch clusters again first); their scripts use 200
 _C.CLUSTER.ITERS_PER_EPOCH = 200
+# Tracks, crops known to show one person, kept in one pseudo-identity by 'usl' / 'uda'
+# (docs/unsupervised.md; ignored with labels):
+# 'none'; with DATASETS.NAMES 'unlabelled' 'folders' (a folder per track) or 'names'
+# (<track>_c<cam>... names, as tools/mot_to_reid.py writes); 'dataset': the tracks another
+# dataset gives (its train_tracks)
+_C.CLUSTER.TRACKS = 'none'
 
 # -----------------------------------------------------------------------------
 # TEST

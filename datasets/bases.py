@@ -59,12 +59,19 @@ class BaseImageDataset:
         has_views: whether the dataset carries real view labels (needed by MODEL.SIE_VIEW).
         num_trials: how many query/gallery draws its protocol averages (VehicleID's random
             draws); trial t of them is built with `trial=t`.
+        labelled: whether the training pids are identities (relabelled to 0..N-1); a set
+            without labels keeps pid -1 on every training image.
+        train_tracks: the track id of each training image (aligned with `train`, -1 where
+            unknown), or None when the data has no tracks; training without labels keeps a
+            track's crops in one pseudo-identity (`utils.clustering.join_tracks`).
     """
 
     dataset_dir: str = ""
     display_name: str = "dataset"
     has_views: bool = False
     num_trials: int = 1
+    labelled: bool = True
+    train_tracks: Optional[List[int]] = None
 
     def __init__(self, root: str, verbose: bool = True, dataset_dir: Optional[str] = None,
                  display_name: Optional[str] = None, require_train: bool = True):
@@ -78,7 +85,7 @@ class BaseImageDataset:
         # Where each split comes from, to name it in errors; parsers set their own.
         self.split_sources: Dict[str, str] = dict.fromkeys(SPLITS, self.dataset_dir)
         train, self.query, self.gallery = self._load_splits()
-        self.train = relabel(train)
+        self.train = relabel(train) if self.labelled else train
         if not self.train and require_train:
             raise DatasetError(f"{self.display_name}: no training images found under "
                                f"{self.dataset_dir}")

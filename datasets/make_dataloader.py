@@ -13,7 +13,7 @@ from config import ConfigError
 from config.choices import UNLABELLED_MODES
 from utils.device import loader_workers, uses_gpu
 
-from .bases import BaseImageDataset, ImageDataset, Sample, SeededImageDataset
+from .bases import BaseImageDataset, DatasetError, ImageDataset, Sample, SeededImageDataset
 from .cluster_sampler import IterationSampler, RandomMultipleGallerySampler
 from .device_augment import WorkerAugment
 from .registry import build_dataset
@@ -137,8 +137,11 @@ class PseudoLabelLoader:
     DATALOADER.NUM_INSTANCE crops per batch (RandomMultipleGallerySampler); rebuilt by `relabel`
     before each epoch."""
 
-    def __init__(self, cfg, samples: Sequence[Sample]) -> None:
+    def __init__(self, cfg, samples: Sequence[Sample],
+                 tracks: Optional[Sequence[int]] = None) -> None:
         self.cfg, self.samples = cfg, list(samples)
+        # The track of each sample (-1 for none), which the clustering joins; None: no tracks.
+        self.tracks = None if tracks is None else list(tracks)
         self.loader: Optional[DataLoader] = None
 
     def relabel(self, labels: Sequence[int]) -> None:
@@ -208,6 +211,29 @@ class LazyLoader:
         return getattr(self.loader, name)
 
 
+def training_tracks(cfg, dataset: BaseImageDataset) -> Optional[list]:
+    """The tracks that CLUSTER.TRACKS asks the clustering to join: None for 'none'."""
+    source = cfg.CLUSTER.TRACKS
+    if source == 'none':
+        return None
+    if dataset.train_tracks is None:
+        raise ConfigError(f"CLUSTER.TRACKS is '{source}' but DATASETS.NAMES "
+                          f"'{cfg.DATASETS.NAMES}' gives no tracks: set CLUSTER.TRACKS 'none', or read tracks with DATASETS.NAMES "
+                          f"'unlabelled' and CLUSTER.TRACKS 'folders' or 'names'")
+    if source != 'dataset' and dataset.labelled:
+        raise ConfigError(f"CLUSTER.TRACKS '{source}' is how DATASETS.NAMES 'unlabelled' reads "
+                          f"tracks; DATASETS.NAMES '{cfg.DATASETS.NAMES}' gives its own: set "
+                          f"CLUSTER.TRACKS 'dataset'")
+    if len(dataset.train_tracks) != len(dataset.train):
+        raise ValueError(f"{dataset.display_name}: {len(dataset.train_tracks)} tracks for "
+                         f"{len(dataset.train)} training images")
+    return dataset.train_tracks
+
+
+def _pseudo_label_loader(cfg, dataset: BaseImageDataset) -> PseudoLabelLoader:
+    return PseudoLabelLoader(cfg, dataset.train, training_tracks(cfg, dataset))
+
+
 def make_dataloader(cfg, trial: int = 0) -> Tuple[DataLoader, DataLoader, DataLoader, int, int,
                                                   int, int]:
     """-> (train_loader, train_loader_normal, val_loader, num_query, num_classes, camera_num,
@@ -224,7 +250,10 @@ def make_dataloader(cfg, trial: int = 0) -> Tuple[DataLoader, DataLoader, DataLo
     logger.info("Number of classes: %d, cameras: %d, views: %d", num_classes, camera_num,
                 view_num)
     unlabelled = cfg.MODEL.TRAIN_MODE in UNLABELLED_MODES
-    train_loader = (PseudoLabelLoader(cfg, dataset.train) if unlabelled
+    if not (unlabelled or dataset.labelled):
+        raise ConfigError(f"{dataset.display_name} have no identities to train on with "
+                          f"MODEL.TRAIN_MODE '{cfg.MODEL.TRAIN_MODE}'; set MODEL.TRAIN_MODE 'usl'")
+    train_loader = (_pseudo_label_loader(cfg, dataset) if unlabelled
                     else _train_loader(cfg, dataset))
     train_loader_normal = LazyLoader(lambda: _eval_loader(cfg, dataset.train))
     val_loader = _eval_loader(cfg, dataset.query + dataset.gallery)
@@ -237,6 +266,10 @@ def load_eval_dataset(cfg, trial: int = 0) -> BaseImageDataset:
     it is there (a test-only tree is enough). Its `num_cameras` / `num_views` count the ids of
     the splits found."""
     dataset = _load_dataset(cfg, trial, require_train=False)
+    if not dataset.labelled:
+        raise DatasetError(f"{dataset.display_name} under DATASETS.ROOT_DIR "
+                           f"'{cfg.DATASETS.ROOT_DIR}' have no query or gallery to evaluate on; "
+                           f"evaluate with a labelled DATASETS.NAMES")
     _check_views(cfg, dataset)
     return dataset
 

@@ -15,6 +15,7 @@ from .market_style import (DukeMTMCreID, FolderDataset, Market1501, MarketStyleD
                            OccludedDukeMTMCreID)
 from .msmt17 import MSMT17
 from .synthetic import SyntheticSettings, ensure_synthetic_person, ensure_synthetic_vehicle
+from .unlabelled import UnlabelledDataset
 from .vehicleid import VehicleID
 from .veri import VeRi
 
@@ -66,6 +67,11 @@ def _list(cfg, trial: int, require_train: bool) -> BaseImageDataset:
     d = cfg.DATASETS
     return ListDataset(_root(cfg), d.TRAIN_LIST, d.QUERY_LIST, d.GALLERY_LIST,
                        require_train=require_train)
+
+
+@register_dataset("unlabelled")
+def _unlabelled(cfg, trial: int, require_train: bool) -> BaseImageDataset:
+    return UnlabelledDataset(_root(cfg), tracks=cfg.CLUSTER.TRACKS, require_train=require_train)
 
 
 def _synthetic_rule(settings: SyntheticSettings, example: str) -> NameRule:

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.clustering import ClusterStats, cluster_centroids, cluster_statistics, pseudo_labels
+from utils.clustering import (ClusterStats, cluster_centroids, cluster_statistics, pseudo_labels,
+                              track_statistics)
 from utils.errors import ConfigError
 from utils.options import yes_no
 
@@ -52,6 +53,8 @@ class ClusterContrast:
         # The true identities, where the data has them: only for the purity and NMI in the log.
         pids = np.array([pid for _, pid, _, _ in train_loader.samples])
         self.true_labels = pids if len(pids) and (pids >= 0).all() else None
+        tracks = getattr(train_loader, "tracks", None)
+        self.tracks = None if tracks is None else np.asarray(tracks, dtype=np.int64)
 
     def attach(self, model: nn.Module) -> None:
         """Read the BN neck's output of every forward of `model` (the unwrapped ReIDModel)."""
@@ -81,10 +84,13 @@ class ClusterContrast:
         """Cluster the training images with `model`, start the memory, relabel the loader."""
         cfg, start = self.cfg.CLUSTER, time.perf_counter()
         feats = self.extract(model, device)
-        labels = pseudo_labels(feats, cfg.EPS, cfg.MIN_SAMPLES, cfg.K1, cfg.K2)
+        labels = pseudo_labels(feats, cfg.EPS, cfg.MIN_SAMPLES, cfg.K1, cfg.K2,
+                               tracks=self.tracks)
         stats = cluster_statistics(labels, self.true_labels)
-        logger.info("Epoch %d pseudo-labels (%.1f s): %s", epoch, time.perf_counter() - start,
-                    stats.describe())
+        tracks = ("" if self.tracks is None
+                  else f"; {track_statistics(labels, self.tracks).describe()}")
+        logger.info("Epoch %d pseudo-labels (%.1f s): %s%s", epoch, time.perf_counter() - start,
+                    stats.describe(), tracks)
         if stats.num_clusters == 0:
             raise ConfigError(
                 f"clustering the {len(labels)} training images gave no cluster (every image "

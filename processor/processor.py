@@ -309,6 +309,10 @@ class Trainer:
         self.logger.info("start training: epochs %d to %d on %s%s", self.start_epoch, max_epochs,
                          self.device, f" x {self.world_size} processes" if self.distributed else "")
         result = None
+        if self.num_query == 0:
+            self.logger.info("Evaluation skipped: the dataset has no query images (DATASETS.NAMES "
+                             "'%s' has no query/gallery split); checkpoints are still saved",
+                             self.cfg.DATASETS.NAMES)
         # Opened here, after a resume set start_epoch: rows of epochs trained again are dropped.
         self.metrics = MetricsLog(self.cfg.OUTPUT_DIR, len(self.train_loader), self.start_epoch,
                                   enabled=self.is_main and bool(self.cfg.OUTPUT_DIR))
@@ -333,7 +337,8 @@ class Trainer:
             self.checkpointer.check()  # a write of an earlier epoch that failed stops here
             self.train_epoch(epoch)
             last = epoch == max_epochs
-            evaluate_now = epoch % self.cfg.SOLVER.EVAL_PERIOD == 0 or last
+            evaluate_now = self.num_query > 0 and (epoch % self.cfg.SOLVER.EVAL_PERIOD == 0
+                                                   or last)
             checkpoint_now = epoch % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 or last
             rng = self.all_rng_states()
             # Rank 0 alone evaluates and saves; the others wait at the barrier instead of
