@@ -52,3 +52,15 @@ def test_an_explicit_label_enrols_every_image_and_numbers_are_their_value(tmp_pa
         add_images(gallery, RowsOfTheirIndex(), records(-1, 0), label="0112")
         assert gallery.labels() == {"112": 2}
         assert gallery.remove(label="0112") == 2 and len(gallery) == 0
+
+
+def test_the_tool_counts_the_images_it_enrolled_not_those_it_was_given(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    import tools.gallery as tool
+    monkeypatch.setattr(tool, "images_of", lambda sources: records(112, -1, 0, 0, 113))
+    args = argparse.Namespace(images=["crops/"], label=None, allow_duplicates=False, include_junk=False,
+                              threshold=None, threshold_far=None, calibrate_far=None, gallery=str(tmp_path / "g"))
+    with Gallery.create(args.gallery, PROVENANCE) as gallery:
+        tool.enrol(gallery, args, RowsOfTheirIndex())
+    assert capsys.readouterr().out.startswith("2 image(s) enrolled (3 skipped, see above); ")

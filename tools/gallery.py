@@ -130,8 +130,8 @@ def enrol(gallery: Gallery, args: argparse.Namespace, extractor: FeatureExtracto
     if args.threshold_far is not None and args.threshold is None:
         raise ToolError("--threshold-far goes with --threshold DIST (the FAR it stands for)")
     records = images_of(args.images)
-    add_images(gallery, extractor, records, args.label, args.allow_duplicates,
-               args.include_junk)
+    enrolled = add_images(gallery, extractor, records, args.label, args.allow_duplicates,
+                          args.include_junk)
     if args.calibrate_far is not None:
         gallery.calibrate(args.calibrate_far)
     elif args.threshold is not None:
@@ -139,7 +139,8 @@ def enrol(gallery: Gallery, args: argparse.Namespace, extractor: FeatureExtracto
     gallery.save()
     if gallery.index_file_stale():  # an approximate gallery: load it without building its index
         gallery.save_index()
-    print(f"{len(records)} image(s) enrolled; gallery '{args.gallery}' holds {len(gallery)} "
+    skipped = f" ({len(records) - enrolled} skipped, see above)" if enrolled < len(records) else ""
+    print(f"{enrolled} image(s) enrolled{skipped}; gallery '{args.gallery}' holds {len(gallery)} "
           f"entries of {len(gallery.labels())} identities")
 
 
