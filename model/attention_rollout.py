@@ -13,6 +13,9 @@ a branch is only needed for its class-token row, so only that row is computed th
 Branches:
 
 * ViT baseline (`build_transformer`): `base.blocks`; one global map.
+* CLIP-ReID's ViT (`CLIPReID`, MODEL.NAME 'ViT-B-16'): `image_encoder.transformer.resblocks`, read
+  from each block's `ln_1` and its `nn.MultiheadAttention` projections; one global map (the class
+  token after the last block is its feature). Its ResNet has no tokens to draw.
 * TransReID with JPM (`build_transformer_local`): `base.blocks[:-1]`, then the global branch
   `b1[0]` on all tokens and the local branch `b2[0]` on each of P parts (class token plus a
   group of shifted and shuffled patches). A part's tokens are mapped back to the image patches
@@ -40,12 +43,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones.clip import PATCH_SIZE as CLIP_PATCH_SIZE
+from .clipreid import CLIPReID
 from .make_model import (build_transformer, build_transformer_local, build_transformer_pass,
                          shuffle_unit)
 
@@ -160,13 +166,13 @@ class AttentionMaps:
 
 
 @contextmanager
-def recorded_norm1_outputs(blocks: Dict[str, nn.Module]) -> Iterator[Dict[str, torch.Tensor]]:
-    """While open, the output of each named block's `norm1` in the latest forward pass.
-
-    The hooks only record (they return None, so the output is unchanged) and are removed on exit.
-    """
+def recorded_norm1_outputs(blocks: Dict[str, nn.Module], norm: str = "norm1"
+                           ) -> Iterator[Dict[str, torch.Tensor]]:
+    """While open, the output of each named block's `norm1` (CLIP's: `ln_1`) in the latest
+    forward pass. The hooks only record (they return None, so the output is unchanged) and are
+    removed on exit."""
     records: Dict[str, torch.Tensor] = {}
-    handles = [block.norm1.register_forward_hook(_recorder(records, name))
+    handles = [getattr(block, norm).register_forward_hook(_recorder(records, name))
                for name, block in blocks.items()]
     try:
         yield records
@@ -199,6 +205,8 @@ def attention_maps(model: nn.Module, images: torch.Tensor, cam_label: Optional[t
     if model.training:
         raise ValueError("attention maps need the model in eval mode (dropout and stochastic "
                          "depth off): call model.eval() first")
+    if isinstance(model, CLIPReID):
+        return _clip_attention_maps(model, images, cam_label, view_label)
     last = _last_blocks(model)
     inner = list(model.base.blocks[:-1])
     blocks = {**{f"block {i}": block for i, block in enumerate(inner)}, **last}
@@ -223,6 +231,8 @@ def attention_maps(model: nn.Module, images: torch.Tensor, cam_label: Optional[t
 def branch_names(model: nn.Module) -> Tuple[str, ...]:
     """'global', then 'local 1'..'local P' for a JPM model; ValueError for a model without
     attention."""
+    if _clip_blocks(model):
+        return (GLOBAL,)
     _last_blocks(model)  # checks that it is a transformer
     if isinstance(model, build_transformer_local):
         return (GLOBAL, *(local_branch_name(part) for part in range(1, model.num_parts + 1)))
@@ -252,9 +262,50 @@ def _branch_rollout(step: torch.Tensor, base: torch.Tensor, sources: torch.Tenso
     return (step.unsqueeze(2) @ base[:, sources.to(base.device)])[:, :, 0, prefix:]
 
 
+def patch_grid(model: nn.Module) -> Tuple[int, int]:
+    """(num_y, num_x): the patch grid of the model's maps."""
+    if isinstance(model, CLIPReID):
+        return tuple(model.grid)
+    return tuple(model.base.patch_embed.grid_size)
+
+
 def pixel_maps(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:
     """`maps` (... x num_y x num_x) over the model's input pixels (... x H x W); see
     `spread_over_pixels`."""
+    if isinstance(model, CLIPReID):
+        patch = (CLIP_PATCH_SIZE, CLIP_PATCH_SIZE)
+        return spread_over_pixels(maps, patch, tuple(model.image_encoder.conv1.stride), model.input_size)
     embed = model.base.patch_embed
     return spread_over_pixels(maps, tuple(embed.proj.kernel_size), tuple(embed.proj.stride),
                               embed.img_size)
+
+
+# ------------------------------------------------------------------------------ CLIP-ReID
+def _clip_blocks(model: nn.Module) -> Optional[Sequence[nn.Module]]:
+    """CLIP-ReID's ViT blocks; None for any other model; ValueError for its ResNet."""
+    if not isinstance(model, CLIPReID):
+        return None
+    if not model.spec.is_vit:
+        raise ValueError("attention maps need CLIP-ReID's ViT (MODEL.NAME 'ViT-B-16'): its ResNet "
+                         "has no class token to roll out")
+    return list(model.image_encoder.transformer.resblocks)
+
+
+def _as_timm_attention(block: nn.Module) -> SimpleNamespace:
+    """A CLIP block seen as timm's (`attn.qkv`, `num_heads`, `scale`): nn.MultiheadAttention
+    keeps the same stacked query / key / value projection as `in_proj_weight`."""
+    attn = block.attn
+    qkv = SimpleNamespace(weight=attn.in_proj_weight, bias=attn.in_proj_bias)
+    return SimpleNamespace(attn=SimpleNamespace(qkv=qkv, num_heads=attn.num_heads, scale=attn.head_dim ** -0.5))
+
+
+def _clip_attention_maps(model: CLIPReID, images: torch.Tensor, cam_label: Optional[torch.Tensor],
+                         view_label: Optional[torch.Tensor]) -> AttentionMaps:
+    *inner, last = _clip_blocks(model)
+    blocks = {**{f"block {i}": block for i, block in enumerate(inner)}, GLOBAL: last}
+    with recorded_norm1_outputs(blocks, norm="ln_1") as normed:
+        model(images, cam_label=cam_label, view_label=view_label)
+    base = _backbone_rollout([_as_timm_attention(block) for block in inner], normed, images.shape[0])
+    step = _class_token_step(_as_timm_attention(last), normed[GLOBAL]).unsqueeze(1)
+    maps = _branch_rollout(step, base, torch.arange(base.shape[1])[None])
+    return AttentionMaps(maps.reshape(images.shape[0], 1, *model.grid), (GLOBAL,), step[..., 0])

@@ -105,6 +105,7 @@ class CLIPReID(nn.Module):
         self.bottleneck = make_bn_neck(self.in_planes)
         self.bottleneck_proj = make_bn_neck(self.in_planes_proj)
         self.grid = clip_grid(size, stride)
+        self.input_size = tuple(int(side) for side in size)
         self.image_encoder = _image_encoder(spec, size, stride)
         self.camera_num, self.view_num = sie_tables
         self.sie_coe = sie_coe

@@ -399,3 +399,34 @@ def test_a_pass_models_map_is_its_class_tokens_rollout_over_the_patches():
     got = attention_maps(model, images, cams).maps
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-6)
     assert branch_names(model) == ("global",)
+
+
+def test_clipreid_maps_are_the_rollout_of_the_blocks_own_attention_weights():
+    from model.backbones.specs import CLIP_SPECS
+    from model.clipreid import CLIPReID
+    torch.manual_seed(0)
+    model = CLIPReID(CLIP_SPECS['ViT-T-16'], 4, (64, 32), (12, 12), sie_tables=(3, 0)).eval()
+    images, cams = torch.randn(2, 3, 64, 32), torch.tensor([0, 2])
+    maps = attention_maps(model, images, cam_label=cams)
+    # Independently: run the tower block by block, asking nn.MultiheadAttention for its weights.
+    encoder = model.image_encoder
+    x = encoder.conv1(images).flatten(2).transpose(1, 2)
+    cls = encoder.class_embedding.expand(2, 1, -1) + model.sie_embedding(cams, None).unsqueeze(1)
+    x = encoder.ln_pre(torch.cat([cls, x], dim=1) + encoder.positional_embedding)
+    flow = torch.eye(x.shape[1]).expand(2, -1, -1)
+    with torch.no_grad():
+        for block in encoder.transformer.resblocks:
+            normed = block.ln_1(x)
+            weights = block.attn(normed, normed, normed, need_weights=True, average_attn_weights=False)[1]
+            step = weights.mean(1) + torch.eye(x.shape[1])
+            flow = (step / step.sum(-1, keepdim=True)) @ flow
+            x = block(x)
+    expected = flow[:, 0, 1:].reshape(2, 1, *model.grid)
+    assert maps.branches == ('global',) and maps.maps.shape == (2, 1, 5, 2)
+    torch.testing.assert_close(maps.maps, expected, atol=1e-5, rtol=1e-4)
+    pixels = pixel_maps(model, maps.maps)
+    # Two columns of 16-pixel patches every 12 pixels cover 28 of the 32 columns.
+    assert pixels.shape == (2, 1, 64, 32) and torch.isnan(pixels[..., 28:]).all()
+    assert not torch.isnan(pixels[..., :28]).any()
+    with pytest.raises(ValueError, match="its ResNet has no class token"):
+        attention_maps(CLIPReID(CLIP_SPECS['RN50'], 4, (64, 32), (16, 16)).eval(), images)

@@ -43,7 +43,7 @@ from datasets import load_eval_dataset
 from datasets.bases import read_image
 from datasets.image_list import ImageRecord, collect_images
 from model import build_transformer_local
-from model.attention_rollout import attention_maps, branch_names, jpm_layout, pixel_maps
+from model.attention_rollout import attention_maps, branch_names, jpm_layout, patch_grid, pixel_maps
 from model.backbones.specs import is_swin
 from model.trained import TrainedModel, load_trained
 from processor import FeatureExtractor
@@ -56,6 +56,9 @@ from tools.drawing import WHITE, PlacedText, draw_texts, save_png, wrap_words
 from tools.visualize_ranks import choose_queries, index_list
 from utils.files import check_output_folder
 from utils.progress import Progress
+
+# The models with a class token to roll out: TransReID's ViTs and CLIP-ReID's.
+ATTENTION_MODELS = ('transformer', 'ViT-B-16', 'ViT-T-16')
 
 logger = logging.getLogger("transreid.tools")
 
@@ -105,9 +108,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def check_attention_model(cfg) -> None:
     """Refuse, before any work, models whose attention is not a ViT class token's rollout."""
-    if cfg.MODEL.NAME != "transformer":
-        raise ToolError(f"attention maps need a transformer (MODEL.NAME transformer); "
-                        f"{cfg.MODEL.NAME} has no attention to draw")
+    if cfg.MODEL.NAME not in ATTENTION_MODELS:
+        raise ToolError(f"attention maps need a transformer (MODEL.NAME transformer, or CLIP-ReID's "
+                        f"ViT-B-16); {cfg.MODEL.NAME} has no class token to draw")
     if is_swin(cfg):
         raise ToolError(f"{cfg.MODEL.TRANSFORMER_TYPE} (SOLIDER's Swin) has no class token, so "
                         "there is no class-token rollout to draw: its windows attend locally, "
@@ -153,10 +156,6 @@ class AttentionMapsOf(nn.Module):
         super().__init__()
         self.model = model
 
-    @property
-    def base(self) -> nn.Module:
-        return self.model.base
-
     def forward(self, images: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
                 view_label: Optional[torch.Tensor] = None) -> torch.Tensor:
         return attention_maps(self.model, images, cam_label, view_label).maps.flatten(1)
@@ -172,7 +171,7 @@ def image_attention(cfg, trained: TrainedModel, records: Sequence[ImageRecord],
     extractor = FeatureExtractor(cfg, AttentionMapsOf(model), counts=trained.counts,
                                  camera=camera, view=view)
     flat = extractor.extract_records(records, desc="attention")
-    grid = model.base.patch_embed.grid_size
+    grid = patch_grid(model)
     for start in range(0, len(records), chunk):
         rows = list(range(start, min(start + chunk, len(records))))
         maps = flat[rows].to(extractor.device).view(len(rows), -1, *grid)
