@@ -58,7 +58,7 @@ def build_training(cfg) -> dict:
     parts = dict(model=model, center_criterion=center_criterion, train_loader=train_loader,
                  val_loader=val_loader, optimizer=optimizer, optimizer_center=optimizer_center,
                  scheduler=scheduler, loss_fn=loss_fn, num_query=num_query)
-    if is_clipreid(cfg):
+    if is_clipreid(cfg) and cfg.SOLVER.STAGE1.MAX_EPOCHS > 0:  # 0: stage 2 alone, from untrained prompts
         prompt_optimizer = make_optimizer_1stage(cfg, model)
         parts['stage1'] = (train_features_loader, prompt_optimizer,
                            create_scheduler_1stage(cfg, prompt_optimizer))

@@ -237,6 +237,9 @@ def _value_rules() -> Tuple[ValueRule, ...]:
          "a positive integer, the height : width of the pre-trained position grid (1 for ImageNet ViTs, "
          "2 for TransReID-SSL's)"),
         ('SOLVER.MAX_EPOCHS', _positive_int, "a positive integer"),
+        ('SOLVER.STAGE1.MAX_EPOCHS', _non_negative_int, "an integer >= 0 (CLIP-ReID's stage 1; 0 skips it)"),
+        *((f'SOLVER.STAGE1.{key}', _positive_int, "a positive integer") for key in (
+            'IMS_PER_BATCH', 'CHECKPOINT_PERIOD', 'LOG_PERIOD')),
         ('MODEL.DIST_HANG_TIMEOUT', _positive_number, "a positive number of seconds"),
         ('SOLVER.IMS_PER_BATCH', _positive_int, "a positive integer (training images per batch)"),
         ('TEST.IMS_PER_BATCH', _positive_int, "a positive integer (test images per batch)"),

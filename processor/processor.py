@@ -259,7 +259,8 @@ class Trainer:
     def train_epoch(self, epoch: int) -> None:
         self.scheduler.step(epoch)
         if self.clustering is not None:  # this epoch's pseudo-identities, memory and loader
-            self.clustering.start_epoch(unwrap(self.model), self.device, epoch)
+            clusters = self.clustering.start_epoch(unwrap(self.model), self.device, epoch)
+            self.metrics.log_clusters(epoch, clusters)
         set_train_epoch(self.train_loader, epoch)
         self.model.train()
         self.stats.start_epoch()

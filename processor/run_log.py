@@ -8,7 +8,10 @@ Each row of metrics.csv is one moment of the run:
 * a progress row every LOG_PERIOD iterations (`log_progress`): running averages of the epoch;
 * an epoch row at the end of each epoch (`log_epoch`), whose iteration is the epoch's batch
   count;
-* an evaluation row after each evaluation (`log_eval`): utils.metrics.METRICS.
+* an evaluation row after each evaluation (`log_eval`): utils.metrics.METRICS;
+* without labels (MODEL.TRAIN_MODE usl / uda), a clustering row before each epoch
+  (`log_clusters`, iteration 0): clusters, outliers and, where the data has identities, the
+  pseudo-labels' purity and NMI.
 
 Columns a row does not measure are left empty. On resume the rows of the epochs the run is
 about to train again are dropped first, so an epoch never appears twice. A damaged metrics.csv
@@ -34,7 +37,8 @@ METRICS_NAME = "metrics.csv"
 TENSORBOARD_DIR = "tb"
 TRAIN_COLUMNS = ("loss", *LOSS_PARTS, "accuracy", "lr", "img_per_s")
 EVAL_COLUMNS = METRICS
-COLUMNS = ("epoch", "iteration") + TRAIN_COLUMNS + EVAL_COLUMNS
+CLUSTER_COLUMNS = ("clusters", "outliers", "purity", "nmi")
+COLUMNS = ("epoch", "iteration") + TRAIN_COLUMNS + EVAL_COLUMNS + CLUSTER_COLUMNS
 
 Row = Dict[str, str]
 
@@ -149,6 +153,13 @@ class MetricsLog:
         """An evaluation after `epoch`; its row has the epoch's last logged iteration."""
         self._write(epoch, self._last_iteration.get(epoch), result.metrics())
 
+    def log_clusters(self, epoch: int, stats) -> None:
+        """The pseudo-identities `epoch` trains on (a utils.clustering.ClusterStats)."""
+        values = {"clusters": stats.num_clusters, "outliers": stats.num_outliers}
+        if stats.purity is not None:
+            values.update(purity=stats.purity, nmi=stats.nmi)
+        self._write(epoch, 0, _checked(values, CLUSTER_COLUMNS))
+
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
@@ -182,7 +193,8 @@ class MetricsLog:
         if self._writer is not None:
             step = self._step(epoch, self.iters_per_epoch if iteration is None else iteration)
             for name, value in values.items():
-                section = "val" if name in EVAL_COLUMNS else "train"
+                section = ("val" if name in EVAL_COLUMNS else
+                           "clustering" if name in CLUSTER_COLUMNS else "train")
                 self._writer.add_scalar(f"{section}/{name}", value, step)
             self._writer.flush()
 

@@ -31,18 +31,22 @@ from utils.progress import Progress
 # ------------------------------------------------------------------------ helper for trainers
 def check_metrics_csv(output_dir: str, epochs: Sequence[int], log_period: int,
                       eval_epochs: Sequence[int] = (),
-                      weights: Optional[Dict[str, float]] = None) -> List[dict]:
+                      weights: Optional[Dict[str, float]] = None, clustered: bool = False) -> List[dict]:
     """Assert the shape of a trained run's metrics.csv and return its rows: per epoch, in
-    order and once, progress rows at multiples of `log_period`, then one end row with the speed,
-    then an evaluation row where evaluated; `weights` (ReIDLoss.weights): the logged loss is
-    the weighted sum of the logged parts (averages of a linear sum stay that sum)."""
+    order and once, (`clustered`: first a clustering row at iteration 0,) progress rows at
+    multiples of `log_period`, then one end row with the speed, then an evaluation row where
+    evaluated; `weights` (ReIDLoss.weights): the logged loss is the weighted sum of the logged
+    parts (averages of a linear sum stay that sum)."""
     rows = read_metrics(metrics_path(output_dir))
     assert [int(row["epoch"]) for row in rows] == sorted(int(row["epoch"]) for row in rows)
     assert sorted({int(row["epoch"]) for row in rows}) == list(epochs)
     for epoch in epochs:
         mine = [row for row in rows if int(row["epoch"]) == epoch]
         evals = [row for row in mine if row["mAP"]]
-        train = [row for row in mine if not row["mAP"]]
+        clusters = [row for row in mine if row["clusters"]]
+        train = [row for row in mine if not row["mAP"] and not row["clusters"]]
+        assert [row["iteration"] for row in clusters] == (["0"] if clustered else []), f"epoch {epoch}"
+        assert not clusters or mine[0] is clusters[0]
         assert len(evals) == (1 if epoch in eval_epochs else 0), f"epoch {epoch}"
         *progress, end = train
         assert end["img_per_s"] and float(end["img_per_s"]) > 0, f"epoch {epoch} end row"

@@ -51,7 +51,13 @@ def test_usl_trains_on_clusters_logs_them_and_resumes_between_epochs(tiny_opts, 
         assert int(outliers) == int((labels < 0).sum())
         assert 0 < float(purity) <= 1 and 0 <= float(nmi) <= 1
     assert not torch.equal(start["base.cls_token"], straight["base.cls_token"])
-    check_metrics_csv(str(tmp_path / "straight"), [1, 2], cfg.SOLVER.LOG_PERIOD, eval_epochs=[2])
+    rows = check_metrics_csv(str(tmp_path / "straight"), [1, 2], cfg.SOLVER.LOG_PERIOD, eval_epochs=[2],
+                             clustered=True)
+    logged = [(row["epoch"], row["clusters"], row["outliers"], row["purity"], row["nmi"]) for row in rows
+              if row["clusters"]]
+    assert [(e, int(float(c)), int(float(o)), float(p), float(n)) for e, c, o, p, n in logged] == [
+        (e, int(c), int(o), pytest.approx(float(p), abs=5e-4), pytest.approx(float(n), abs=5e-4))
+        for e, c, o, p, n in lines]
 
     # Stopped as epoch 2 clusters, then resumed: the memory is rebuilt, the rest restored.
     caplog.clear()

@@ -60,8 +60,11 @@ class ClipVisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, cv_embed: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(tokens after the next-to-last block, tokens after the last block and `ln_post`, those
-        projected), each batch x (1 + H*W) x width."""
+        """(tokens after the next-to-last block, tokens after the last block and `ln_post`, each
+        batch x (1 + H*W) x width; the class token's of those projected, batch x 1 x embedding).
+
+        Theirs projects every token and reads the class token's; projecting it alone gives the
+        same numbers, and a plain 2-d product that OpenVINO's int8 graphs keep batch-shaped."""
         x = self.conv1(x)
         if tuple(x.shape[-2:]) != self.grid:
             raise ValueError(f"input images of {x.shape[-2]}x{x.shape[-1]} patches, but the model was built for "
@@ -76,7 +79,7 @@ class ClipVisionTransformer(nn.Module):
         for block in blocks[:-1]:
             x = block(x)
         last = self.ln_post(blocks[-1](x))
-        return x, last, last @ self.proj
+        return x, last, (last[:, 0] @ self.proj).unsqueeze(1)
 
 
 class ReIDAttentionPool2d(AttentionPool2d):
