@@ -41,9 +41,9 @@ DOMAINS: Dict[str, Domain] = {
                 noise=(2.0, 9.0), jpeg_quality=(40, 90), wall=(40, 220), ground=(30, 180),
                 horizon=(0.45, 0.8), textures=(PLAIN, BANDS, TILES, GRADIENT),
                 person_height=(0.82, 0.97), person_top=(0.01, 0.06), stream=()),
-    "B": Domain(cast=(0.6, 1.4), brightness=(0.5, 0.9), contrast=(0.6, 0.95), blur=(0.4, 1.4),
-                noise=(6.0, 13.0), jpeg_quality=(30, 70), wall=(20, 120), ground=(15, 100),
+    "B": Domain(cast=(0.65, 1.35), brightness=(0.6, 1.0), contrast=(0.65, 1.0), blur=(0.3, 1.3),
+                noise=(4.0, 11.0), jpeg_quality=(35, 75), wall=(20, 130), ground=(15, 110),
                 horizon=(0.6, 0.9), textures=(PLAIN, WINDOWS, TILES, WINDOWS),
-                person_height=(0.7, 0.85), person_top=(0.08, 0.18), stream=(11,)),
+                person_height=(0.76, 0.9), person_top=(0.04, 0.1), stream=(11,)),
 }
 """The domains by their DATASETS.SYNTHETIC.DOMAIN name."""
