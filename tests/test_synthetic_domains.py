@@ -95,6 +95,16 @@ def test_domain_b_other_images_and_identities(tmp_path):
     assert mean_pixel(b_root) < mean_pixel(a_root) - 20
 
 
+def test_domain_b_renders_again_when_its_ranges_change(tmp_path, monkeypatch):
+    root = synthetic.ensure_synthetic_person(str(tmp_path), TINY_B)
+    before = images(root)
+    darker = dataclasses.replace(synthetic.DOMAINS["B"], brightness=(0.3, 0.4))
+    monkeypatch.setitem(synthetic.DOMAINS, "B", darker)
+    assert synthetic.ensure_synthetic_person(str(tmp_path), TINY_B) == root
+    assert images(root).keys() == before.keys() and images(root) != before
+    assert mean_pixel(root) < 0.7 * 255 * 0.4
+
+
 def test_unknown_domain_and_vehicle_domain_b_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="DATASETS.SYNTHETIC.DOMAIN is 'C'"):
         dataclasses.replace(TINY, domain="C").validate(max_cameras=9)

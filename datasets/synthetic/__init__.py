@@ -78,7 +78,11 @@ class SyntheticSettings:
         return settings
 
     def manifest(self, generator: str) -> Dict[str, object]:
-        return {"generator": generator, "version": GENERATOR_VERSION, "settings": self.as_dict()}
+        manifest = {"generator": generator, "version": GENERATOR_VERSION,
+                    "settings": self.as_dict()}
+        if self.domain != "A":  # a set rendered with other ranges for its domain is stale
+            manifest["domain"] = json.loads(json.dumps(asdict(self.scene)))
+        return manifest
 
     def folder_name(self, base: str) -> str:
         """`base` for the default settings (the folder every earlier version rendered them
