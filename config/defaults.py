@@ -144,6 +144,9 @@ _C.DATASETS.SYNTHETIC.NUM_CAMERAS = 6
 _C.DATASETS.SYNTHETIC.IMAGE_SIZE = [128, 64]
 # New: seed of the generator; the same seed gives the same bytes
 _C.DATASETS.SYNTHETIC.SEED = 0
+# New: 'A' (the default set) or 'B' (other cameras, lighting, backgrounds, framing and
+# identities: a second domain for MODEL.TRAIN_MODE 'uda'); person set only
+_C.DATASETS.SYNTHETIC.DOMAIN = 'A'
 
 # -----------------------------------------------------------------------------
 # DATALOADER

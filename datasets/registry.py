@@ -14,7 +14,8 @@ from .list_file import ListDataset
 from .market_style import (DukeMTMCreID, FolderDataset, Market1501, MarketStyleDataset,
                            OccludedDukeMTMCreID)
 from .msmt17 import MSMT17
-from .synthetic import SyntheticSettings, ensure_synthetic_person, ensure_synthetic_vehicle
+from .synthetic import (SyntheticSettings, ensure_synthetic_person, ensure_synthetic_vehicle,
+                        person_train_tracks)
 from .unlabelled import UnlabelledDataset
 from .vehicleid import VehicleID
 from .veri import VeRi
@@ -84,9 +85,13 @@ def _synthetic_rule(settings: SyntheticSettings, example: str) -> NameRule:
 def _synthetic(cfg, trial: int, require_train: bool) -> BaseImageDataset:
     settings = SyntheticSettings.from_cfg(cfg)
     folder = ensure_synthetic_person(_root(cfg), settings)
-    return MarketStyleDataset(_root(cfg), dataset_dir=os.path.basename(folder),
-                              display_name="synthetic persons (Market-1501 layout)",
-                              name_rule=_synthetic_rule(settings, "0001_c1s1_000000_00.jpg"))
+    dataset = MarketStyleDataset(_root(cfg), dataset_dir=os.path.basename(folder),
+                                 display_name="synthetic persons (Market-1501 layout)",
+                                 name_rule=_synthetic_rule(settings, "0001_c1s1_000000_00.jpg"))
+    tracks = person_train_tracks(settings)
+    dataset.train_tracks = [tracks.get(os.path.basename(path), -1)
+                            for path, _, _, _ in dataset.train]
+    return dataset
 
 
 @register_dataset("synthetic_vehicle")

@@ -24,6 +24,7 @@ from utils.progress import Progress
 
 from . import person, vehicle
 from .camera import Camera, make_camera
+from .domains import DOMAINS, Domain
 from .protocol import DISTRACTOR_PID, GALLERY, JUNK_PID, QUERY, TRAIN, Shot, plan_shots
 from .store import ensure_rendered
 
@@ -46,12 +47,13 @@ class SyntheticSettings:
     num_cameras: int = 6
     image_size: Tuple[int, int] = (128, 64)  # (height, width)
     seed: int = 0
+    domain: str = "A"  # a key of DOMAINS
 
     @classmethod
     def from_cfg(cls, cfg) -> "SyntheticSettings":
         s = cfg.DATASETS.SYNTHETIC
         return cls(int(s.NUM_IDS), int(s.IMAGES_PER_ID), int(s.NUM_CAMERAS),
-                   (int(s.IMAGE_SIZE[0]), int(s.IMAGE_SIZE[1])), int(s.SEED))
+                   (int(s.IMAGE_SIZE[0]), int(s.IMAGE_SIZE[1])), int(s.SEED), str(s.DOMAIN))
 
     def validate(self, max_cameras: int) -> None:
         checks = [
@@ -61,6 +63,8 @@ class SyntheticSettings:
             (2 <= self.num_cameras <= max_cameras, "NUM_CAMERAS", self.num_cameras,
              f"in 2..{max_cameras}"),
             (min(self.image_size) >= 16, "IMAGE_SIZE", list(self.image_size), "both >= 16"),
+            (self.domain in DOMAINS, "DOMAIN", repr(self.domain),
+             " or ".join(repr(name) for name in DOMAINS)),
         ]
         for ok, key, value, rule in checks:
             if not ok:
@@ -69,10 +73,16 @@ class SyntheticSettings:
     def as_dict(self) -> Dict[str, object]:
         settings = asdict(self)
         settings["image_size"] = list(self.image_size)
+        if self.domain == "A":  # as before domains existed: A keeps its folders and manifests
+            del settings["domain"]
         return settings
 
     def manifest(self, generator: str) -> Dict[str, object]:
-        return {"generator": generator, "version": GENERATOR_VERSION, "settings": self.as_dict()}
+        manifest = {"generator": generator, "version": GENERATOR_VERSION,
+                    "settings": self.as_dict()}
+        if self.domain != "A":  # a set rendered with other ranges for its domain is stale
+            manifest["domain"] = json.loads(json.dumps(asdict(self.scene)))
+        return manifest
 
     def folder_name(self, base: str) -> str:
         """`base` for the default settings (the folder every earlier version rendered them
@@ -84,11 +94,17 @@ class SyntheticSettings:
 
     def describe(self, images: int, kind: str) -> str:
         height, width = self.image_size
+        domain = "" if self.domain == "A" else f", domain {self.domain}"
         return (f"{images} synthetic {kind} images ({self.num_ids} ids, {self.images_per_id} "
-                f"per id, {self.num_cameras} cameras, {height}x{width}, seed {self.seed})")
+                f"per id, {self.num_cameras} cameras, {height}x{width}, seed {self.seed}{domain})")
+
+    @property
+    def scene(self) -> Domain:
+        return DOMAINS[self.domain]
 
     def rng(self, *stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, *stream])
+        """Every draw of a domain comes from its own streams: B shares no draw with A."""
+        return np.random.default_rng([self.seed, *self.scene.stream, *stream])
 
 
 def _cameras(settings: SyntheticSettings, num_views: int,
@@ -96,7 +112,7 @@ def _cameras(settings: SyntheticSettings, num_views: int,
     cameras = []
     for cam in range(settings.num_cameras):
         rng = settings.rng(_CAMERAS, cam)
-        cameras.append(make_camera(rng, num_views, typical_views(rng)))
+        cameras.append(make_camera(rng, num_views, typical_views(rng), settings.scene))
     return cameras
 
 
@@ -130,6 +146,20 @@ def person_shots(settings: SyntheticSettings) -> List[Shot]:
                       settings.rng(_PLAN), distractor_rate=0.08, junk_rate=0.04)
 
 
+def person_train_tracks(settings: SyntheticSettings) -> Dict[str, int]:
+    """The track (0, 1, …) of each training image, by file name: the plan renders an identity's
+    images in one camera as consecutive frames, which a tracker would link into one track."""
+    tracks: Dict[str, int] = {}
+    track, last = -1, None
+    for shot in person_shots(settings):
+        if shot.split != TRAIN:
+            continue
+        if (shot.pid, shot.cam) != last:
+            track, last = track + 1, (shot.pid, shot.cam)
+        tracks[market_name(shot)] = track
+    return tracks
+
+
 def render_person_dataset(settings: SyntheticSettings, out_dir: str) -> None:
     cameras = _cameras(settings, person.NUM_VIEWS, _person_views)
     people = person.make_identities(settings.num_ids, settings.rng(_IDENTITIES))
@@ -147,7 +177,7 @@ def render_person_dataset(settings: SyntheticSettings, out_dir: str) -> None:
         else:
             subject, partial = people[shot.pid - 1], False
         data = person.render_person(subject, camera, view, settings.image_size, rng,
-                                    partial=partial)
+                                    partial=partial, domain=settings.scene)
         _write(os.path.join(out_dir, MARKET_FOLDERS[shot.split], market_name(shot)), data)
 
 
@@ -215,6 +245,9 @@ def ensure_synthetic_vehicle(root: str, settings: SyntheticSettings) -> str:
     """Path of the synthetic vehicle dataset of `settings` under `root`, rendered first if
     needed."""
     settings.validate(max_cameras=999)
+    if settings.domain != "A":
+        raise ConfigError(f"DATASETS.SYNTHETIC.DOMAIN is '{settings.domain}'; the vehicle set "
+                          f"has domain 'A' only (domains are for DATASETS.NAMES 'synthetic')")
     return ensure_rendered(os.path.join(root, settings.folder_name(VEHICLE_FOLDER)),
                            settings.manifest("synthetic_vehicle"),
                            lambda out: render_vehicle_dataset(settings, out),
@@ -222,4 +255,5 @@ def ensure_synthetic_vehicle(root: str, settings: SyntheticSettings) -> str:
 
 
 __all__ = ["SyntheticSettings", "ensure_synthetic_person", "ensure_synthetic_vehicle",
+           "person_train_tracks", "DOMAINS",
            "PERSON_FOLDER", "VEHICLE_FOLDER", "GENERATOR_VERSION"]

@@ -14,6 +14,8 @@ from typing import Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .domains import DOMAINS, WINDOWS, Domain
+
 RGB = Tuple[int, int, int]
 
 
@@ -36,21 +38,23 @@ def random_colour(rng: np.random.Generator, low: int = 40, high: int = 220) -> R
     return tuple(int(v) for v in rng.integers(low, high, size=3))  # type: ignore[return-value]
 
 
-def make_camera(rng: np.random.Generator, num_views: int, typical_views: Sequence[int]) -> Camera:
-    """A camera that mostly sees `typical_views` (a camera's angle to the walking direction)."""
+def make_camera(rng: np.random.Generator, num_views: int, typical_views: Sequence[int],
+                domain: Domain = DOMAINS["A"]) -> Camera:
+    """A camera of `domain` that mostly sees `typical_views` (a camera's angle to the walking
+    direction)."""
     weights = np.full(num_views, 0.25 / num_views)
     weights[list(typical_views)] += 0.75 / len(typical_views)
     return Camera(
-        cast=tuple(float(g) for g in rng.uniform(0.72, 1.28, size=3)),  # type: ignore[arg-type]
-        brightness=float(rng.uniform(0.65, 1.3)),
-        contrast=float(rng.uniform(0.7, 1.1)),
-        blur=float(rng.uniform(0.0, 1.1)),
-        noise=float(rng.uniform(2.0, 9.0)),
-        jpeg_quality=int(rng.integers(40, 90)),
-        wall=random_colour(rng),
-        ground=random_colour(rng, 30, 180),
-        horizon=float(rng.uniform(0.45, 0.8)),
-        texture=int(rng.integers(4)),
+        cast=tuple(float(g) for g in rng.uniform(*domain.cast, size=3)),  # type: ignore[arg-type]
+        brightness=float(rng.uniform(*domain.brightness)),
+        contrast=float(rng.uniform(*domain.contrast)),
+        blur=float(rng.uniform(*domain.blur)),
+        noise=float(rng.uniform(*domain.noise)),
+        jpeg_quality=int(rng.integers(*domain.jpeg_quality)),
+        wall=random_colour(rng, *domain.wall),
+        ground=random_colour(rng, *domain.ground),
+        horizon=float(rng.uniform(*domain.horizon)),
+        texture=domain.textures[int(rng.integers(len(domain.textures)))],
         view_weights=tuple(float(w) for w in weights / weights.sum()),
     )
 
@@ -83,7 +87,20 @@ def draw_background(camera: Camera, size: Tuple[int, int], rng: np.random.Genera
         for y in range(horizon):
             shade = 0.6 + 0.4 * y / max(1, horizon)
             draw.line([0, y, width, y], fill=tuple(int(c * shade) for c in camera.wall))
+    elif camera.texture == WINDOWS:
+        _draw_windows(draw, width, horizon, step, shift, rng)
     return img
+
+
+def _draw_windows(draw: ImageDraw.ImageDraw, width: int, horizon: int, step: int, shift: int,
+                  rng: np.random.Generator) -> None:
+    """Rows of windows on the wall, each lit (warm) or dark at random."""
+    size = max(2, step // 2)
+    for y in range(size // 2, horizon - size, 2 * size):
+        for x in range(-shift, width, step):
+            lit = rng.random() < 0.5
+            colour = jitter((235, 200, 120) if lit else (35, 40, 50), rng, 15)
+            draw.rectangle([x, y, x + size, y + size], fill=colour)
 
 
 def draw_occluder(img: Image.Image, rng: np.random.Generator) -> None:

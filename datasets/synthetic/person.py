@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from . import attributes
 from .camera import RGB, Camera, apply_camera, draw_background, draw_occluder, jitter
+from .domains import DOMAINS, Domain
 from .drawing import Pen
 
 FRONT, BACK, LEFT_SIDE, RIGHT_SIDE = range(4)
@@ -222,16 +223,18 @@ SUPERSAMPLE = 2
 
 def render_person(p: Person, camera: Camera, view: int, size: Tuple[int, int],
                   rng: np.random.Generator, occlusion_rate: float = 0.15,
-                  partial: bool = False) -> bytes:
+                  partial: bool = False, domain: Domain = DOMAINS["A"]) -> bytes:
     """One JPEG of `p` taken by `camera`: pose, crop and scale jitter, maybe an occluder.
 
-    `partial` gives a badly aligned detection (for distractors and junk).
+    `partial` gives a badly aligned detection (for distractors and junk); `domain` the framing.
     """
     width, height = size[1] * SUPERSAMPLE, size[0] * SUPERSAMPLE
     img = draw_background(camera, (width, height), rng)
-    person_height = height * rng.uniform(0.82, 0.97) * (rng.uniform(0.9, 1.8) if partial else 1)
+    person_height = (height * rng.uniform(*domain.person_height)
+                     * (rng.uniform(0.9, 1.8) if partial else 1))
     cx = width * (0.5 + rng.uniform(-0.08, 0.08) + (rng.uniform(-0.45, 0.45) if partial else 0))
-    top = height * rng.uniform(0.01, 0.06) + (rng.uniform(-0.5, 0.3) * height if partial else 0)
+    top = (height * rng.uniform(*domain.person_top)
+           + (rng.uniform(-0.5, 0.3) * height if partial else 0))
     draw_person(img, p, view, (cx, top, person_height), phase=float(rng.uniform(-1, 1)))
     if rng.random() < occlusion_rate:
         draw_occluder(img, rng)
