@@ -81,6 +81,9 @@ def parse_args() -> argparse.Namespace:
                         help="the supervised checkpoint USL starts from")
     parser.add_argument("--adapt_epochs", type=int, default=10, help="UDA and USL epochs")
     parser.add_argument("--tracks", default="dataset", help="the value of CLUSTER.TRACKS")
+    parser.add_argument("--adapt", type=str.split, default=[], metavar="'KEY VALUE ...'",
+                        help="overrides of the UDA and USL runs only (after the recipe above), "
+                             "in one quoted argument")
     parser.add_argument("--verbose", action="store_true", help="training logs on the console")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args()
@@ -169,7 +172,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> Dict[str, object]:
     row["direct"] = evaluate_stage(on_b, last, os.path.join(folder, "direct"), args.verbose)
     row["usl_start"] = evaluate_stage(on_b, start, os.path.join(folder, "usl_start"),
                                       args.verbose)
-    adapt = base + UNLABELLED + schedule(args.adapt_epochs, args.adapt_epochs)
+    adapt = base + UNLABELLED + args.adapt + schedule(args.adapt_epochs, args.adapt_epochs)
     arms = [("uda", ["MODEL.TRAIN_MODE", "uda", "MODEL.PRETRAIN_PATH", last]),
             ("usl", ["MODEL.TRAIN_MODE", "usl", "MODEL.PRETRAIN_PATH", start])]
     tracks = tracks_option(args.tracks)
