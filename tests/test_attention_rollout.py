@@ -364,6 +364,7 @@ def test_tool_names_a_bad_colormap(saved_model, tmp_path, tiny_opts):
 
 @pytest.mark.parametrize("config_file,message", [
     ("configs/Market/swin_tiny_solider.yml", "has no class token"),
+    ("configs/Market/cnn_clipreid.yml", "RN50 has no class token"),
 ])
 def test_models_without_a_class_token_rollout_are_refused_before_any_work(config_file, message):
     from config import load_config
@@ -430,3 +431,20 @@ def test_clipreid_maps_are_the_rollout_of_the_blocks_own_attention_weights():
     assert not torch.isnan(pixels[..., :28]).any()
     with pytest.raises(ValueError, match="its ResNet has no class token"):
         attention_maps(CLIPReID(CLIP_SPECS['RN50'], 4, (64, 32), (16, 16)).eval(), images)
+
+
+def test_the_tool_draws_clipreid_maps_per_image_over_its_pixels(saved_model):
+    _, images, _ = saved_model
+    cfg = load_config("", ["MODEL.NAME", "ViT-T-16", "MODEL.PRETRAIN_CHOICE", "none", "MODEL.DEVICE", "cpu",
+                           "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]", "MODEL.STRIDE_SIZE",
+                           "[12, 12]", "DATALOADER.NUM_WORKERS", "0"])
+    visualize_attention.check_attention_model(cfg)
+    torch.manual_seed(0)
+    model = make_model(cfg, num_class=4, camera_num=0, view_num=0).eval()
+    records = [ImageRecord(os.path.join(images, "b.png")), ImageRecord(os.path.join(images, "c.jpg"))]
+    (rows, maps), = visualize_attention.image_attention(
+        cfg, TrainedModel(model, SideInfoCounts(cameras=0, views=0), cfg), records, AUTO, AUTO)
+    assert rows == [0, 1] and maps.shape == (2, 1, 64, 32)
+    image = build_test_transforms(cfg)(read_image(records[1].path))[None]
+    np.testing.assert_allclose(maps[1], pixel_maps(model, attention_maps(model, image).maps)[0].numpy(),
+                               rtol=1e-5, atol=1e-7)
