@@ -38,4 +38,13 @@ step bench_train_market "$python" benchmarks/bench_train.py --device cuda \
 # The training loader alone, reference path vs uint8 + DeviceAugment (INPUT.DEVICE_AUGMENT), at
 # the Market configs' worker counts.
 step bench_loader "$python" benchmarks/bench_loader.py --device cuda --workers 4 8
+# The descendants on CUDA: CLIP-ReID's features and cluster-contrast's memory against their
+# fixtures, then CLIP-ReID's two stages under fp16 autocast and USL / UDA / tracks, one seed each,
+# on the synthetic set (their CPU figures are in docs/clipreid.md and docs/unsupervised.md).
+step descendants_cuda_tests "$python" -m pytest -q -rs tests/test_clipreid_exactness.py \
+    tests/test_cluster_contrast_exactness.py
+step clipreid_synthetic "$python" benchmarks/clipreid_synthetic.py --arms a \
+    --output_dir "$out/clipreid_synthetic" DATASETS.ROOT_DIR "$out/data" MODEL.DEVICE cuda
+step usl_synthetic "$python" benchmarks/usl_synthetic.py --seeds 1 \
+    --output_dir "$out/usl_synthetic" DATASETS.ROOT_DIR "$out/data" MODEL.DEVICE cuda
 exit $status
