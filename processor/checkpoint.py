@@ -124,7 +124,7 @@ STAGE_NAMES = {1: "CLIP-ReID's stage 1 (the prompts)", None: "a model's training
 
 def state_stage(state: Dict[str, Any]) -> Optional[int]:
     """The CLIP-ReID stage a training state belongs to (1: the prompts); None for any other."""
-    return state.get("stage") if state.get("stage") in STAGE_NAMES else None
+    return stage if isinstance(stage := state.get("stage"), int) and stage in STAGE_NAMES else None
 
 
 def _check_optimizer_kind(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> None:

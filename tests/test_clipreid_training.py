@@ -141,3 +141,9 @@ def test_both_stages_schedules_are_theirs_by_hand():
         warm = 0.1 * (1 - epoch / 10) + epoch / 10 if epoch < 10 else 1.0
         by_hand = 5e-6 * warm * 0.1 ** sum(epoch >= step for step in (30, 50))
         assert stage2._get_lr(epoch)[0] == pytest.approx(by_hand, rel=1e-9)
+
+
+def test_a_state_marks_stage_1_only_with_the_number_1():
+    from processor.checkpoint import state_stage
+    assert state_stage({'stage': 1}) == 1
+    assert [state_stage(state) for state in ({}, {'stage': 2}, {'stage': [1]}, {'stage': '1'})] == [None] * 4

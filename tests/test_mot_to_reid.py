@@ -107,3 +107,15 @@ def test_help_explains_every_argument_without_importing_torch():
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--min-visibility" in result.stdout and result.stdout.rstrip().endswith("False")
+
+
+def test_damaged_inputs_are_named_in_one_line(tmp_path):
+    seq = tmp_path / "mot" / "SEQ-A"
+    write_sequence(str(seq), ROWS_A[:1], frames=1, seqinfo=False)
+    (seq / "img1" / "000001.jpg").write_bytes(b"<html>not a frame</html>")
+    args = ["--mot-root", str(tmp_path / "mot"), "--output", str(tmp_path / "reid")]
+    with pytest.raises(SystemExit, match="frame '.*000001.jpg' cannot be read as an image"):
+        main(args)
+    (seq / "gt" / "gt.txt").write_bytes(bytes(range(256)))  # binary junk, not text
+    with pytest.raises(SystemExit, match="is not a MOT track file"):
+        main(args)

@@ -156,7 +156,7 @@ def read_boxes(path: str, kind: str, args: argparse.Namespace) -> List[Box]:
     """The rows of a MOT track file that pass the filters, as 0-based, unclipped boxes."""
     try:
         rows = np.loadtxt(path, delimiter=",", ndmin=2)
-    except ValueError as err:
+    except (ValueError, UnicodeDecodeError) as err:
         raise ToolError(f"'{path}' is not a MOT track file of 'frame,id,x,y,w,h,...' lines "
                         f"({err})") from None
     if rows.size == 0:
@@ -195,8 +195,13 @@ CROP_NAME = re.compile(r"\d{4,}_c\d+s1_\d{6,}_00\.jpg")
 def frame_size(sequence: MotSequence, frame: int) -> tuple:
     """(width, height) of the sequence's frames: seqinfo.ini's, else the frame's own."""
     if "imwidth" in sequence.info and "imheight" in sequence.info:
-        return int(sequence.info["imwidth"]), int(sequence.info["imheight"])
-    with Image.open(frame_path(sequence, frame)) as image:
+        try:
+            return int(sequence.info["imwidth"]), int(sequence.info["imheight"])
+        except ValueError:
+            raise ToolError(f"sequence '{sequence.name}': seqinfo.ini's imWidth / imHeight "
+                            f"({sequence.info['imwidth']!r}, {sequence.info['imheight']!r}) are "
+                            "not whole numbers") from None
+    with open_frame(frame_path(sequence, frame)) as image:
         return image.size
 
 
@@ -232,13 +237,24 @@ def frame_path(sequence: MotSequence, frame: int) -> str:
     return path
 
 
+def open_frame(path: str) -> Image.Image:
+    """The frame image at `path`; one line naming it when it is damaged or not an image."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise ToolError(f"frame '{path}' cannot be read as an image ({err}); replace it or leave "
+                        "its sequence out (--sequences)") from None
+    return image
+
+
 def write_crops(sequence: MotSequence, frames: Dict[int, List[tuple]], folder: str,
                 quality: int) -> int:
     """Crop each planned box from its frame; returns how many crops were written."""
     written, size = 0, None
     for frame in Progress(sorted(frames), None, sequence.name, logger):
         size = size or frame_size(sequence, frame)
-        with Image.open(frame_path(sequence, frame)) as image:
+        with open_frame(frame_path(sequence, frame)) as image:
             image = image.convert("RGB")
             if image.size != size:  # the boxes were clipped to `size`
                 raise ToolError(f"'{frame_path(sequence, frame)}' is {image.width}x{image.height}"
