@@ -80,12 +80,19 @@ class ClusterContrast:
             model.train(was_training)
         return torch.cat(feats)
 
+    def cluster(self, feats: torch.Tensor) -> np.ndarray:
+        """The pseudo-labels of the training images from their features: DBSCAN over the
+        Jaccard distance, tracks joined (CLUSTER.*). benchmarks/usl_synthetic.py replaces it on
+        an instance by the true identities, to measure what the recipe gains from perfect
+        clusters."""
+        cfg = self.cfg.CLUSTER
+        return pseudo_labels(feats, cfg.EPS, cfg.MIN_SAMPLES, cfg.K1, cfg.K2, tracks=self.tracks)
+
     def start_epoch(self, model: nn.Module, device: torch.device, epoch: int) -> ClusterStats:
         """Cluster the training images with `model`, start the memory, relabel the loader."""
         cfg, start = self.cfg.CLUSTER, time.perf_counter()
         feats = self.extract(model, device)
-        labels = pseudo_labels(feats, cfg.EPS, cfg.MIN_SAMPLES, cfg.K1, cfg.K2,
-                               tracks=self.tracks)
+        labels = self.cluster(feats)
         stats = cluster_statistics(labels, self.true_labels)
         tracks = ("" if self.tracks is None
                   else f"; {track_statistics(labels, self.tracks).describe()}")

@@ -165,3 +165,18 @@ def test_usl_settings_of_their_scripts_load():
     assert (cfg.CLUSTER.EPS, cfg.CLUSTER.K1, cfg.CLUSTER.K2) == (0.7, 30, 6)
     # what USL refuses stays allowed with labels
     load_config("", ["MODEL.NECK", "no", "MODEL.ID_LOSS_TYPE", "arcface"])
+
+
+def test_an_epoch_starts_from_whatever_labels_cluster_gives(tiny_opts):
+    # benchmarks/usl_synthetic.py measures the recipe with perfect clusters by replacing
+    # `cluster`; the memory and the loader must then follow those labels.
+    cfg, parts = build(tiny_opts + USL_OPTS)
+    loss_fn, model = parts["loss_fn"], parts["model"]
+    _, truth = np.unique(loss_fn.true_labels, return_inverse=True)
+    loss_fn.cluster = lambda feats: truth.copy()
+    stats = loss_fn.start_epoch(model, torch.device("cpu"), 1)
+    assert (stats.num_clusters, stats.num_outliers, stats.purity) == (truth.max() + 1, 0, 1.0)
+    feats = loss_fn.extract(model, torch.device("cpu"))
+    means = torch.stack([feats[torch.from_numpy(truth == k)].mean(0) for k in range(truth.max() + 1)])
+    torch.testing.assert_close(loss_fn.memory.features, means / means.norm(dim=1, keepdim=True))
+    assert [sample[1] for sample in parts["train_loader"].loader.dataset.samples] == truth.tolist()
