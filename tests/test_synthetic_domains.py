@@ -95,6 +95,25 @@ def test_domain_b_other_images_and_identities(tmp_path):
     assert mean_pixel(b_root) < mean_pixel(a_root) - 20
 
 
+def camera_colour_spread(root):
+    """The standard deviation over cameras of a camera's mean image colour, mean over RGB."""
+    per_camera = defaultdict(list)
+    train = os.path.join(root, "bounding_box_train")
+    for name in os.listdir(train):
+        camera = int(MARKET_NAME.fullmatch(name).group(2))
+        pixels = np.asarray(Image.open(os.path.join(train, name)), np.float32)
+        per_camera[camera].append(pixels.reshape(-1, 3).mean(0))
+    means = np.stack([np.mean(colours, 0) for colours in per_camera.values()])
+    return float(means.std(0).mean())
+
+
+def test_domain_b_cameras_look_alike_more_than_a_cameras(tmp_path):
+    # B is one site under one light: its cameras differ far less in colour than A's
+    a = camera_colour_spread(synthetic.ensure_synthetic_person(str(tmp_path), TINY))
+    b = camera_colour_spread(synthetic.ensure_synthetic_person(str(tmp_path), TINY_B))
+    assert b < 0.5 * a
+
+
 def test_domain_b_renders_again_when_its_ranges_change(tmp_path, monkeypatch):
     root = synthetic.ensure_synthetic_person(str(tmp_path), TINY_B)
     before = images(root)
